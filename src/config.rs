@@ -1,0 +1,205 @@
+//! Model hyper-parameters read from the GGUF metadata and checked for consistency.
+
+use crate::error::{name, Error, Result};
+use crate::gguf::{Gguf, Value};
+
+/// How a sub-token picks its experts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouterKind {
+    /// `logits = W s`, softmax over all experts.
+    Softmax,
+    /// X-MoE: `logits = (W_red s) . normalize_rows(W_e)`, softmax over all experts.
+    XMoe,
+}
+
+/// The hyper-parameters of an `mhmoe` model (see FORMAT.md for the keys).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Longest context the model was trained for.
+    pub context_length: usize,
+    /// Model width `d`.
+    pub dim: usize,
+    /// Number of layers.
+    pub n_layers: usize,
+    /// Hidden width of the dense SwiGLU FFN.
+    pub ff_dim: usize,
+    /// Attention heads.
+    pub n_heads: usize,
+    /// Key/value heads (grouped-query attention when smaller than `n_heads`).
+    pub n_kv_heads: usize,
+    /// Width of one attention head (`dim / n_heads`).
+    pub head_dim: usize,
+    /// RMSNorm epsilon.
+    pub norm_eps: f32,
+    /// RoPE base.
+    pub rope_base: f32,
+    /// Experts per MoE layer `E`.
+    pub n_experts: usize,
+    /// Experts used per sub-token `k`.
+    pub top_k: usize,
+    /// Expert hidden width `F`.
+    pub expert_ff_dim: usize,
+    /// Whether top-k gates are renormalized to sum to 1.
+    pub renormalize_gates: bool,
+    /// Shared expert hidden width (0 = none).
+    pub shared_ff_dim: usize,
+    /// MH-MoE heads `h` (1 = plain SMoE).
+    pub moe_heads: usize,
+    /// Layer `i` is MoE iff `(i + 1) % moe_interval == 0`.
+    pub moe_interval: usize,
+    /// Router kind.
+    pub router: RouterKind,
+    /// Vocabulary size (rows of the token embedding).
+    pub vocab_size: usize,
+}
+
+/// Largest value accepted for any single dimension: keeps every size computation far from
+/// overflow on 32-bit targets while allowing any real model.
+const MAX_DIM: usize = 1 << 24;
+
+fn get<'a>(file: &Gguf<'a>, key: &str) -> Result<Value<'a>> {
+    file.get(key).ok_or_else(|| Error::MissingKey { key: name(key) })
+}
+
+fn get_usize(file: &Gguf<'_>, key: &str) -> Result<usize> {
+    let v = get(file, key)?;
+    v.as_u64()
+        .and_then(|v| usize::try_from(v).ok())
+        .filter(|&v| v <= MAX_DIM)
+        .ok_or_else(|| Error::BadKey {
+            key: name(key),
+            expected: "an unsigned integer up to 2^24",
+        })
+}
+
+fn get_usize_or(file: &Gguf<'_>, key: &str, default: usize) -> Result<usize> {
+    match file.get(key) {
+        None => Ok(default),
+        Some(_) => get_usize(file, key),
+    }
+}
+
+fn get_f32(file: &Gguf<'_>, key: &str) -> Result<f32> {
+    get(file, key)?
+        .as_f32()
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .ok_or_else(|| Error::BadKey {
+            key: name(key),
+            expected: "a positive finite f32",
+        })
+}
+
+fn get_bool(file: &Gguf<'_>, key: &str) -> Result<bool> {
+    get(file, key)?.as_bool().ok_or_else(|| Error::BadKey {
+        key: name(key),
+        expected: "a bool",
+    })
+}
+
+fn get_str<'a>(file: &Gguf<'a>, key: &str) -> Result<&'a str> {
+    get(file, key)?.as_str().ok_or_else(|| Error::BadKey {
+        key: name(key),
+        expected: "a string",
+    })
+}
+
+fn invalid(reason: &'static str) -> Error {
+    Error::InvalidConfig { reason }
+}
+
+impl Config {
+    /// Reads and validates the configuration. `vocab_size` comes from the token embedding's
+    /// second dimension (the model loader checks it against the tokenizer).
+    pub fn from_gguf(file: &Gguf<'_>) -> Result<Self> {
+        if get_str(file, "general.architecture")? != "mhmoe" {
+            return Err(Error::WrongArchitecture);
+        }
+        let router = match get_str(file, "mhmoe.moe.router")? {
+            "softmax" => RouterKind::Softmax,
+            "xmoe" => RouterKind::XMoe,
+            _ => {
+                return Err(Error::BadKey {
+                    key: name("mhmoe.moe.router"),
+                    expected: "\"softmax\" or \"xmoe\"",
+                })
+            }
+        };
+        let vocab_size = file
+            .tensor("token_embd.weight")
+            .ok_or_else(|| Error::MissingTensor {
+                tensor: name("token_embd.weight"),
+            })?
+            .dims[1];
+        let dim = get_usize(file, "mhmoe.embedding_length")?;
+        let n_heads = get_usize(file, "mhmoe.attention.head_count")?;
+        let cfg = Config {
+            context_length: get_usize(file, "mhmoe.context_length")?,
+            dim,
+            n_layers: get_usize(file, "mhmoe.block_count")?,
+            ff_dim: get_usize(file, "mhmoe.feed_forward_length")?,
+            n_heads,
+            n_kv_heads: get_usize(file, "mhmoe.attention.head_count_kv")?,
+            head_dim: if n_heads == 0 { 0 } else { dim / n_heads },
+            norm_eps: get_f32(file, "mhmoe.attention.layer_norm_rms_epsilon")?,
+            rope_base: get_f32(file, "mhmoe.rope.freq_base")?,
+            n_experts: get_usize(file, "mhmoe.expert_count")?,
+            top_k: get_usize(file, "mhmoe.expert_used_count")?,
+            expert_ff_dim: get_usize(file, "mhmoe.expert_feed_forward_length")?,
+            renormalize_gates: get_bool(file, "mhmoe.expert_weights_norm")?,
+            shared_ff_dim: get_usize_or(file, "mhmoe.expert_shared_feed_forward_length", 0)?,
+            moe_heads: get_usize(file, "mhmoe.moe.head_count")?,
+            moe_interval: get_usize(file, "mhmoe.moe.layer_interval")?,
+            router,
+            vocab_size: usize::try_from(vocab_size)
+                .ok()
+                .filter(|&v| v <= MAX_DIM)
+                .ok_or(invalid("vocabulary larger than 2^24"))?,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks that the hyper-parameters are consistent.
+    pub fn validate(&self) -> Result<()> {
+        let c = self;
+        let checks: [(bool, &'static str); 16] = [
+            (c.context_length >= 1, "context_length must be at least 1"),
+            (c.dim >= 1, "embedding_length must be at least 1"),
+            (c.n_layers >= 1, "block_count must be at least 1"),
+            (c.n_heads >= 1, "attention.head_count must be at least 1"),
+            (c.dim % c.n_heads.max(1) == 0, "embedding_length must be divisible by attention.head_count"),
+            (c.head_dim % 2 == 0, "attention head width must be even (RoPE rotates pairs)"),
+            (c.n_kv_heads >= 1, "attention.head_count_kv must be at least 1"),
+            (c.n_heads % c.n_kv_heads.max(1) == 0, "attention.head_count must be a multiple of head_count_kv"),
+            (c.n_experts >= 1, "expert_count must be at least 1"),
+            (c.top_k >= 1 && c.top_k <= c.n_experts, "expert_used_count must be in 1..=expert_count"),
+            (c.expert_ff_dim >= 1, "expert_feed_forward_length must be at least 1"),
+            (c.moe_heads >= 1, "moe.head_count must be at least 1"),
+            (c.dim % c.moe_heads.max(1) == 0, "embedding_length must be divisible by moe.head_count"),
+            (c.moe_interval >= 1, "moe.layer_interval must be at least 1"),
+            (c.ff_dim >= 1 || (0..c.n_layers).all(|i| c.is_moe_layer(i)), "feed_forward_length must be at least 1 when a layer is dense"),
+            (c.vocab_size >= 1, "vocabulary must not be empty"),
+        ];
+        for (ok, reason) in checks {
+            if !ok {
+                return Err(invalid(reason));
+            }
+        }
+        Ok(())
+    }
+
+    /// True if layer `i` is an MH-MoE layer.
+    pub fn is_moe_layer(&self, i: usize) -> bool {
+        self.moe_interval != 0 && (i + 1) % self.moe_interval == 0
+    }
+
+    /// Sub-token width `m = d / h`.
+    pub fn sub_dim(&self) -> usize {
+        self.dim / self.moe_heads
+    }
+
+    /// Width of the key/value vectors of one position.
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+}

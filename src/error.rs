@@ -1,0 +1,333 @@
+//! The one error type of the crate.
+//!
+//! Every failure is a value of [`Error`]: malformed model files say what was wrong and at which
+//! byte offset, configuration errors say which key or tensor, and run-time errors (a full
+//! context, an out-of-range token, a too-small buffer) say what limit was hit. Nothing in the
+//! public API panics on bad input.
+
+use core::fmt;
+
+/// A short, fixed-capacity copy of a name (tensor name or metadata key) for error messages.
+///
+/// Names longer than the capacity are truncated (on a character boundary) and end in `~`.
+pub type Name = heapless::String<64>;
+
+/// Copies `s` into a [`Name`], truncating if needed.
+pub(crate) fn name(s: &str) -> Name {
+    let mut out = Name::new();
+    for c in s.chars() {
+        if out.len() + c.len_utf8() > out.capacity() - 1 {
+            let _ = out.push('~');
+            break;
+        }
+        let _ = out.push(c);
+    }
+    out
+}
+
+/// What went wrong. Every variant carries enough context to find the problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The file ended while reading `what`, which starts at byte `offset`.
+    UnexpectedEof {
+        /// The field being read.
+        what: &'static str,
+        /// Byte offset of the field.
+        offset: usize,
+    },
+    /// The first four bytes are not `GGUF`.
+    BadMagic {
+        /// The four bytes found, as a little-endian u32.
+        found: u32,
+    },
+    /// A GGUF version other than 2 or 3.
+    UnsupportedVersion {
+        /// The version found.
+        version: u32,
+    },
+    /// A metadata value type id that GGUF does not define.
+    InvalidValueType {
+        /// The type id found.
+        value_type: u32,
+        /// Byte offset of the type id.
+        offset: usize,
+    },
+    /// A GGUF string that is not valid UTF-8.
+    InvalidUtf8 {
+        /// The field being read.
+        what: &'static str,
+        /// Byte offset of the string's bytes.
+        offset: usize,
+    },
+    /// A count, length or size that cannot fit in the file (or overflows).
+    Overflow {
+        /// The field being read.
+        what: &'static str,
+        /// Byte offset of the field.
+        offset: usize,
+    },
+    /// `general.alignment` is zero, not a power of two, or not a u32.
+    BadAlignment {
+        /// The alignment found (0 when the type was wrong).
+        alignment: u64,
+    },
+    /// A tensor has more than 4 dimensions, or a zero dimension.
+    BadTensorDims {
+        /// The tensor.
+        tensor: Name,
+        /// Number of dimensions declared.
+        n_dims: u32,
+    },
+    /// A tensor type id this engine does not support.
+    UnsupportedTensorType {
+        /// The tensor.
+        tensor: Name,
+        /// The ggml type id.
+        type_id: u32,
+    },
+    /// A block-quantized tensor whose first dimension is not a multiple of the block size.
+    RowNotBlockAligned {
+        /// The tensor.
+        tensor: Name,
+        /// The first dimension.
+        ne0: u64,
+        /// The block size of its type.
+        block: u64,
+    },
+    /// A tensor's data offset is not a multiple of the file's alignment.
+    MisalignedTensor {
+        /// The tensor.
+        tensor: Name,
+        /// The offset relative to the data section.
+        offset: u64,
+        /// The file's alignment.
+        alignment: u64,
+    },
+    /// A tensor's data extends past the end of the file.
+    TensorOutOfBounds {
+        /// The tensor.
+        tensor: Name,
+        /// Absolute end offset required.
+        end: u64,
+        /// File size.
+        file_size: u64,
+    },
+    /// Two tensors share one name.
+    DuplicateTensor {
+        /// The tensor.
+        tensor: Name,
+    },
+    /// A required metadata key is missing.
+    MissingKey {
+        /// The key.
+        key: Name,
+    },
+    /// A metadata key has an unexpected type or value.
+    BadKey {
+        /// The key.
+        key: Name,
+        /// What was expected.
+        expected: &'static str,
+    },
+    /// `general.architecture` is not `mhmoe`.
+    WrongArchitecture,
+    /// The hyper-parameters contradict each other.
+    InvalidConfig {
+        /// Which rule was broken.
+        reason: &'static str,
+    },
+    /// A required tensor is missing.
+    MissingTensor {
+        /// The tensor.
+        tensor: Name,
+    },
+    /// A tensor has the wrong shape.
+    WrongShape {
+        /// The tensor.
+        tensor: Name,
+        /// Expected dims (ne0, ne1, ne2; unused trailing dims are 1).
+        expected: [u64; 3],
+        /// Found dims.
+        found: [u64; 3],
+    },
+    /// A tensor has a type that is not allowed for its role.
+    WrongTensorType {
+        /// The tensor.
+        tensor: Name,
+        /// What is allowed.
+        expected: &'static str,
+    },
+    /// A caller-provided buffer is too small.
+    BufferTooSmall {
+        /// What the buffer is for.
+        what: &'static str,
+        /// Bytes (or elements, for token buffers) needed.
+        needed: usize,
+        /// Bytes (or elements) given.
+        got: usize,
+    },
+    /// A caller-provided byte buffer does not start at the required alignment.
+    BufferMisaligned {
+        /// Required alignment in bytes.
+        align: usize,
+    },
+    /// The KV cache is full: the position equals the context length.
+    ContextFull {
+        /// The context length the state was made for.
+        context_length: usize,
+    },
+    /// The context length is 0 or larger than the model's trained context.
+    BadContextLength {
+        /// Requested.
+        requested: usize,
+        /// The model's maximum.
+        max: usize,
+    },
+    /// A token id is not in the vocabulary.
+    TokenOutOfRange {
+        /// The token id.
+        token: u32,
+        /// The vocabulary size.
+        vocab_size: usize,
+    },
+    /// The tokenizer metadata is malformed or of an unsupported kind.
+    BadTokenizer {
+        /// Which rule was broken.
+        reason: &'static str,
+    },
+    /// Encoding produced no tokens or a prompt was empty where one is required.
+    EmptyPrompt,
+    /// Sampler parameters out of range.
+    BadSamplerParams {
+        /// Which rule was broken.
+        reason: &'static str,
+    },
+    /// A non-finite value appeared where it would make the output garbage.
+    NonFinite {
+        /// Where it was found.
+        what: &'static str,
+    },
+    /// An I/O error while loading a file (std only); the message is truncated.
+    #[cfg(feature = "std")]
+    Io {
+        /// The operating system's message.
+        message: Name,
+    },
+}
+
+/// The crate's result type.
+pub type Result<T> = core::result::Result<T, Error>;
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use Error::*;
+        match self {
+            UnexpectedEof { what, offset } => {
+                write!(f, "file ends inside {what} (starting at byte {offset})")
+            }
+            BadMagic { found } => write!(f, "not a GGUF file: magic is {found:#010x}"),
+            UnsupportedVersion { version } => {
+                write!(f, "unsupported GGUF version {version} (2 and 3 are supported)")
+            }
+            InvalidValueType { value_type, offset } => {
+                write!(f, "invalid metadata value type {value_type} at byte {offset}")
+            }
+            InvalidUtf8 { what, offset } => write!(f, "{what} at byte {offset} is not UTF-8"),
+            Overflow { what, offset } => {
+                write!(f, "{what} at byte {offset} is too large for the file")
+            }
+            BadAlignment { alignment } => write!(
+                f,
+                "general.alignment must be a non-zero power of two u32, got {alignment}"
+            ),
+            BadTensorDims { tensor, n_dims } => write!(
+                f,
+                "tensor {tensor}: {n_dims} dimensions, or a zero dimension (1..=4 non-zero allowed)"
+            ),
+            UnsupportedTensorType { tensor, type_id } => write!(
+                f,
+                "tensor {tensor}: ggml type {type_id} is not supported (F32, F16, BF16, Q8_0, Q4_0 are)"
+            ),
+            RowNotBlockAligned { tensor, ne0, block } => write!(
+                f,
+                "tensor {tensor}: first dimension {ne0} is not a multiple of the block size {block}"
+            ),
+            MisalignedTensor {
+                tensor,
+                offset,
+                alignment,
+            } => write!(
+                f,
+                "tensor {tensor}: data offset {offset} is not a multiple of the alignment {alignment}"
+            ),
+            TensorOutOfBounds {
+                tensor,
+                end,
+                file_size,
+            } => write!(
+                f,
+                "tensor {tensor}: data ends at byte {end}, past the end of the file ({file_size} bytes)"
+            ),
+            DuplicateTensor { tensor } => write!(f, "tensor {tensor} appears twice"),
+            MissingKey { key } => write!(f, "metadata key {key} is missing"),
+            BadKey { key, expected } => write!(f, "metadata key {key}: expected {expected}"),
+            WrongArchitecture => write!(f, "general.architecture is not \"mhmoe\""),
+            InvalidConfig { reason } => write!(f, "invalid model configuration: {reason}"),
+            MissingTensor { tensor } => write!(f, "tensor {tensor} is missing"),
+            WrongShape {
+                tensor,
+                expected,
+                found,
+            } => write!(
+                f,
+                "tensor {tensor}: shape {found:?}, expected {expected:?} (ne0, ne1, ne2)"
+            ),
+            WrongTensorType { tensor, expected } => {
+                write!(f, "tensor {tensor}: type must be {expected}")
+            }
+            BufferTooSmall { what, needed, got } => {
+                write!(f, "{what} buffer too small: need {needed}, got {got}")
+            }
+            BufferMisaligned { align } => {
+                write!(f, "buffer must start at a multiple of {align} bytes")
+            }
+            ContextFull { context_length } => {
+                write!(f, "context is full ({context_length} positions)")
+            }
+            BadContextLength { requested, max } => write!(
+                f,
+                "context length {requested} is out of range (1..={max} for this model)"
+            ),
+            TokenOutOfRange { token, vocab_size } => write!(
+                f,
+                "token id {token} is out of range (vocabulary has {vocab_size} tokens)"
+            ),
+            BadTokenizer { reason } => write!(f, "tokenizer: {reason}"),
+            EmptyPrompt => write!(f, "the prompt is empty"),
+            BadSamplerParams { reason } => write!(f, "sampler: {reason}"),
+            NonFinite { what } => write!(f, "non-finite value in {what}"),
+            #[cfg(feature = "std")]
+            Io { message } => write!(f, "I/O error: {message}"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for Error {}
+
+#[cfg(feature = "std")]
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io {
+            message: name(&std::format!("{e}")),
+        }
+    }
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for Error {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "{}", defmt::Display2Format(self))
+    }
+}

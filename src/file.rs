@@ -1,0 +1,82 @@
+//! Desktop conveniences (`std` feature): loading model files and heap-backed state buffers.
+
+use std::path::Path;
+use std::vec::Vec;
+
+use crate::error::Result;
+use crate::model::Model;
+use crate::state::State;
+
+/// The bytes of a model file: read into memory or memory-mapped.
+#[derive(Debug)]
+pub enum ModelBytes {
+    /// Read into a heap buffer.
+    Owned(Vec<u8>),
+    /// Memory-mapped.
+    Mapped(memmap2::Mmap),
+}
+
+impl ModelBytes {
+    /// Reads the whole file into memory.
+    pub fn read(path: impl AsRef<Path>) -> Result<Self> {
+        Ok(ModelBytes::Owned(std::fs::read(path)?))
+    }
+
+    /// Memory-maps the file.
+    ///
+    /// # Safety
+    /// The file must not be modified or truncated while the map (and any model borrowing it)
+    /// is alive: the engine reads the mapped bytes directly.
+    pub unsafe fn map(path: impl AsRef<Path>) -> Result<Self> {
+        let file = std::fs::File::open(path)?;
+        // SAFETY: the caller promises the file is not changed while mapped.
+        let map = unsafe { memmap2::Mmap::map(&file)? };
+        Ok(ModelBytes::Mapped(map))
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            ModelBytes::Owned(v) => v,
+            ModelBytes::Mapped(m) => m,
+        }
+    }
+
+    /// Parses and loads the model borrowing these bytes.
+    pub fn model(&self) -> Result<Model<'_>> {
+        Model::from_bytes(self.bytes())
+    }
+}
+
+/// A heap buffer aligned for [`State`], sized for a model and context length.
+#[derive(Debug)]
+pub struct StateBuffer {
+    words: Vec<u128>,
+    len: usize,
+}
+
+impl StateBuffer {
+    /// Allocates exactly [`State::bytes_needed`] bytes (16-byte aligned).
+    pub fn for_model<const N: usize>(model: &Model<'_, N>, ctx: usize) -> Result<Self> {
+        let len = State::bytes_needed(model, ctx)?;
+        Ok(StateBuffer {
+            words: std::vec![0u128; len.div_ceil(16)],
+            len,
+        })
+    }
+
+    /// Carves a [`State`] out of this buffer.
+    pub fn state<'b, const N: usize>(
+        &'b mut self,
+        model: &Model<'_, N>,
+        ctx: usize,
+    ) -> Result<State<'b>> {
+        let len = self.len.min(self.words.len() * 16);
+        // SAFETY: the Vec owns `words.len() * 16` initialized bytes; u8 has no alignment or
+        // validity requirements; the byte view borrows `self` mutably for 'b, so nothing else
+        // can touch the words meanwhile.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), len) };
+        State::new(model, ctx, bytes)
+    }
+}

@@ -1,0 +1,274 @@
+//! Numeric kernels: the scalar specification.
+//!
+//! Every function here fixes the order of its floating-point operations (see FORMAT.md,
+//! "Accumulation order"), so that a SIMD version that follows the same lane layout gives
+//! bit-identical results. Float dot products use eight lanes (element `i` in lane `i % 8`),
+//! quantized dot products eight lanes over blocks (block `b` in lane `b % 8`); lanes are reduced
+//! by [`reduce8`]. Multiplies and adds are rounded separately (Rust never fuses them).
+
+use crate::quant::{bf16_to_f32, f16_to_f32, quantize_q8_0, GgmlType, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK};
+
+/// Reduces eight lanes in the canonical order: `(a0+a4, a1+a5, a2+a6, a3+a7)`, then
+/// `(s0+s2, s1+s3)`, then `t0+t1`.
+#[inline(always)]
+pub fn reduce8(a: [f32; 8]) -> f32 {
+    let s0 = a[0] + a[4];
+    let s1 = a[1] + a[5];
+    let s2 = a[2] + a[6];
+    let s3 = a[3] + a[7];
+    let t0 = s0 + s2;
+    let t1 = s1 + s3;
+    t0 + t1
+}
+
+/// Dot product of two f32 slices (the shorter length is used), eight lanes.
+#[inline]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    for (l, (x, y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
+        acc[l] += x * y;
+    }
+    reduce8(acc)
+}
+
+/// A prepared matrix-vector input: the f32 activation and, when some consumer is quantized,
+/// its Q8_0 form (`q`: int8 values, `d`: per-block scales rounded to f16).
+#[derive(Debug, Clone, Copy)]
+pub struct Act<'s> {
+    /// The activation.
+    pub x: &'s [f32],
+    /// Q8_0 values (empty when not prepared).
+    pub q: &'s [i8],
+    /// Q8_0 block scales (empty when not prepared).
+    pub d: &'s [f32],
+}
+
+impl<'s> Act<'s> {
+    /// Prepares `x` for matrices of the given types: quantizes it to Q8_0 into `qbuf`/`dbuf`
+    /// when any of them is block-quantized.
+    pub fn prepare(
+        x: &'s [f32],
+        types: &[GgmlType],
+        qbuf: &'s mut [i8],
+        dbuf: &'s mut [f32],
+    ) -> Act<'s> {
+        if types.iter().any(|t| t.is_quantized()) {
+            let n = x.len();
+            let nb = n / QK;
+            let (q, d) = (&mut qbuf[..n], &mut dbuf[..nb]);
+            quantize_q8_0(x, q, d);
+            Act { x, q, d }
+        } else {
+            Act { x, q: &[], d: &[] }
+        }
+    }
+}
+
+/// Dot product of one stored row of type `ty` with the activation.
+#[inline]
+pub fn dot_row(ty: GgmlType, row: &[u8], a: &Act<'_>) -> f32 {
+    match ty {
+        GgmlType::F32 => dot_f32_row(row, a.x),
+        GgmlType::F16 => dot_half_row(row, a.x, f16_to_f32),
+        GgmlType::BF16 => dot_half_row(row, a.x, bf16_to_f32),
+        GgmlType::Q8_0 => dot_q8_0_q8_0(row, a.q, a.d),
+        GgmlType::Q4_0 => dot_q4_0_q8_0(row, a.q, a.d),
+    }
+}
+
+/// f32 row (little-endian bytes) times f32 vector, eight lanes.
+#[inline]
+pub fn dot_f32_row(row: &[u8], x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut cr = row.chunks_exact(32);
+    let mut cx = x.chunks_exact(8);
+    for (r, xs) in (&mut cr).zip(&mut cx) {
+        for l in 0..8 {
+            let w = f32::from_le_bytes([r[4 * l], r[4 * l + 1], r[4 * l + 2], r[4 * l + 3]]);
+            acc[l] += w * xs[l];
+        }
+    }
+    for (l, (c, xv)) in cr.remainder().chunks_exact(4).zip(cx.remainder()).enumerate() {
+        acc[l] += f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * xv;
+    }
+    reduce8(acc)
+}
+
+/// 16-bit float row (F16 or BF16, widened by `widen`) times f32 vector, eight lanes.
+#[inline]
+pub fn dot_half_row(row: &[u8], x: &[f32], widen: fn(u16) -> f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut cr = row.chunks_exact(16);
+    let mut cx = x.chunks_exact(8);
+    for (r, xs) in (&mut cr).zip(&mut cx) {
+        for l in 0..8 {
+            acc[l] += widen(u16::from_le_bytes([r[2 * l], r[2 * l + 1]])) * xs[l];
+        }
+    }
+    for (l, (c, xv)) in cr.remainder().chunks_exact(2).zip(cx.remainder()).enumerate() {
+        acc[l] += widen(u16::from_le_bytes([c[0], c[1]])) * xv;
+    }
+    reduce8(acc)
+}
+
+/// Q8_0 row times Q8_0 activation: exact integer block sums, block `b` scaled into lane `b % 8`.
+#[inline]
+pub fn dot_q8_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (b, ((blk, xs), &dx)) in row
+        .chunks_exact(Q8_0_BLOCK_BYTES)
+        .zip(xq.chunks_exact(QK))
+        .zip(xd)
+        .enumerate()
+    {
+        let dw = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
+        let mut sumi = 0i32;
+        for (&w, &x) in blk[2..].iter().zip(xs) {
+            sumi += i32::from(w as i8) * i32::from(x);
+        }
+        acc[b % 8] += sumi as f32 * (dw * dx);
+    }
+    reduce8(acc)
+}
+
+/// Q4_0 row times Q8_0 activation: exact integer block sums, block `b` scaled into lane `b % 8`.
+#[inline]
+pub fn dot_q4_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (b, ((blk, xs), &dx)) in row
+        .chunks_exact(Q4_0_BLOCK_BYTES)
+        .zip(xq.chunks_exact(QK))
+        .zip(xd)
+        .enumerate()
+    {
+        let dw = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
+        let (lo, hi) = xs.split_at(QK / 2);
+        let mut sumi = 0i32;
+        for ((&q, &xl), &xh) in blk[2..].iter().zip(lo).zip(hi) {
+            sumi += i32::from((q & 0x0F) as i8 - 8) * i32::from(xl);
+            sumi += i32::from((q >> 4) as i8 - 8) * i32::from(xh);
+        }
+        acc[b % 8] += sumi as f32 * (dw * dx);
+    }
+    reduce8(acc)
+}
+
+/// `out = rmsnorm(x) * w`: `out[i] = (x[i] * (1 / sqrt(mean(x^2) + eps))) * w[i]`, where the
+/// sum of squares is [`dot_f32`] of `x` with itself. `w` is the little-endian f32 weight bytes.
+pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[u8], eps: f32) {
+    let n = x.len();
+    let ss = dot_f32(x, x) / n as f32;
+    let scale = 1.0 / libm::sqrtf(ss + eps);
+    for ((o, &v), c) in out.iter_mut().zip(x).zip(w.chunks_exact(4)) {
+        *o = (v * scale) * f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    }
+}
+
+/// In-place softmax: subtract the maximum, `exp`, sequential sum, divide. Returns the sum
+/// (not finite when the input had a NaN or infinity, which callers report).
+pub fn softmax(x: &mut [f32]) -> f32 {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    let mut sum = 0.0f32;
+    for v in x.iter_mut() {
+        *v = libm::expf(*v - max);
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+    sum
+}
+
+/// `silu(z) = z / (1 + exp(-z))`.
+#[inline]
+pub fn silu(z: f32) -> f32 {
+    z / (1.0 + libm::expf(-z))
+}
+
+/// `gate[i] = silu(gate[i]) * up[i]`.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = silu(*g) * u;
+    }
+}
+
+/// Adds little-endian f32 bias bytes to `x`.
+pub fn add_bias(x: &mut [f32], bias: &[u8]) {
+    for (v, c) in x.iter_mut().zip(bias.chunks_exact(4)) {
+        *v += f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    }
+}
+
+/// Top-k of `p` by value, ties to the lower index, in descending order; writes indices and
+/// values. `idx.len()` is k (at most `p.len()`).
+pub fn top_k(p: &[f32], idx: &mut [u32], val: &mut [f32]) {
+    for i in 0..idx.len() {
+        let mut best: Option<usize> = None;
+        for (e, &v) in p.iter().enumerate() {
+            if idx[..i].contains(&(e as u32)) {
+                continue;
+            }
+            match best {
+                Some(b) if v <= p[b] => {}
+                _ => best = Some(e),
+            }
+        }
+        let b = best.unwrap_or(0);
+        idx[i] = b as u32;
+        val[i] = p[b];
+    }
+}
+
+/// Rotates every `hd`-wide head of `x` in place with the rotate-half RoPE, given the
+/// per-position tables `cos[j]`, `sin[j]` for `j < hd/2`.
+pub fn rope(x: &mut [f32], hd: usize, cos: &[f32], sin: &[f32]) {
+    let half = hd / 2;
+    for head in x.chunks_exact_mut(hd) {
+        let (a, b) = head.split_at_mut(half);
+        for (((u, w), &c), &s) in a.iter_mut().zip(b.iter_mut()).zip(cos).zip(sin) {
+            let (u0, w0) = (*u, *w);
+            *u = u0 * c - w0 * s;
+            *w = u0 * s + w0 * c;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_ties_go_to_lower_index() {
+        let p = [0.1, 0.3, 0.3, 0.2, 0.1];
+        let mut idx = [0u32; 3];
+        let mut val = [0.0f32; 3];
+        top_k(&p, &mut idx, &mut val);
+        assert_eq!(idx, [1, 2, 3]);
+        assert_eq!(val, [0.3, 0.3, 0.2]);
+    }
+
+    #[test]
+    fn dot_f32_tail_uses_lanes() {
+        let a: [f32; 11] = core::array::from_fn(|i| i as f32);
+        let b = [1.0f32; 11];
+        assert_eq!(dot_f32(&a, &b), 55.0);
+    }
+
+    #[test]
+    fn softmax_sums_to_one() {
+        let mut x = [1.0f32, 2.0, 3.0];
+        let s = softmax(&mut x);
+        assert!(s.is_finite());
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(x[2] > x[1] && x[1] > x[0]);
+    }
+}

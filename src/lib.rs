@@ -1,0 +1,27 @@
+//! # mhmoe
+//!
+//! A `no_std` inference engine for quantized Multi-Head Mixture-of-Experts (MH-MoE) language
+//! models stored as GGUF. See the README for the quick start and `FORMAT.md` for the model format.
+#![no_std]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod config;
+pub mod error;
+#[cfg(feature = "std")]
+pub mod file;
+pub mod forward;
+pub mod gguf;
+pub mod kernels;
+pub mod model;
+pub mod quant;
+pub mod state;
+
+pub use error::{Error, Result};
+pub use config::Config;
+pub use forward::forward;
+pub use model::Model;
+pub use state::{AlignedBuffer, State};

@@ -1,0 +1,243 @@
+//! Weight types and ggml's block layouts.
+//!
+//! | type | id | block | bytes per block | layout |
+//! |---|---|---|---|---|
+//! | F32 | 0 | 1 | 4 | little-endian f32 |
+//! | F16 | 1 | 1 | 2 | IEEE half |
+//! | Q4_0 | 2 | 32 | 18 | f16 scale `d`, 16 bytes: element `j` is `(qs[j] & 15) - 8`, element `j + 16` is `(qs[j] >> 4) - 8`; value `d * q` |
+//! | Q8_0 | 8 | 32 | 34 | f16 scale `d`, 32 i8 `q`; value `d * q` |
+//! | BF16 | 30 | 1 | 2 | upper half of an f32 |
+//!
+//! These are byte for byte the layouts of ggml, so the `gguf` Python package's dequantizers give
+//! the same values (checked in `tests/dequant.rs`).
+
+use half::f16;
+
+/// Elements per Q8_0 / Q4_0 block.
+pub const QK: usize = 32;
+/// Bytes of one Q8_0 block.
+pub const Q8_0_BLOCK_BYTES: usize = 2 + QK;
+/// Bytes of one Q4_0 block.
+pub const Q4_0_BLOCK_BYTES: usize = 2 + QK / 2;
+
+/// A tensor element type this engine reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum GgmlType {
+    /// 32-bit float.
+    F32,
+    /// 16-bit IEEE float.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// 8-bit blocks of 32 with an f16 scale.
+    Q8_0,
+    /// 4-bit blocks of 32 with an f16 scale.
+    Q4_0,
+}
+
+impl GgmlType {
+    /// The type for a ggml type id, if supported.
+    pub fn from_u32(id: u32) -> Option<Self> {
+        Some(match id {
+            0 => GgmlType::F32,
+            1 => GgmlType::F16,
+            2 => GgmlType::Q4_0,
+            8 => GgmlType::Q8_0,
+            30 => GgmlType::BF16,
+            _ => return None,
+        })
+    }
+
+    /// The ggml type id.
+    pub fn id(self) -> u32 {
+        match self {
+            GgmlType::F32 => 0,
+            GgmlType::F16 => 1,
+            GgmlType::Q4_0 => 2,
+            GgmlType::Q8_0 => 8,
+            GgmlType::BF16 => 30,
+        }
+    }
+
+    /// Elements per block.
+    pub fn block_size(self) -> usize {
+        match self {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
+            GgmlType::Q8_0 | GgmlType::Q4_0 => QK,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn type_size(self) -> usize {
+        match self {
+            GgmlType::F32 => 4,
+            GgmlType::F16 | GgmlType::BF16 => 2,
+            GgmlType::Q8_0 => Q8_0_BLOCK_BYTES,
+            GgmlType::Q4_0 => Q4_0_BLOCK_BYTES,
+        }
+    }
+
+    /// True for block-quantized types, whose matrix products use Q8_0 activations.
+    pub fn is_quantized(self) -> bool {
+        matches!(self, GgmlType::Q8_0 | GgmlType::Q4_0)
+    }
+
+    /// Bytes of a row of `n` elements (`n` must be a multiple of the block size).
+    pub fn row_bytes(self, n: usize) -> usize {
+        n / self.block_size() * self.type_size()
+    }
+
+    /// The type's name as ggml spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            GgmlType::F32 => "F32",
+            GgmlType::F16 => "F16",
+            GgmlType::BF16 => "BF16",
+            GgmlType::Q8_0 => "Q8_0",
+            GgmlType::Q4_0 => "Q4_0",
+        }
+    }
+}
+
+/// Widens an IEEE half (given as its bits) to f32, exactly.
+#[inline(always)]
+pub fn f16_to_f32(bits: u16) -> f32 {
+    f16::from_bits(bits).to_f32()
+}
+
+/// Rounds an f32 to the nearest IEEE half (ties to even) and widens it back.
+#[inline(always)]
+pub fn round_to_f16(v: f32) -> f32 {
+    f16::from_f32(v).to_f32()
+}
+
+/// Widens a bfloat16 (given as its bits) to f32, exactly.
+#[inline(always)]
+pub fn bf16_to_f32(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
+}
+
+#[inline(always)]
+fn le16(b: &[u8], i: usize) -> u16 {
+    u16::from_le_bytes([b[i], b[i + 1]])
+}
+
+/// Dequantizes one row of `out.len()` elements of type `ty` from `src` into `out`.
+///
+/// `src` must hold exactly `ty.row_bytes(out.len())` bytes and `out.len()` must be a multiple of
+/// the block size; the model loader guarantees both for rows of validated tensors. Extra bytes
+/// or elements are ignored rather than read out of bounds.
+pub fn dequantize_row(ty: GgmlType, src: &[u8], out: &mut [f32]) {
+    match ty {
+        GgmlType::F32 => {
+            for (o, c) in out.iter_mut().zip(src.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        GgmlType::F16 => {
+            for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
+                *o = f16_to_f32(u16::from_le_bytes([c[0], c[1]]));
+            }
+        }
+        GgmlType::BF16 => {
+            for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
+                *o = bf16_to_f32(u16::from_le_bytes([c[0], c[1]]));
+            }
+        }
+        GgmlType::Q8_0 => {
+            for (o, b) in out
+                .chunks_exact_mut(QK)
+                .zip(src.chunks_exact(Q8_0_BLOCK_BYTES))
+            {
+                let d = f16_to_f32(le16(b, 0));
+                for (o, &q) in o.iter_mut().zip(&b[2..]) {
+                    *o = d * f32::from(q as i8);
+                }
+            }
+        }
+        GgmlType::Q4_0 => {
+            for (o, b) in out
+                .chunks_exact_mut(QK)
+                .zip(src.chunks_exact(Q4_0_BLOCK_BYTES))
+            {
+                let d = f16_to_f32(le16(b, 0));
+                let (lo, hi) = o.split_at_mut(QK / 2);
+                for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&b[2..]) {
+                    *l = d * f32::from((q & 0x0F) as i8 - 8);
+                    *h = d * f32::from((q >> 4) as i8 - 8);
+                }
+            }
+        }
+    }
+}
+
+/// Quantizes `x` to Q8_0 blocks the way ggml's `quantize_row_q8_0` does, writing the int8
+/// values to `q` and each block's scale (rounded to f16, widened back) to `d`.
+///
+/// Per block of 32: `amax = max |x|`, `d = amax / 127`, `id = 1 / d` (0 when `d == 0`),
+/// `q = roundf(x * id)` (half away from zero), the stored scale is `f16(d)`.
+/// `x.len()` must be a multiple of 32; `q` and `d` must be at least `x.len()` and
+/// `x.len() / 32` long (the caller sizes them from the model).
+pub fn quantize_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32]) {
+    for ((xs, qs), dd) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).zip(d.iter_mut()) {
+        let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let dv = amax / 127.0;
+        let id = if dv != 0.0 { 1.0 / dv } else { 0.0 };
+        *dd = round_to_f16(dv);
+        for (q, &v) in qs.iter_mut().zip(xs) {
+            // |v * id| <= 127 (plus rounding), so the cast never saturates for finite input.
+            *q = libm::roundf(v * id) as i8;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q8_0_quantize_matches_ggml_rules() {
+        let mut x = [0.0f32; 32];
+        for (i, v) in x.iter_mut().enumerate() {
+            *v = (i as f32 - 16.0) * 0.25;
+        }
+        let mut q = [0i8; 32];
+        let mut d = [0.0f32; 1];
+        quantize_q8_0(&x, &mut q, &mut d);
+        assert_eq!(q[0], -127);
+        assert_eq!(d[0], round_to_f16(4.0 / 127.0));
+        // x = 0.25 * 127/4 = 7.9375 -> 8
+        assert_eq!(q[17], 8);
+        let zero = [0.0f32; 32];
+        quantize_q8_0(&zero, &mut q, &mut d);
+        assert_eq!(d[0], 0.0);
+        assert!(q.iter().all(|&v| v == 0));
+    }
+
+    #[test]
+    fn round_half_away_from_zero() {
+        // 2.5 * (127 / 5.0) scaled: choose values so x * id lands on .5 exactly.
+        let mut x = [0.0f32; 32];
+        x[0] = 127.0; // amax 127 -> d = 1, id = 1
+        x[1] = 2.5;
+        x[2] = -2.5;
+        x[3] = 0.5;
+        let mut q = [0i8; 32];
+        let mut d = [0.0f32; 1];
+        quantize_q8_0(&x, &mut q, &mut d);
+        assert_eq!((q[1], q[2], q[3]), (3, -3, 1));
+    }
+
+    #[test]
+    fn q4_0_dequant_layout() {
+        let mut blk = [0u8; Q4_0_BLOCK_BYTES];
+        blk[..2].copy_from_slice(&half::f16::from_f32(2.0).to_bits().to_le_bytes());
+        blk[2] = 0xF0; // element 0 -> 0 - 8, element 16 -> 15 - 8
+        let mut out = [0.0f32; 32];
+        dequantize_row(GgmlType::Q4_0, &blk, &mut out);
+        assert_eq!(out[0], -16.0);
+        assert_eq!(out[16], 14.0);
+        assert_eq!(out[1], -16.0);
+    }
+}
