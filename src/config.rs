@@ -58,7 +58,8 @@ pub struct Config {
 const MAX_DIM: usize = 1 << 24;
 
 fn get<'a>(file: &Gguf<'a>, key: &str) -> Result<Value<'a>> {
-    file.get(key).ok_or_else(|| Error::MissingKey { key: name(key) })
+    file.get(key)
+        .ok_or_else(|| Error::MissingKey { key: name(key) })
 }
 
 fn get_usize(file: &Gguf<'_>, key: &str) -> Result<usize> {
@@ -167,17 +168,41 @@ impl Config {
             (c.dim >= 1, "embedding_length must be at least 1"),
             (c.n_layers >= 1, "block_count must be at least 1"),
             (c.n_heads >= 1, "attention.head_count must be at least 1"),
-            (c.dim % c.n_heads.max(1) == 0, "embedding_length must be divisible by attention.head_count"),
-            (c.head_dim % 2 == 0, "attention head width must be even (RoPE rotates pairs)"),
-            (c.n_kv_heads >= 1, "attention.head_count_kv must be at least 1"),
-            (c.n_heads % c.n_kv_heads.max(1) == 0, "attention.head_count must be a multiple of head_count_kv"),
+            (
+                c.dim % c.n_heads.max(1) == 0,
+                "embedding_length must be divisible by attention.head_count",
+            ),
+            (
+                c.head_dim % 2 == 0,
+                "attention head width must be even (RoPE rotates pairs)",
+            ),
+            (
+                c.n_kv_heads >= 1,
+                "attention.head_count_kv must be at least 1",
+            ),
+            (
+                c.n_heads % c.n_kv_heads.max(1) == 0,
+                "attention.head_count must be a multiple of head_count_kv",
+            ),
             (c.n_experts >= 1, "expert_count must be at least 1"),
-            (c.top_k >= 1 && c.top_k <= c.n_experts, "expert_used_count must be in 1..=expert_count"),
-            (c.expert_ff_dim >= 1, "expert_feed_forward_length must be at least 1"),
+            (
+                c.top_k >= 1 && c.top_k <= c.n_experts,
+                "expert_used_count must be in 1..=expert_count",
+            ),
+            (
+                c.expert_ff_dim >= 1,
+                "expert_feed_forward_length must be at least 1",
+            ),
             (c.moe_heads >= 1, "moe.head_count must be at least 1"),
-            (c.dim % c.moe_heads.max(1) == 0, "embedding_length must be divisible by moe.head_count"),
+            (
+                c.dim % c.moe_heads.max(1) == 0,
+                "embedding_length must be divisible by moe.head_count",
+            ),
             (c.moe_interval >= 1, "moe.layer_interval must be at least 1"),
-            (c.ff_dim >= 1 || (0..c.n_layers).all(|i| c.is_moe_layer(i)), "feed_forward_length must be at least 1 when a layer is dense"),
+            (
+                c.ff_dim >= 1 || (0..c.n_layers).all(|i| c.is_moe_layer(i)),
+                "feed_forward_length must be at least 1 when a layer is dense",
+            ),
             (c.vocab_size >= 1, "vocabulary must not be empty"),
         ];
         for (ok, reason) in checks {

@@ -2,9 +2,7 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::kernels::{
-    add_bias, dot_f32, dot_row, rmsnorm, rope, silu_mul, softmax, top_k, Act,
-};
+use crate::kernels::{add_bias, dot_f32, dot_row, rmsnorm, rope, silu_mul, softmax, top_k, Act};
 use crate::model::{Matrix, Model, Moe, Router, SwiGlu};
 use crate::state::{router_red_width, Plan, State};
 

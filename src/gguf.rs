@@ -446,7 +446,9 @@ fn read_kv<'a>(cur: &mut Cursor<'a>) -> Result<(&'a str, Value<'a>)> {
 }
 
 /// Reads one tensor info; the data view is resolved against the data section later.
-fn read_tensor_info<'a>(cur: &mut Cursor<'a>) -> Result<(&'a str, usize, [u64; MAX_DIMS], u32, u64)> {
+fn read_tensor_info<'a>(
+    cur: &mut Cursor<'a>,
+) -> Result<(&'a str, usize, [u64; MAX_DIMS], u32, u64)> {
     let tname = cur.string("tensor name")?;
     let n_dims = cur.u32("tensor n_dims")?;
     if n_dims == 0 || n_dims as usize > MAX_DIMS {
@@ -501,7 +503,11 @@ impl<'a> Gguf<'a> {
             if key == "general.alignment" {
                 alignment = match value {
                     Value::U32(a) if a != 0 && a.is_power_of_two() => a.into(),
-                    Value::U32(a) => return Err(Error::BadAlignment { alignment: a.into() }),
+                    Value::U32(a) => {
+                        return Err(Error::BadAlignment {
+                            alignment: a.into(),
+                        })
+                    }
                     _ => return Err(Error::BadAlignment { alignment: 0 }),
                 };
             }

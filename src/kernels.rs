@@ -6,7 +6,9 @@
 //! quantized dot products eight lanes over blocks (block `b` in lane `b % 8`); lanes are reduced
 //! by [`reduce8`]. Multiplies and adds are rounded separately (Rust never fuses them).
 
-use crate::quant::{bf16_to_f32, f16_to_f32, quantize_q8_0, GgmlType, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK};
+use crate::quant::{
+    bf16_to_f32, f16_to_f32, quantize_q8_0, GgmlType, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK,
+};
 
 /// Reduces eight lanes in the canonical order: `(a0+a4, a1+a5, a2+a6, a3+a7)`, then
 /// `(s0+s2, s1+s3)`, then `t0+t1`.
@@ -97,7 +99,12 @@ pub fn dot_f32_row(row: &[u8], x: &[f32]) -> f32 {
             acc[l] += w * xs[l];
         }
     }
-    for (l, (c, xv)) in cr.remainder().chunks_exact(4).zip(cx.remainder()).enumerate() {
+    for (l, (c, xv)) in cr
+        .remainder()
+        .chunks_exact(4)
+        .zip(cx.remainder())
+        .enumerate()
+    {
         acc[l] += f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * xv;
     }
     reduce8(acc)
@@ -114,7 +121,12 @@ pub fn dot_half_row(row: &[u8], x: &[f32], widen: fn(u16) -> f32) -> f32 {
             acc[l] += widen(u16::from_le_bytes([r[2 * l], r[2 * l + 1]])) * xs[l];
         }
     }
-    for (l, (c, xv)) in cr.remainder().chunks_exact(2).zip(cx.remainder()).enumerate() {
+    for (l, (c, xv)) in cr
+        .remainder()
+        .chunks_exact(2)
+        .zip(cx.remainder())
+        .enumerate()
+    {
         acc[l] += widen(u16::from_le_bytes([c[0], c[1]])) * xv;
     }
     reduce8(acc)
@@ -176,7 +188,9 @@ pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[u8], eps: f32) {
 /// In-place softmax: subtract the maximum, `exp`, sequential sum, divide. Returns the sum
 /// (not finite when the input had a NaN or infinity, which callers report).
 pub fn softmax(x: &mut [f32]) -> f32 {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    let max = x
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
     let mut sum = 0.0f32;
     for v in x.iter_mut() {
         *v = libm::expf(*v - max);

@@ -20,8 +20,8 @@ pub mod model;
 pub mod quant;
 pub mod state;
 
-pub use error::{Error, Result};
 pub use config::Config;
+pub use error::{Error, Result};
 pub use forward::forward;
 pub use model::Model;
 pub use state::{AlignedBuffer, State};

@@ -162,7 +162,9 @@ impl<'a> Loader<'_, 'a> {
         for t in self.file.tensors() {
             if t.name == tname {
                 if found.is_some() {
-                    return Err(Error::DuplicateTensor { tensor: name(tname) });
+                    return Err(Error::DuplicateTensor {
+                        tensor: name(tname),
+                    });
                 }
                 found = Some(t);
             }
@@ -171,11 +173,18 @@ impl<'a> Loader<'_, 'a> {
     }
 
     fn require(&self, tname: &str) -> Result<TensorInfo<'a>> {
-        self.find(tname)?.ok_or_else(|| Error::MissingTensor { tensor: name(tname) })
+        self.find(tname)?.ok_or_else(|| Error::MissingTensor {
+            tensor: name(tname),
+        })
     }
 
     fn check_dims(t: &TensorInfo<'a>, expected: [usize; 3]) -> Result<()> {
-        let want = [expected[0] as u64, expected[1] as u64, expected[2] as u64, 1];
+        let want = [
+            expected[0] as u64,
+            expected[1] as u64,
+            expected[2] as u64,
+            1,
+        ];
         if t.dims != want {
             return Err(Error::WrongShape {
                 tensor: name(t.name),

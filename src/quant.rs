@@ -22,7 +22,6 @@ pub const Q4_0_BLOCK_BYTES: usize = 2 + QK / 2;
 
 /// A tensor element type this engine reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
 pub enum GgmlType {
     /// 32-bit float.
     F32,
@@ -180,7 +179,11 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], out: &mut [f32]) {
 /// `x.len()` must be a multiple of 32; `q` and `d` must be at least `x.len()` and
 /// `x.len() / 32` long (the caller sizes them from the model).
 pub fn quantize_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32]) {
-    for ((xs, qs), dd) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).zip(d.iter_mut()) {
+    for ((xs, qs), dd) in x
+        .chunks_exact(QK)
+        .zip(q.chunks_exact_mut(QK))
+        .zip(d.iter_mut())
+    {
         let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let dv = amax / 127.0;
         let id = if dv != 0.0 { 1.0 / dv } else { 0.0 };

@@ -80,7 +80,10 @@ impl Plan {
 
     /// (element count, element size) of each buffer, in carving order.
     fn buffers(&self) -> Option<[(usize, usize); 20]> {
-        let kv = self.n_layers.checked_mul(self.ctx)?.checked_mul(self.kv_dim)?;
+        let kv = self
+            .n_layers
+            .checked_mul(self.ctx)?
+            .checked_mul(self.kv_dim)?;
         let blocks = self.max_in.div_ceil(QK);
         Some([
             (self.dim, 4),                            // x
@@ -107,9 +110,9 @@ impl Plan {
     }
 
     fn bytes(&self) -> Option<usize> {
-        self.buffers()?
-            .iter()
-            .try_fold(0usize, |acc, &(n, sz)| acc.checked_add(round16(n.checked_mul(sz)?)?))
+        self.buffers()?.iter().try_fold(0usize, |acc, &(n, sz)| {
+            acc.checked_add(round16(n.checked_mul(sz)?)?)
+        })
     }
 }
 

@@ -1,0 +1,48 @@
+//! Dequantization is bit-exact with the `gguf` Python package's numpy dequantizers: the file
+//! tests/models/dequant_vectors.gguf (tools/mhmoe_tools/gen_test_models.py) holds, for each
+//! type, a tensor with random and extreme blocks and `<name>.expected`, gguf's F32 output.
+
+mod common;
+
+use mhmoe::gguf::Gguf;
+use mhmoe::quant::{dequantize_row, GgmlType};
+
+#[test]
+fn dequantization_is_bit_exact_with_gguf_numpy() {
+    let bytes = std::fs::read(common::root().join("tests/models/dequant_vectors.gguf")).unwrap();
+    let g = Gguf::parse(&bytes).unwrap();
+    let mut seen = Vec::new();
+    for t in g.tensors().filter(|t| !t.name.ends_with(".expected")) {
+        let exp = g.tensor(&format!("{}.expected", t.name)).unwrap();
+        assert_eq!(exp.ty, GgmlType::F32);
+        assert_eq!(exp.dims, t.dims);
+        let n = t.n_elements() as usize;
+        let mut out = vec![0.0f32; n];
+        let cols = t.dims[0] as usize;
+        for (r, row) in out.chunks_mut(cols).enumerate() {
+            let rb = t.ty.row_bytes(cols);
+            dequantize_row(t.ty, &t.data[r * rb..(r + 1) * rb], row);
+        }
+        for (i, (got, want)) in out.iter().zip(exp.data.chunks_exact(4)).enumerate() {
+            let want = f32::from_le_bytes(want.try_into().unwrap());
+            // NaN payloads may differ between conversions; everything else must be equal bits.
+            let same = got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan());
+            assert!(
+                same,
+                "{} element {i}: {got:e} ({:#x}) != {want:e} ({:#x})",
+                t.name,
+                got.to_bits(),
+                want.to_bits()
+            );
+        }
+        seen.push(t.ty);
+    }
+    for ty in [
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+    ] {
+        assert!(seen.contains(&ty), "no test vector for {}", ty.name());
+    }
+}
