@@ -1,44 +1,18 @@
 //! The forward pass of one token, top to bottom (FORMAT.md, "Forward pass").
+//!
+//! [`forward`] picks the instruction set once ([`Isa::active`]) and runs [`forward_with`]
+//! monomorphized for it.
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::kernels::{add_bias, dot_f32, dot_row, rmsnorm, rope, silu_mul, softmax, top_k, Act};
-use crate::model::{Matrix, Model, Moe, Router, SwiGlu};
+use crate::kernels::scalar::{add_bias, rope};
+use crate::kernels::{Act, Isa, Kernels, Scalar};
+use crate::model::{Ffn, Matrix, Model, Moe, Router, SwiGlu};
+use crate::quant::QK;
 use crate::state::{router_red_width, Plan, State};
 
-/// `out[r] = row_r(w) . x` for every row.
-fn matvec(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
-    for (r, o) in out[..w.rows].iter_mut().enumerate() {
-        *o = dot_row(w.ty, w.row(r), a);
-    }
-}
-
-/// The two Q8_0 activation buffers of the state: index 0 for layer inputs, 1 for hidden
-/// activations (needed while an input stays prepared).
-fn qbufs<'s>(qvals: &'s mut [i8], qscales: &'s mut [f32]) -> [(&'s mut [i8], &'s mut [f32]); 2] {
-    let (q0, q1) = qvals.split_at_mut(qvals.len() / 2);
-    let (d0, d1) = qscales.split_at_mut(qscales.len() / 2);
-    [(q0, d0), (q1, d1)]
-}
-
-/// `out = down(silu(gate x) * up x)`, with `x` prepared in `a`.
-fn swiglu(
-    f: &SwiGlu<'_>,
-    a: &Act<'_>,
-    hb: &mut [f32],
-    hb2: &mut [f32],
-    hq: (&mut [i8], &mut [f32]),
-    out: &mut [f32],
-) {
-    let n = f.gate.rows;
-    matvec(&f.gate, a, hb);
-    matvec(&f.up, a, hb2);
-    silu_mul(&mut hb[..n], &hb2[..n]);
-    let h = Act::prepare(&hb[..n], &[f.down.ty], hq.0, hq.1);
-    matvec(&f.down, &h, out);
-}
-
-/// Runs one token through the model at the state's next position and returns the logits.
+/// Runs one token through the model at the state's next position and returns the logits,
+/// using the active instruction set ([`Isa::active`]).
 ///
 /// Errors: [`Error::TokenOutOfRange`], [`Error::ContextFull`] when every position of the state
 /// is used (call [`State::reset`] to start over), [`Error::InvalidConfig`] when the state was
@@ -46,6 +20,59 @@ fn swiglu(
 /// finite (corrupt weights or overflowing activations). On error the state's position does not
 /// advance.
 pub fn forward<'s, const N: usize>(
+    model: &Model<'_, N>,
+    s: &'s mut State<'_>,
+    token: u32,
+) -> Result<&'s [f32]> {
+    forward_on(Isa::active(), model, s, token)
+}
+
+/// [`forward`] on a given instruction set; fails if it is not available here.
+pub fn forward_on<'s, const N: usize>(
+    isa: Isa,
+    model: &Model<'_, N>,
+    s: &'s mut State<'_>,
+    token: u32,
+) -> Result<&'s [f32]> {
+    if !isa.is_available() {
+        return Err(Error::InvalidConfig {
+            reason: "the requested instruction set is not available on this CPU or build",
+        });
+    }
+    match isa {
+        _ => forward_with::<Scalar, N>(model, s, token),
+    }
+}
+
+/// `out[r] = row_r(w) . x` for every row, counting the bytes read.
+#[inline]
+fn gemv<K: Kernels>(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32], bytes: &mut u64) {
+    K::gemv(w, a, out);
+    *bytes += w.data.len() as u64;
+}
+
+/// `out = down(silu(gate x) * up x)` for one input prepared in `a`.
+#[allow(clippy::too_many_arguments)]
+fn swiglu<K: Kernels>(
+    f: &SwiGlu<'_>,
+    a: &Act<'_>,
+    hb: &mut [f32],
+    hb2: &mut [f32],
+    hq: &mut [i8],
+    hd: &mut [f32],
+    out: &mut [f32],
+    bytes: &mut u64,
+) {
+    let n = f.gate.rows;
+    gemv::<K>(&f.gate, a, hb, bytes);
+    gemv::<K>(&f.up, a, hb2, bytes);
+    K::silu_mul(&mut hb[..n], &hb2[..n]);
+    let h = K::prepare(&hb[..n], &[f.down.ty], hq, hd);
+    gemv::<K>(&f.down, &h, out, bytes);
+}
+
+/// The forward pass with kernels `K`.
+pub fn forward_with<'s, K: Kernels, const N: usize>(
     model: &Model<'_, N>,
     s: &'s mut State<'_>,
     token: u32,
@@ -71,8 +98,10 @@ pub fn forward<'s, const N: usize>(
     let (d, hd, kvd) = (c.dim, c.head_dim, c.kv_dim());
     let q_dim = c.n_heads * hd;
     let half = hd / 2;
+    let mut bytes = 0u64;
 
     model.token_embd.dequantize_row(token as usize, s.x);
+    bytes += model.token_embd.row_bytes() as u64;
 
     // RoPE tables for this position, shared by every layer and head.
     {
@@ -89,18 +118,17 @@ pub fn forward<'s, const N: usize>(
 
     for (l, layer) in model.layers().iter().enumerate() {
         // ---- attention ----
-        let [iq, hq] = qbufs(s.qvals, s.qscales);
-        rmsnorm(&mut s.xb[..d], &s.x[..d], layer.attn_norm, c.norm_eps);
-        let a = Act::prepare(
+        K::rmsnorm(&mut s.xb[..d], &s.x[..d], layer.attn_norm, c.norm_eps);
+        let a = K::prepare(
             &s.xb[..d],
             &[layer.wq.ty, layer.wk.ty, layer.wv.ty],
-            iq.0,
-            iq.1,
+            s.in_q,
+            s.in_d,
         );
         let slot = (l * s.ctx + pos) * kvd;
-        matvec(&layer.wq, &a, s.q);
-        matvec(&layer.wk, &a, &mut s.key_cache[slot..slot + kvd]);
-        matvec(&layer.wv, &a, &mut s.value_cache[slot..slot + kvd]);
+        gemv::<K>(&layer.wq, &a, s.q, &mut bytes);
+        gemv::<K>(&layer.wk, &a, &mut s.key_cache[slot..slot + kvd], &mut bytes);
+        gemv::<K>(&layer.wv, &a, &mut s.value_cache[slot..slot + kvd], &mut bytes);
         let (cos, sin) = s.rope.split_at(half);
         rope(&mut s.q[..q_dim], hd, cos, sin);
         rope(&mut s.key_cache[slot..slot + kvd], hd, cos, sin);
@@ -112,43 +140,48 @@ pub fn forward<'s, const N: usize>(
             let att = &mut s.att[h * s.ctx..h * s.ctx + pos + 1];
             for (p, a) in att.iter_mut().enumerate() {
                 let k = &s.key_cache[kv_off + p * kvd..kv_off + p * kvd + hd];
-                *a = dot_f32(qh, k) * inv_sqrt_hd;
+                *a = K::dot_f32(qh, k) * inv_sqrt_hd;
             }
-            softmax(att);
+            K::softmax(att);
             let out = &mut s.xb2[h * hd..(h + 1) * hd];
             out.fill(0.0);
             for (p, &w) in att.iter().enumerate() {
-                let v = &s.value_cache[kv_off + p * kvd..kv_off + p * kvd + hd];
-                for (o, &vv) in out.iter_mut().zip(v) {
-                    *o += w * vv;
-                }
+                K::axpy(out, w, &s.value_cache[kv_off + p * kvd..kv_off + p * kvd + hd]);
             }
         }
-        let a = Act::prepare(&s.xb2[..q_dim], &[layer.wo.ty], hq.0, hq.1);
-        matvec(&layer.wo, &a, s.xb);
+        let a = K::prepare(&s.xb2[..q_dim], &[layer.wo.ty], s.in_q, s.in_d);
+        gemv::<K>(&layer.wo, &a, s.xb, &mut bytes);
         for (x, &v) in s.x[..d].iter_mut().zip(s.xb.iter()) {
             *x += v;
         }
 
         // ---- feed-forward ----
-        let [iq, hq] = qbufs(s.qvals, s.qscales);
-        rmsnorm(&mut s.xb[..d], &s.x[..d], layer.ffn_norm, c.norm_eps);
+        K::rmsnorm(&mut s.xb[..d], &s.x[..d], layer.ffn_norm, c.norm_eps);
         match &layer.ffn {
-            crate::model::Ffn::Dense(f) => {
-                let a = Act::prepare(&s.xb[..d], &[f.gate.ty, f.up.ty], iq.0, iq.1);
-                swiglu(f, &a, s.hb, s.hb2, hq, &mut s.xb2[..d]);
+            Ffn::Dense(f) => {
+                let a = K::prepare(&s.xb[..d], &[f.gate.ty, f.up.ty], s.in_q, s.in_d);
+                swiglu::<K>(
+                    f,
+                    &a,
+                    s.hb,
+                    s.hb2,
+                    s.hid_q,
+                    s.hid_d,
+                    &mut s.xb2[..d],
+                    &mut bytes,
+                );
             }
-            crate::model::Ffn::Moe(moe) => moe_layer(c, moe, s)?,
+            Ffn::Moe(moe) => moe_layer::<K>(c, l, moe, s, &mut bytes)?,
         }
         for (x, &v) in s.x[..d].iter_mut().zip(s.xb2.iter()) {
             *x += v;
         }
     }
 
-    let [iq, _] = qbufs(s.qvals, s.qscales);
-    rmsnorm(&mut s.xb[..d], &s.x[..d], model.output_norm, c.norm_eps);
-    let a = Act::prepare(&s.xb[..d], &[model.output.ty], iq.0, iq.1);
-    matvec(&model.output, &a, s.logits);
+    K::rmsnorm(&mut s.xb[..d], &s.x[..d], model.output_norm, c.norm_eps);
+    let a = K::prepare(&s.xb[..d], &[model.output.ty], s.in_q, s.in_d);
+    gemv::<K>(&model.output, &a, s.logits, &mut bytes);
+    s.weight_bytes = bytes;
     if !s.logits.iter().all(|v| v.is_finite()) {
         return Err(Error::NonFinite { what: "logits" });
     }
@@ -156,96 +189,212 @@ pub fn forward<'s, const N: usize>(
     Ok(s.logits)
 }
 
+/// Routes sub-token `sub` (width m): router logits into `probs`, softmax, top-k into
+/// `idx`/`gates` (renormalized if configured).
+#[allow(clippy::too_many_arguments)]
+fn route<K: Kernels>(
+    c: &Config,
+    router: &Router<'_>,
+    a: &Act<'_>,
+    probs: &mut [f32],
+    red: &mut [f32],
+    row: &mut [f32],
+    idx: &mut [u32],
+    gates: &mut [f32],
+    bytes: &mut u64,
+) -> Result<()> {
+    match router {
+        Router::Softmax(w) => gemv::<K>(w, a, probs, bytes),
+        Router::XMoe { reduce, experts } => {
+            let z = &mut red[..reduce.rows];
+            gemv::<K>(reduce, a, z, bytes);
+            // logits_e = z . (W_e / max(||W_e||, 1e-4)), as (z . W_e) * (1 / norm).
+            let row = &mut row[..reduce.rows];
+            for (e, p) in probs.iter_mut().enumerate() {
+                experts.dequantize_row(e, row);
+                let norm = libm::sqrtf(K::dot_f32(row, row)).max(1e-4);
+                *p = K::dot_f32(z, row) * (1.0 / norm);
+            }
+            *bytes += experts.data.len() as u64;
+        }
+    }
+    if !K::softmax(probs).is_finite() {
+        return Err(Error::NonFinite { what: "router" });
+    }
+    K::top_k(probs, idx, gates);
+    if c.renormalize_gates {
+        let sum = gates.iter().fold(0.0f32, |acc, &g| acc + g);
+        for g in gates.iter_mut() {
+            *g /= sum;
+        }
+    }
+    Ok(())
+}
+
+/// The slice of a prepared batch of equal-width inputs that belongs to input `i`.
+#[inline(always)]
+fn batch_act<'s>(x: &'s [f32], q: &'s [i8], d: &'s [f32], width: usize, i: usize) -> Act<'s> {
+    let quantized = !q.is_empty();
+    Act {
+        x: &x[i * width..(i + 1) * width],
+        q: if quantized {
+            &q[i * width..(i + 1) * width]
+        } else {
+            &[]
+        },
+        d: if quantized {
+            &d[i * width / QK..(i + 1) * width / QK]
+        } else {
+            &[]
+        },
+    }
+}
+
+/// Expert matrix `w` applied to every member of one expert group, reading each weight row once:
+/// for member pair `p`, the input is batch item `p / in_div` and the output goes to
+/// `out[p * w.rows ..]`.
+#[allow(clippy::too_many_arguments)]
+fn gemv_group<K: Kernels>(
+    w: &Matrix<'_>,
+    members: &[u32],
+    in_div: usize,
+    x: &[f32],
+    q: &[i8],
+    d: &[f32],
+    out: &mut [f32],
+    bytes: &mut u64,
+) {
+    let rows = w.rows;
+    for r in 0..rows {
+        let row = w.row(r);
+        for &p in members {
+            let p = p as usize;
+            let a = batch_act(x, q, d, w.cols, p / in_div);
+            out[p * rows + r] = K::dot_row(w.ty, row, &a);
+        }
+    }
+    *bytes += w.data.len() as u64;
+}
+
 /// One MH-MoE layer on the normed token in `s.xb`; the result goes to `s.xb2[..d]`.
-fn moe_layer(c: &Config, moe: &Moe<'_>, s: &mut State<'_>) -> Result<()> {
-    let (d, m, k) = (c.dim, c.sub_dim(), c.top_k);
+///
+/// Experts are grouped: all sub-tokens routed to one expert are computed together, so each
+/// chosen expert's weights are read once per token. Each sub-token's expert outputs are then
+/// summed in its own choice order, so the result is the same as computing them one by one.
+fn moe_layer<K: Kernels>(
+    c: &Config,
+    layer: usize,
+    moe: &Moe<'_>,
+    s: &mut State<'_>,
+    bytes: &mut u64,
+) -> Result<()> {
+    let (d, m, k, h) = (c.dim, c.sub_dim(), c.top_k, c.moe_heads);
+    let pairs = h * k;
+    let f = c.expert_ff_dim;
 
     // 1. head linear (h > 1), else the token itself.
     if let Some((w, b)) = &moe.head {
-        let [iq, _] = qbufs(s.qvals, s.qscales);
-        let a = Act::prepare(&s.xb[..d], &[w.ty], iq.0, iq.1);
-        matvec(w, &a, s.xh);
+        let a = K::prepare(&s.xb[..d], &[w.ty], s.in_q, s.in_d);
+        gemv::<K>(w, &a, s.xh, bytes);
         add_bias(&mut s.xh[..d], b);
     } else {
         s.xh[..d].copy_from_slice(&s.xb[..d]);
     }
 
-    // 2-5. route each sub-token and mix its experts.
-    for j in 0..c.moe_heads {
-        let sub = &s.xh[j * m..(j + 1) * m];
-        let [iq, hq] = qbufs(s.qvals, s.qscales);
-        let probs = &mut s.router[..c.n_experts];
-        match &moe.router {
-            Router::Softmax(w) => {
-                let a = Act::prepare(sub, &[w.ty], iq.0, iq.1);
-                matvec(w, &a, probs);
-            }
-            Router::XMoe { reduce, experts } => {
-                let a = Act::prepare(sub, &[reduce.ty], &mut *iq.0, &mut *iq.1);
-                let z = &mut s.router_red[..reduce.rows];
-                matvec(reduce, &a, z);
-                // logits_e = z . (W_e / max(||W_e||, 1e-4)); the row is widened into sub_out
-                // (the loader checks r <= d).
-                let row = &mut s.sub_out[..reduce.rows];
-                for (e, p) in probs.iter_mut().enumerate() {
-                    experts.dequantize_row(e, row);
-                    let norm = libm::sqrtf(dot_f32(row, row)).max(1e-4);
-                    *p = dot_f32(z, row) * (1.0 / norm);
-                }
-            }
-        }
-        if !softmax(probs).is_finite() {
-            return Err(Error::NonFinite { what: "router" });
-        }
-        let (idx, gates) = (&mut s.topk_idx[..k], &mut s.topk_w[..k]);
-        top_k(probs, idx, gates);
-        if c.renormalize_gates {
-            let sum = gates.iter().fold(0.0f32, |acc, &g| acc + g);
-            for g in gates.iter_mut() {
-                *g /= sum;
-            }
-        }
+    // 2-3. route every sub-token. The sub-tokens are contiguous m-wide slices of xh, and m is a
+    // multiple of 32 whenever a consumer is quantized, so quantizing xh once quantizes each
+    // sub-token exactly as quantizing it alone would.
+    let router_ty = match &moe.router {
+        Router::Softmax(w) => w.ty,
+        Router::XMoe { reduce, .. } => reduce.ty,
+    };
+    let types = [router_ty, moe.gate.all.ty, moe.up.all.ty];
+    let subs = K::prepare(&s.xh[..d], &types, s.in_q, s.in_d);
+    let routes = layer * pairs..(layer + 1) * pairs;
+    let (all_idx, all_gates) = (&mut s.topk_idx[routes.clone()], &mut s.topk_w[routes]);
+    for j in 0..h {
+        let a = batch_act(subs.x, subs.q, subs.d, m, j);
+        route::<K>(
+            c,
+            &moe.router,
+            &a,
+            &mut s.router[..c.n_experts],
+            s.router_red,
+            s.sub_out,
+            &mut all_idx[j * k..(j + 1) * k],
+            &mut all_gates[j * k..(j + 1) * k],
+            bytes,
+        )?;
+    }
 
-        let a = Act::prepare(sub, &[moe.gate.all.ty, moe.up.all.ty], iq.0, iq.1);
+    // 4. every chosen expert once, on all of its sub-tokens.
+    let (gate_out, up_out) = (&mut s.hb[..pairs * f], &mut s.hb2[..pairs * f]);
+    let y = &mut s.sub_out[..pairs * m];
+    for e in 0..c.n_experts {
+        let mut n = 0;
+        for (p, &ix) in all_idx.iter().enumerate() {
+            if ix as usize == e {
+                s.members[n] = p as u32;
+                n += 1;
+            }
+        }
+        if n == 0 {
+            continue;
+        }
+        let members = &s.members[..n];
+        gemv_group::<K>(&moe.gate.get(e), members, k, subs.x, subs.q, subs.d, gate_out, bytes);
+        gemv_group::<K>(&moe.up.get(e), members, k, subs.x, subs.q, subs.d, up_out, bytes);
+        for &p in members {
+            let r = p as usize * f..(p as usize + 1) * f;
+            K::silu_mul(&mut gate_out[r.clone()], &up_out[r]);
+        }
+        // Quantize each member's hidden vector in place in the hidden buffers (blocks never
+        // straddle members: F is a multiple of 32 whenever `down` is quantized).
+        let down = moe.down.get(e);
+        if down.ty.is_quantized() {
+            for &p in members {
+                let (r, rb) = (p as usize * f..(p as usize + 1) * f, p as usize * f / QK);
+                K::quantize_q8_0(
+                    &gate_out[r.clone()],
+                    &mut s.hid_q[r],
+                    &mut s.hid_d[rb..rb + f / QK],
+                );
+            }
+        }
+        let (hq, hd): (&[i8], &[f32]) = if down.ty.is_quantized() {
+            (&s.hid_q[..pairs * f], &s.hid_d[..pairs * f / QK])
+        } else {
+            (&[], &[])
+        };
+        gemv_group::<K>(&down, members, 1, gate_out, hq, hd, y, bytes);
+    }
+
+    // 5. each sub-token's gate-weighted sum, in its choice order.
+    for j in 0..h {
         let o = &mut s.moe_out[j * m..(j + 1) * m];
         o.fill(0.0);
-        for (&e, &g) in idx.iter().zip(gates.iter()) {
-            let e = e as usize;
-            let expert = SwiGlu {
-                gate: moe.gate.get(e),
-                up: moe.up.get(e),
-                down: moe.down.get(e),
-            };
-            swiglu(
-                &expert,
-                &a,
-                s.hb,
-                s.hb2,
-                (&mut *hq.0, &mut *hq.1),
-                &mut s.sub_out[..m],
-            );
-            for (o, &y) in o.iter_mut().zip(s.sub_out.iter()) {
-                *o += g * y;
-            }
+        for i in 0..k {
+            let p = j * k + i;
+            K::axpy(o, all_gates[p], &y[p * m..(p + 1) * m]);
         }
     }
 
     // 6. merge linear (h > 1), else the concatenation itself.
-    let [iq, hq] = qbufs(s.qvals, s.qscales);
     let out = &mut s.xb2[..d];
     if let Some((w, b)) = &moe.merge {
-        let a = Act::prepare(&s.moe_out[..d], &[w.ty], &mut *iq.0, &mut *iq.1);
-        matvec(w, &a, out);
+        let a = K::prepare(&s.moe_out[..d], &[w.ty], s.in_q, s.in_d);
+        gemv::<K>(w, &a, out, bytes);
         add_bias(out, b);
     } else {
         out.copy_from_slice(&s.moe_out[..d]);
     }
 
     // Optional shared expert on the full normed token, added to the output.
-    if let Some(f) = &moe.shared {
-        let a = Act::prepare(&s.xb[..d], &[f.gate.ty, f.up.ty], iq.0, iq.1);
-        swiglu(f, &a, s.hb, s.hb2, hq, &mut s.sub_out[..d]);
-        for (o, &v) in out.iter_mut().zip(s.sub_out.iter()) {
+    if let Some(sh) = &moe.shared {
+        let a = K::prepare(&s.xb[..d], &[sh.gate.ty, sh.up.ty], s.in_q, s.in_d);
+        let so = &mut s.sub_out[..d];
+        swiglu::<K>(sh, &a, s.hb, s.hb2, s.hid_q, s.hid_d, so, bytes);
+        for (o, &v) in out.iter_mut().zip(so.iter()) {
             *o += v;
         }
     }

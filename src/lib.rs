@@ -21,7 +21,8 @@ pub mod quant;
 pub mod state;
 
 pub use config::Config;
+pub use kernels::Isa;
 pub use error::{Error, Result};
-pub use forward::forward;
+pub use forward::{forward, forward_on};
 pub use model::Model;
 pub use state::{AlignedBuffer, State};

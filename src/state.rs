@@ -35,11 +35,16 @@ pub(crate) struct Plan {
     kv_dim: usize,
     n_heads: usize,
     half_head: usize,
+    /// Hidden activations: dense FFN, shared expert, or all `h * k` expert pairs of a token.
     hidden: usize,
+    /// Expert outputs of all pairs (`k * d`), at least `d`.
+    expert_out: usize,
     max_in: usize,
     n_experts: usize,
     router_red: usize,
-    top_k: usize,
+    /// Routing decisions of every layer: `n_layers * h * k`.
+    routes: usize,
+    pairs: usize,
     vocab: usize,
     ctx: usize,
     n_layers: usize,
@@ -57,10 +62,21 @@ impl Plan {
                 max: c.context_length,
             });
         }
+        let overflow = Error::Overflow {
+            what: "state size",
+            offset: 0,
+        };
         let q_dim = c.n_heads * c.head_dim;
-        let hidden = c.ff_dim.max(c.expert_ff_dim).max(c.shared_ff_dim);
-        // Widest input of any matrix product (quantized activations need this many values).
-        let max_in = c.dim.max(q_dim).max(hidden).max(router_red);
+        // Config values are at most 2^24, so products of two fit in u64 but not always usize.
+        let pairs = c.moe_heads.checked_mul(c.top_k).ok_or(overflow.clone())?;
+        let hidden = pairs
+            .checked_mul(c.expert_ff_dim)
+            .ok_or(overflow.clone())?
+            .max(c.ff_dim)
+            .max(c.shared_ff_dim);
+        let expert_out = c.top_k.checked_mul(c.dim).ok_or(overflow.clone())?.max(c.dim);
+        // Widest input of a single matrix product (quantized activations need this many).
+        let max_in = c.dim.max(q_dim).max(router_red);
         Ok(Plan {
             dim: c.dim,
             q_dim,
@@ -68,10 +84,12 @@ impl Plan {
             n_heads: c.n_heads,
             half_head: c.head_dim / 2,
             hidden,
+            expert_out,
             max_in,
             n_experts: c.n_experts,
             router_red,
-            top_k: c.top_k,
+            routes: c.n_layers.checked_mul(pairs).ok_or(overflow)?,
+            pairs,
             vocab: c.vocab_size,
             ctx,
             n_layers: c.n_layers,
@@ -79,12 +97,10 @@ impl Plan {
     }
 
     /// (element count, element size) of each buffer, in carving order.
-    fn buffers(&self) -> Option<[(usize, usize); 20]> {
-        let kv = self
-            .n_layers
-            .checked_mul(self.ctx)?
-            .checked_mul(self.kv_dim)?;
-        let blocks = self.max_in.div_ceil(QK);
+    fn buffers(&self) -> Option<[(usize, usize); 23]> {
+        let kv = self.n_layers.checked_mul(self.ctx)?.checked_mul(self.kv_dim)?;
+        let in_blocks = self.max_in.div_ceil(QK);
+        let hid_blocks = self.hidden.div_ceil(QK);
         Some([
             (self.dim, 4),                            // x
             (self.dim, 4),                            // xb
@@ -95,24 +111,32 @@ impl Plan {
             (self.hidden, 4),                         // hb2
             (self.dim, 4),                            // xh (head output)
             (self.dim, 4),                            // moe_out
-            (self.dim, 4),                            // sub_out (expert output)
+            (self.expert_out, 4),                     // expert outputs
             (self.n_experts, 4),                      // router probabilities
             (self.router_red, 4),                     // x-moe reduced sub-token
-            (self.top_k, 4),                          // top-k indices
-            (self.top_k, 4),                          // top-k gates
+            (self.routes, 4),                         // chosen experts, every layer
+            (self.routes, 4),                         // their gates
+            (self.pairs, 4),                          // members of one expert group
             (self.vocab, 4),                          // logits
             (self.half_head * 2, 4),                  // rope cos and sin
-            (blocks * QK * 2, 1),                     // two Q8_0 value buffers
-            (blocks * 2, 4),                          // their scales
+            (in_blocks * QK, 1),                      // Q8_0 input values
+            (in_blocks, 4),                           // their scales
+            (hid_blocks * QK, 1),                     // Q8_0 hidden values
+            (hid_blocks, 4),                          // their scales
             (kv, 4),                                  // key cache
             (kv, 4),                                  // value cache
         ])
     }
 
     fn bytes(&self) -> Option<usize> {
-        self.buffers()?.iter().try_fold(0usize, |acc, &(n, sz)| {
-            acc.checked_add(round16(n.checked_mul(sz)?)?)
-        })
+        self.buffers()?
+            .iter()
+            .try_fold(0usize, |acc, &(n, sz)| acc.checked_add(round16(n.checked_mul(sz)?)?))
+    }
+
+    /// Expert pairs per token (`h * k`).
+    pub(crate) fn pairs(&self) -> usize {
+        self.pairs
     }
 }
 
@@ -141,24 +165,32 @@ pub struct State<'b> {
     pub(crate) xh: &'b mut [f32],
     /// Concatenated sub-token outputs `[d]`.
     pub(crate) moe_out: &'b mut [f32],
-    /// One expert's output `[d]` (uses `m`).
+    /// Expert outputs `[h*k][m]` (at least `[d]`; also the shared expert's output).
     pub(crate) sub_out: &'b mut [f32],
     /// Router probabilities `[E]`.
     pub(crate) router: &'b mut [f32],
     /// X-MoE reduced sub-token `[r]`.
     pub(crate) router_red: &'b mut [f32],
-    /// Chosen experts `[k]`.
+    /// Chosen experts `[layer][h][k]`.
     pub(crate) topk_idx: &'b mut [u32],
-    /// Their gates `[k]`.
+    /// Their gates `[layer][h][k]`.
     pub(crate) topk_w: &'b mut [f32],
+    /// Pairs routed to one expert `[h*k]`.
+    pub(crate) members: &'b mut [u32],
     /// Output logits `[V]`.
     pub(crate) logits: &'b mut [f32],
     /// RoPE cos then sin for the current position `[hd/2]` each.
     pub(crate) rope: &'b mut [f32],
-    /// Q8_0 values of the input and hidden activations `[2][blocks*32]`.
-    pub(crate) qvals: &'b mut [i8],
-    /// Their block scales `[2][blocks]`.
-    pub(crate) qscales: &'b mut [f32],
+    /// Q8_0 values of a layer input `[max input width]`.
+    pub(crate) in_q: &'b mut [i8],
+    /// Their block scales.
+    pub(crate) in_d: &'b mut [f32],
+    /// Q8_0 values of hidden activations `[max hidden]`.
+    pub(crate) hid_q: &'b mut [i8],
+    /// Their block scales.
+    pub(crate) hid_d: &'b mut [f32],
+    /// Bytes of weights read by the last forward pass.
+    pub(crate) weight_bytes: u64,
     /// Key cache `[layer][pos][kv_dim]`.
     pub(crate) key_cache: &'b mut [f32],
     /// Value cache `[layer][pos][kv_dim]`.
@@ -247,7 +279,7 @@ impl<'b> State<'b> {
         if buf.as_ptr() as usize % Self::ALIGN != 0 {
             return Err(Error::BufferMisaligned { align: Self::ALIGN });
         }
-        let [x, xb, xb2, q, att, hb, hb2, xh, mo, so, ro, rr, ti, tw, lg, rp, qv, qs, kc, vc] =
+        let [x, xb, xb2, q, att, hb, hb2, xh, mo, so, ro, rr, ti, tw, mb, lg, rp, iq, id, hq, hd, kc, vc] =
             plan.buffers().ok_or(Error::Overflow {
                 what: "state size",
                 offset: 0,
@@ -270,10 +302,14 @@ impl<'b> State<'b> {
             router_red: carve(&mut b, rr.0),
             topk_idx: carve(&mut b, ti.0),
             topk_w: carve(&mut b, tw.0),
+            members: carve(&mut b, mb.0),
             logits: carve(&mut b, lg.0),
             rope: carve(&mut b, rp.0),
-            qvals: carve(&mut b, qv.0),
-            qscales: carve(&mut b, qs.0),
+            in_q: carve(&mut b, iq.0),
+            in_d: carve(&mut b, id.0),
+            hid_q: carve(&mut b, hq.0),
+            hid_d: carve(&mut b, hd.0),
+            weight_bytes: 0,
             key_cache: carve(&mut b, kc.0),
             value_cache: carve(&mut b, vc.0),
             ctx,
@@ -293,6 +329,27 @@ impl<'b> State<'b> {
     /// Forgets all positions (the next token goes to position 0).
     pub fn reset(&mut self) {
         self.pos = 0;
+    }
+
+    /// Bytes of weights the last forward pass read (each matrix row counted once per read).
+    pub fn weight_bytes_read(&self) -> u64 {
+        self.weight_bytes
+    }
+
+    /// Routing of layer `layer` in the last forward pass: the chosen experts and their gates,
+    /// `k` per sub-token, sub-token-major (`h * k` each). `None` for dense layers and out of
+    /// range layers; stale (from an earlier token) if the last forward pass failed.
+    pub fn routing<const N: usize>(
+        &self,
+        model: &crate::model::Model<'_, N>,
+        layer: usize,
+    ) -> Option<(&[u32], &[f32])> {
+        if layer >= model.config.n_layers || !model.config.is_moe_layer(layer) {
+            return None;
+        }
+        let p = self.plan.pairs();
+        let r = layer * p..(layer + 1) * p;
+        Some((self.topk_idx.get(r.clone())?, self.topk_w.get(r)?))
     }
 
     /// Logits of the last forward pass.

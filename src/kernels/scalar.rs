@@ -1,4 +1,4 @@
-//! Numeric kernels: the scalar specification.
+//! The scalar kernels: the specification every ISA module must match bit for bit.
 //!
 //! Every function here fixes the order of its floating-point operations (see FORMAT.md,
 //! "Accumulation order"), so that a SIMD version that follows the same lane layout gives
@@ -6,9 +6,9 @@
 //! quantized dot products eight lanes over blocks (block `b` in lane `b % 8`); lanes are reduced
 //! by [`reduce8`]. Multiplies and adds are rounded separately (Rust never fuses them).
 
-use crate::quant::{
-    bf16_to_f32, f16_to_f32, quantize_q8_0, GgmlType, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK,
-};
+use crate::quant::{f16_to_f32, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK};
+
+pub use crate::quant::quantize_q8_0;
 
 /// Reduces eight lanes in the canonical order: `(a0+a4, a1+a5, a2+a6, a3+a7)`, then
 /// `(s0+s2, s1+s3)`, then `t0+t1`.
@@ -40,51 +40,6 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         acc[l] += x * y;
     }
     reduce8(acc)
-}
-
-/// A prepared matrix-vector input: the f32 activation and, when some consumer is quantized,
-/// its Q8_0 form (`q`: int8 values, `d`: per-block scales rounded to f16).
-#[derive(Debug, Clone, Copy)]
-pub struct Act<'s> {
-    /// The activation.
-    pub x: &'s [f32],
-    /// Q8_0 values (empty when not prepared).
-    pub q: &'s [i8],
-    /// Q8_0 block scales (empty when not prepared).
-    pub d: &'s [f32],
-}
-
-impl<'s> Act<'s> {
-    /// Prepares `x` for matrices of the given types: quantizes it to Q8_0 into `qbuf`/`dbuf`
-    /// when any of them is block-quantized.
-    pub fn prepare(
-        x: &'s [f32],
-        types: &[GgmlType],
-        qbuf: &'s mut [i8],
-        dbuf: &'s mut [f32],
-    ) -> Act<'s> {
-        if types.iter().any(|t| t.is_quantized()) {
-            let n = x.len();
-            let nb = n / QK;
-            let (q, d) = (&mut qbuf[..n], &mut dbuf[..nb]);
-            quantize_q8_0(x, q, d);
-            Act { x, q, d }
-        } else {
-            Act { x, q: &[], d: &[] }
-        }
-    }
-}
-
-/// Dot product of one stored row of type `ty` with the activation.
-#[inline]
-pub fn dot_row(ty: GgmlType, row: &[u8], a: &Act<'_>) -> f32 {
-    match ty {
-        GgmlType::F32 => dot_f32_row(row, a.x),
-        GgmlType::F16 => dot_half_row(row, a.x, f16_to_f32),
-        GgmlType::BF16 => dot_half_row(row, a.x, bf16_to_f32),
-        GgmlType::Q8_0 => dot_q8_0_q8_0(row, a.q, a.d),
-        GgmlType::Q4_0 => dot_q4_0_q8_0(row, a.q, a.d),
-    }
 }
 
 /// f32 row (little-endian bytes) times f32 vector, eight lanes.
@@ -206,6 +161,13 @@ pub fn softmax(x: &mut [f32]) -> f32 {
 #[inline]
 pub fn silu(z: f32) -> f32 {
     z / (1.0 + libm::expf(-z))
+}
+
+/// `out[i] = out[i] + a * v[i]` (the attention value sum and the gate-weighted expert sum).
+pub fn axpy(out: &mut [f32], a: f32, v: &[f32]) {
+    for (o, &x) in out.iter_mut().zip(v) {
+        *o += a * x;
+    }
 }
 
 /// `gate[i] = silu(gate[i]) * up[i]`.

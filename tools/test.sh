@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs every test of mhmoe, installing what it needs first (Python packages, Rust targets and
+# components). This is the README's test command and what CI (.ci/run) calls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+passed=0
+failed=0
+failures=()
+step() {
+    local name=$1
+    shift
+    echo
+    echo "==> $name: $*"
+    if "$@"; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+        failures+=("$name")
+    fi
+}
+
+echo "==> installing: Python packages (tools/requirements.txt), Rust targets and components"
+python3 -m pip install --quiet --disable-pip-version-check -r tools/requirements.txt
+rustup component add clippy rustfmt >/dev/null
+rustup target add thumbv7em-none-eabihf thumbv6m-none-eabi >/dev/null
+
+step "python-tools" python3 tools/check.py
+step "cargo-test" cargo test --all-targets
+step "doc-tests" cargo test --doc
+step "no_std-thumbv7em" cargo build --lib --no-default-features --target thumbv7em-none-eabihf
+step "no_std-thumbv7em-defmt" cargo build --lib --no-default-features --features defmt --target thumbv7em-none-eabihf
+step "no_std-thumbv6m" cargo build --lib --no-default-features --target thumbv6m-none-eabi
+step "clippy" cargo clippy --all-targets -- -D warnings
+step "clippy-no_std" cargo clippy --lib --no-default-features --target thumbv7em-none-eabihf -- -D warnings
+step "fmt" cargo fmt --check
+
+echo
+if [ "$failed" -ne 0 ]; then
+    echo "failed steps: ${failures[*]}"
+fi
+echo "test.sh: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
