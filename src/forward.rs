@@ -39,7 +39,18 @@ pub fn forward_on<'s, const N: usize>(
             reason: "the requested instruction set is not available on this CPU or build",
         });
     }
+    use crate::kernels as k;
     match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => forward_with::<k::x86::Avx2, N>(model, s, token),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => forward_with::<k::aarch64::Neon, N>(model, s, token),
+        #[cfg(target_arch = "aarch64")]
+        Isa::NeonDotprod => forward_with::<k::aarch64::NeonDotprod, N>(model, s, token),
+        #[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
+        Isa::CortexMDsp => forward_with::<k::arm_dsp::CortexMDsp, N>(model, s, token),
+        #[cfg(all(target_arch = "arm", feature = "helium"))]
+        Isa::Helium => forward_with::<k::arm_mve::Helium, N>(model, s, token),
         _ => forward_with::<Scalar, N>(model, s, token),
     }
 }

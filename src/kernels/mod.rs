@@ -8,6 +8,15 @@
 
 pub mod scalar;
 
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
+#[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
+pub mod arm_dsp;
+#[cfg(all(target_arch = "arm", feature = "helium"))]
+pub mod arm_mve;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
+
 use core::sync::atomic::{AtomicU8, Ordering};
 
 use crate::error::{Error, Result};
@@ -62,6 +71,17 @@ impl Isa {
     pub fn is_available(self) -> bool {
         match self {
             Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => x86::Avx2::available(),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => aarch64::Neon::available(),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDotprod => aarch64::NeonDotprod::available(),
+            #[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
+            Isa::CortexMDsp => true,
+            #[cfg(all(target_arch = "arm", feature = "helium"))]
+            Isa::Helium => true,
+            #[allow(unreachable_patterns)]
             _ => false,
         }
     }
