@@ -138,8 +138,18 @@ pub fn forward_with<'s, K: Kernels, const N: usize>(
         );
         let slot = (l * s.ctx + pos) * kvd;
         gemv::<K>(&layer.wq, &a, s.q, &mut bytes);
-        gemv::<K>(&layer.wk, &a, &mut s.key_cache[slot..slot + kvd], &mut bytes);
-        gemv::<K>(&layer.wv, &a, &mut s.value_cache[slot..slot + kvd], &mut bytes);
+        gemv::<K>(
+            &layer.wk,
+            &a,
+            &mut s.key_cache[slot..slot + kvd],
+            &mut bytes,
+        );
+        gemv::<K>(
+            &layer.wv,
+            &a,
+            &mut s.value_cache[slot..slot + kvd],
+            &mut bytes,
+        );
         let (cos, sin) = s.rope.split_at(half);
         rope(&mut s.q[..q_dim], hd, cos, sin);
         rope(&mut s.key_cache[slot..slot + kvd], hd, cos, sin);
@@ -157,7 +167,11 @@ pub fn forward_with<'s, K: Kernels, const N: usize>(
             let out = &mut s.xb2[h * hd..(h + 1) * hd];
             out.fill(0.0);
             for (p, &w) in att.iter().enumerate() {
-                K::axpy(out, w, &s.value_cache[kv_off + p * kvd..kv_off + p * kvd + hd]);
+                K::axpy(
+                    out,
+                    w,
+                    &s.value_cache[kv_off + p * kvd..kv_off + p * kvd + hd],
+                );
             }
         }
         let a = K::prepare(&s.xb2[..q_dim], &[layer.wo.ty], s.in_q, s.in_d);
@@ -200,13 +214,15 @@ pub fn forward_with<'s, K: Kernels, const N: usize>(
     Ok(s.logits)
 }
 
-/// Routes sub-token `sub` (width m): router logits into `probs`, softmax, top-k into
-/// `idx`/`gates` (renormalized if configured).
+/// Routes all `h` sub-tokens (prepared as a batch in `subs`), reading the router weights once:
+/// logits into `probs` (`[h][E]`), softmax per sub-token, top-k into `idx`/`gates`
+/// (`[h][k]`, renormalized if configured).
 #[allow(clippy::too_many_arguments)]
 fn route<K: Kernels>(
     c: &Config,
     router: &Router<'_>,
-    a: &Act<'_>,
+    subs: &Act<'_>,
+    members: &mut [u32],
     probs: &mut [f32],
     red: &mut [f32],
     row: &mut [f32],
@@ -214,29 +230,43 @@ fn route<K: Kernels>(
     gates: &mut [f32],
     bytes: &mut u64,
 ) -> Result<()> {
+    let (h, e_n, k) = (c.moe_heads, c.n_experts, c.top_k);
+    let members = &mut members[..h];
+    for (j, m) in members.iter_mut().enumerate() {
+        *m = j as u32;
+    }
+    let probs = &mut probs[..h * e_n];
     match router {
-        Router::Softmax(w) => gemv::<K>(w, a, probs, bytes),
+        Router::Softmax(w) => gemv_group::<K>(w, members, 1, subs.x, subs.q, subs.d, probs, bytes),
         Router::XMoe { reduce, experts } => {
-            let z = &mut red[..reduce.rows];
-            gemv::<K>(reduce, a, z, bytes);
-            // logits_e = z . (W_e / max(||W_e||, 1e-4)), as (z . W_e) * (1 / norm).
-            let row = &mut row[..reduce.rows];
-            for (e, p) in probs.iter_mut().enumerate() {
+            let r = reduce.rows;
+            let z = &mut red[..h * r];
+            gemv_group::<K>(reduce, members, 1, subs.x, subs.q, subs.d, z, bytes);
+            // logits_e = z . (W_e / max(||W_e||, 1e-4)), as (z . W_e) * (1 / norm); each
+            // expert embedding is widened once and used for every sub-token.
+            let row = &mut row[..r];
+            for e in 0..e_n {
                 experts.dequantize_row(e, row);
-                let norm = libm::sqrtf(K::dot_f32(row, row)).max(1e-4);
-                *p = K::dot_f32(z, row) * (1.0 / norm);
+                let inv = 1.0 / libm::sqrtf(K::dot_f32(row, row)).max(1e-4);
+                for j in 0..h {
+                    probs[j * e_n + e] = K::dot_f32(&z[j * r..(j + 1) * r], row) * inv;
+                }
             }
             *bytes += experts.data.len() as u64;
         }
     }
-    if !K::softmax(probs).is_finite() {
-        return Err(Error::NonFinite { what: "router" });
-    }
-    K::top_k(probs, idx, gates);
-    if c.renormalize_gates {
-        let sum = gates.iter().fold(0.0f32, |acc, &g| acc + g);
-        for g in gates.iter_mut() {
-            *g /= sum;
+    for j in 0..h {
+        let p = &mut probs[j * e_n..(j + 1) * e_n];
+        if !K::softmax(p).is_finite() {
+            return Err(Error::NonFinite { what: "router" });
+        }
+        let (idx, gates) = (&mut idx[j * k..(j + 1) * k], &mut gates[j * k..(j + 1) * k]);
+        K::top_k(p, idx, gates);
+        if c.renormalize_gates {
+            let sum = gates.iter().fold(0.0f32, |acc, &g| acc + g);
+            for g in gates.iter_mut() {
+                *g /= sum;
+            }
         }
     }
     Ok(())
@@ -323,20 +353,18 @@ fn moe_layer<K: Kernels>(
     let subs = K::prepare(&s.xh[..d], &types, s.in_q, s.in_d);
     let routes = layer * pairs..(layer + 1) * pairs;
     let (all_idx, all_gates) = (&mut s.topk_idx[routes.clone()], &mut s.topk_w[routes]);
-    for j in 0..h {
-        let a = batch_act(subs.x, subs.q, subs.d, m, j);
-        route::<K>(
-            c,
-            &moe.router,
-            &a,
-            &mut s.router[..c.n_experts],
-            s.router_red,
-            s.sub_out,
-            &mut all_idx[j * k..(j + 1) * k],
-            &mut all_gates[j * k..(j + 1) * k],
-            bytes,
-        )?;
-    }
+    route::<K>(
+        c,
+        &moe.router,
+        &subs,
+        s.members,
+        s.router,
+        s.router_red,
+        s.sub_out,
+        all_idx,
+        all_gates,
+        bytes,
+    )?;
 
     // 4. every chosen expert once, on all of its sub-tokens.
     let (gate_out, up_out) = (&mut s.hb[..pairs * f], &mut s.hb2[..pairs * f]);
@@ -353,8 +381,26 @@ fn moe_layer<K: Kernels>(
             continue;
         }
         let members = &s.members[..n];
-        gemv_group::<K>(&moe.gate.get(e), members, k, subs.x, subs.q, subs.d, gate_out, bytes);
-        gemv_group::<K>(&moe.up.get(e), members, k, subs.x, subs.q, subs.d, up_out, bytes);
+        gemv_group::<K>(
+            &moe.gate.get(e),
+            members,
+            k,
+            subs.x,
+            subs.q,
+            subs.d,
+            gate_out,
+            bytes,
+        );
+        gemv_group::<K>(
+            &moe.up.get(e),
+            members,
+            k,
+            subs.x,
+            subs.q,
+            subs.d,
+            up_out,
+            bytes,
+        );
         for &p in members {
             let r = p as usize * f..(p as usize + 1) * f;
             K::silu_mul(&mut gate_out[r.clone()], &up_out[r]);

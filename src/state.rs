@@ -45,6 +45,7 @@ pub(crate) struct Plan {
     /// Routing decisions of every layer: `n_layers * h * k`.
     routes: usize,
     pairs: usize,
+    heads: usize,
     vocab: usize,
     ctx: usize,
     n_layers: usize,
@@ -74,7 +75,11 @@ impl Plan {
             .ok_or(overflow.clone())?
             .max(c.ff_dim)
             .max(c.shared_ff_dim);
-        let expert_out = c.top_k.checked_mul(c.dim).ok_or(overflow.clone())?.max(c.dim);
+        let expert_out = c
+            .top_k
+            .checked_mul(c.dim)
+            .ok_or(overflow.clone())?
+            .max(c.dim);
         // Widest input of a single matrix product (quantized activations need this many).
         let max_in = c.dim.max(q_dim).max(router_red);
         Ok(Plan {
@@ -90,6 +95,7 @@ impl Plan {
             router_red,
             routes: c.n_layers.checked_mul(pairs).ok_or(overflow)?,
             pairs,
+            heads: c.moe_heads,
             vocab: c.vocab_size,
             ctx,
             n_layers: c.n_layers,
@@ -98,40 +104,43 @@ impl Plan {
 
     /// (element count, element size) of each buffer, in carving order.
     fn buffers(&self) -> Option<[(usize, usize); 23]> {
-        let kv = self.n_layers.checked_mul(self.ctx)?.checked_mul(self.kv_dim)?;
+        let kv = self
+            .n_layers
+            .checked_mul(self.ctx)?
+            .checked_mul(self.kv_dim)?;
         let in_blocks = self.max_in.div_ceil(QK);
         let hid_blocks = self.hidden.div_ceil(QK);
         Some([
-            (self.dim, 4),                            // x
-            (self.dim, 4),                            // xb
-            (self.dim.max(self.q_dim), 4),            // xb2
-            (self.q_dim, 4),                          // q
-            (self.n_heads.checked_mul(self.ctx)?, 4), // att
-            (self.hidden, 4),                         // hb
-            (self.hidden, 4),                         // hb2
-            (self.dim, 4),                            // xh (head output)
-            (self.dim, 4),                            // moe_out
-            (self.expert_out, 4),                     // expert outputs
-            (self.n_experts, 4),                      // router probabilities
-            (self.router_red, 4),                     // x-moe reduced sub-token
-            (self.routes, 4),                         // chosen experts, every layer
-            (self.routes, 4),                         // their gates
-            (self.pairs, 4),                          // members of one expert group
-            (self.vocab, 4),                          // logits
-            (self.half_head * 2, 4),                  // rope cos and sin
-            (in_blocks * QK, 1),                      // Q8_0 input values
-            (in_blocks, 4),                           // their scales
-            (hid_blocks * QK, 1),                     // Q8_0 hidden values
-            (hid_blocks, 4),                          // their scales
-            (kv, 4),                                  // key cache
-            (kv, 4),                                  // value cache
+            (self.dim, 4),                                 // x
+            (self.dim, 4),                                 // xb
+            (self.dim.max(self.q_dim), 4),                 // xb2
+            (self.q_dim, 4),                               // q
+            (self.n_heads.checked_mul(self.ctx)?, 4),      // att
+            (self.hidden, 4),                              // hb
+            (self.hidden, 4),                              // hb2
+            (self.dim, 4),                                 // xh (head output)
+            (self.dim, 4),                                 // moe_out
+            (self.expert_out, 4),                          // expert outputs
+            (self.n_experts.checked_mul(self.heads)?, 4),  // router probabilities [h][E]
+            (self.router_red.checked_mul(self.heads)?, 4), // x-moe reduced sub-tokens [h][r]
+            (self.routes, 4),                              // chosen experts, every layer
+            (self.routes, 4),                              // their gates
+            (self.pairs, 4),                               // members of one expert group
+            (self.vocab, 4),                               // logits
+            (self.half_head * 2, 4),                       // rope cos and sin
+            (in_blocks * QK, 1),                           // Q8_0 input values
+            (in_blocks, 4),                                // their scales
+            (hid_blocks * QK, 1),                          // Q8_0 hidden values
+            (hid_blocks, 4),                               // their scales
+            (kv, 4),                                       // key cache
+            (kv, 4),                                       // value cache
         ])
     }
 
     fn bytes(&self) -> Option<usize> {
-        self.buffers()?
-            .iter()
-            .try_fold(0usize, |acc, &(n, sz)| acc.checked_add(round16(n.checked_mul(sz)?)?))
+        self.buffers()?.iter().try_fold(0usize, |acc, &(n, sz)| {
+            acc.checked_add(round16(n.checked_mul(sz)?)?)
+        })
     }
 
     /// Expert pairs per token (`h * k`).
@@ -167,9 +176,9 @@ pub struct State<'b> {
     pub(crate) moe_out: &'b mut [f32],
     /// Expert outputs `[h*k][m]` (at least `[d]`; also the shared expert's output).
     pub(crate) sub_out: &'b mut [f32],
-    /// Router probabilities `[E]`.
+    /// Router probabilities `[h][E]`.
     pub(crate) router: &'b mut [f32],
-    /// X-MoE reduced sub-token `[r]`.
+    /// X-MoE reduced sub-tokens `[h][r]`.
     pub(crate) router_red: &'b mut [f32],
     /// Chosen experts `[layer][h][k]`.
     pub(crate) topk_idx: &'b mut [u32],

@@ -1,0 +1,95 @@
+//! Expert grouping: every chosen expert's weights are read once per token, however many of the
+//! token's sub-tokens chose it, so the weight bytes read per token equal the active weight bytes.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use mhmoe::file::{ModelBytes, StateBuffer};
+use mhmoe::model::{Ffn, Router};
+
+#[test]
+fn weight_bytes_read_per_token_equal_active_weight_bytes() {
+    let mut shared_expert_seen = false;
+    for path in common::test_models() {
+        let file = ModelBytes::read(&path).unwrap();
+        let model = file.model().unwrap();
+        let c = &model.config;
+        let mut buf = StateBuffer::for_model(&model, 8).unwrap();
+        let mut state = buf.state(&model, 8).unwrap();
+        for (t, token) in [1u32, 7, 42, 3, 99, 5, 200, 17].into_iter().enumerate() {
+            mhmoe::forward(&model, &mut state, token).unwrap();
+            let mut active = model.token_embd.row_bytes() + model.output.data.len();
+            for (l, layer) in model.layers().iter().enumerate() {
+                active += [layer.wq, layer.wk, layer.wv, layer.wo]
+                    .iter()
+                    .map(|m| m.data.len())
+                    .sum::<usize>();
+                match &layer.ffn {
+                    Ffn::Dense(f) => {
+                        active += f.gate.data.len() + f.up.data.len() + f.down.data.len()
+                    }
+                    Ffn::Moe(moe) => {
+                        let (idx, gates) = state.routing(&model, l).unwrap();
+                        assert_eq!(idx.len(), c.moe_heads * c.top_k);
+                        assert!(gates.iter().all(|g| g.is_finite() && *g > 0.0));
+                        let distinct: BTreeSet<u32> = idx.iter().copied().collect();
+                        assert!(distinct.iter().all(|&e| (e as usize) < c.n_experts));
+                        let per_expert = moe.gate.get(0).data.len()
+                            + moe.up.get(0).data.len()
+                            + moe.down.get(0).data.len();
+                        active += distinct.len() * per_expert;
+                        for (w, _) in moe.head.iter().chain(moe.merge.iter()) {
+                            active += w.data.len();
+                        }
+                        active += match moe.router {
+                            Router::Softmax(w) => w.data.len(),
+                            Router::XMoe { reduce, experts } => {
+                                reduce.data.len() + experts.data.len()
+                            }
+                        };
+                        if let Some(s) = &moe.shared {
+                            shared_expert_seen = true;
+                            active += s.gate.data.len() + s.up.data.len() + s.down.data.len();
+                        }
+                    }
+                }
+            }
+            assert_eq!(
+                state.weight_bytes_read(),
+                active as u64,
+                "{}: token {t}",
+                path.display()
+            );
+        }
+    }
+    assert!(shared_expert_seen, "no test model has a shared expert");
+}
+
+#[test]
+fn sub_tokens_share_experts_in_the_test_models() {
+    // The grouping only matters when sub-tokens of one token pick the same expert: make sure
+    // the test models exercise that case.
+    let mut shared = 0;
+    for path in common::test_models() {
+        let file = ModelBytes::read(&path).unwrap();
+        let model = file.model().unwrap();
+        if model.config.moe_heads == 1 {
+            continue;
+        }
+        let mut buf = StateBuffer::for_model(&model, 16).unwrap();
+        let mut state = buf.state(&model, 16).unwrap();
+        for token in 0..16u32 {
+            mhmoe::forward(&model, &mut state, token * 13 % 256).unwrap();
+            for l in 0..model.config.n_layers {
+                if let Some((idx, _)) = state.routing(&model, l) {
+                    let distinct: BTreeSet<u32> = idx.iter().copied().collect();
+                    if distinct.len() < idx.len() {
+                        shared += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(shared > 0, "no token had two sub-tokens on one expert");
+}
