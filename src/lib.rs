@@ -1,7 +1,4 @@
-//! # mhmoe
-//!
-//! A `no_std` inference engine for quantized Multi-Head Mixture-of-Experts (MH-MoE) language
-//! models stored as GGUF. See the README for the quick start and `FORMAT.md` for the model format.
+#![doc = include_str!("../README.md")]
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -18,7 +15,9 @@ pub mod gguf;
 pub mod kernels;
 pub mod model;
 pub mod quant;
+pub mod sampler;
 pub mod state;
+pub mod tokenizer;
 
 pub use config::Config;
 pub use kernels::Isa;

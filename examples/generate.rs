@@ -1,0 +1,166 @@
+//! Generate text from an mhmoe model: the main job.
+//!
+//! ```text
+//! cargo run --release --example generate -- "It is a truth universally acknowledged"
+//! ```
+//!
+//! Streams the continuation to stdout and reports speed on stderr. With no `--model` it uses the
+//! shipped demo model `models/mhmoe-demo-q8_0.gguf`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use mhmoe::file::{ModelBytes, StateBuffer};
+use mhmoe::sampler::{Sampler, SamplerParams};
+use mhmoe::tokenizer::TokenizerBuf;
+use mhmoe::{forward, Isa};
+
+/// Generate text with an MH-MoE model.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// The prompt to continue.
+    #[arg(default_value = "It is a truth universally acknowledged")]
+    prompt: String,
+    /// Model file (GGUF, architecture "mhmoe").
+    #[arg(short, long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/models/mhmoe-demo-q8_0.gguf"))]
+    model: PathBuf,
+    /// Number of tokens to generate.
+    #[arg(short = 'n', long, default_value_t = 200)]
+    tokens: usize,
+    /// Sampling temperature (0 = greedy).
+    #[arg(short, long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Keep only the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass, in (0, 1].
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Random seed (the output is the same for the same seed, model and options).
+    #[arg(short, long, default_value_t = 42)]
+    seed: u64,
+    /// Greedy decoding (argmax), ignoring temperature, top-k and top-p.
+    #[arg(long)]
+    greedy: bool,
+    /// Context length (default: the model's).
+    #[arg(long)]
+    ctx: Option<usize>,
+    /// Force an instruction set (scalar, avx2, neon, neon-dotprod) instead of the detected one.
+    #[arg(long)]
+    isa: Option<String>,
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let ctx_err = |what: &str, e: mhmoe::Error| format!("{what}: {e}");
+    if let Some(name) = &args.isa {
+        let isa = mhmoe::kernels::ALL_ISAS
+            .into_iter()
+            .find(|i| i.name() == name)
+            .ok_or_else(|| format!("unknown instruction set {name:?}"))?;
+        Isa::force(Some(isa)).map_err(|e| ctx_err("--isa", e))?;
+    }
+    let file = ModelBytes::read(&args.model)
+        .map_err(|e| format!("cannot read model {}: {e}", args.model.display()))?;
+    let model = file
+        .model()
+        .map_err(|e| format!("cannot load model {}: {e}", args.model.display()))?;
+    let tok_buf = TokenizerBuf::new(model.gguf()).map_err(|e| ctx_err("tokenizer", e))?;
+    let tok = tok_buf.tokenizer();
+    let ctx = args.ctx.unwrap_or(model.config.context_length);
+    let params = if args.greedy {
+        SamplerParams::GREEDY
+    } else {
+        SamplerParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+        }
+    };
+    let mut sampler = Sampler::new(params, args.seed).map_err(|e| e.to_string())?;
+    let mut scratch = vec![0u32; sampler.scratch_len(model.config.vocab_size)];
+
+    let mut prompt: Vec<u32> = tok.bos().into_iter().collect();
+    prompt.extend(
+        tok.encode_to_vec(args.prompt.as_bytes())
+            .map_err(|e| ctx_err("prompt", e))?,
+    );
+    if prompt.is_empty() {
+        return Err("the prompt is empty".into());
+    }
+    if prompt.len() > ctx {
+        return Err(format!(
+            "the prompt is {} tokens, longer than the context of {ctx} tokens",
+            prompt.len()
+        ));
+    }
+    let mut buf = StateBuffer::for_model(&model, ctx).map_err(|e| ctx_err("context", e))?;
+    let mut state = buf.state(&model, ctx).map_err(|e| ctx_err("state", e))?;
+
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut emit = |s: &str| {
+        let _ = out.write_all(s.as_bytes());
+        let _ = out.flush();
+    };
+    emit(&args.prompt);
+
+    let t_prompt = Instant::now();
+    let mut logits_ready = false;
+    for &t in &prompt {
+        forward(&model, &mut state, t).map_err(|e| ctx_err("forward", e))?;
+        logits_ready = true;
+    }
+    let prompt_time = t_prompt.elapsed();
+
+    let mut decoder = tok.decoder();
+    let t_gen = Instant::now();
+    let mut generated = 0usize;
+    let mut stop_reason = "token limit";
+    while generated < args.tokens && logits_ready {
+        let next = sampler
+            .sample(state.logits(), &mut scratch)
+            .map_err(|e| ctx_err("sampling", e))?;
+        if Some(next) == tok.eos() {
+            stop_reason = "end-of-sequence token";
+            break;
+        }
+        decoder
+            .push(&tok, next, &mut emit)
+            .map_err(|e| ctx_err("decode", e))?;
+        generated += 1;
+        if generated == args.tokens {
+            break;
+        }
+        if state.pos() == ctx {
+            stop_reason = "context full";
+            break;
+        }
+        forward(&model, &mut state, next).map_err(|e| ctx_err("forward", e))?;
+    }
+    decoder.flush(&mut emit);
+    emit("\n");
+    let gen_time = t_gen.elapsed().as_secs_f64();
+    eprintln!(
+        "\n[{} prompt tokens in {:.3} s; {generated} tokens generated in {gen_time:.3} s = {:.1} tokens/s; stopped: {stop_reason}; isa {}; model {}]",
+        prompt.len(),
+        prompt_time.as_secs_f64(),
+        generated as f64 / gen_time.max(1e-9),
+        Isa::active().name(),
+        args.model.display(),
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

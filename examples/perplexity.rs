@@ -1,0 +1,113 @@
+//! Perplexity of a model on a text file (by default the shipped held-out sample).
+//!
+//! ```text
+//! cargo run --release --example perplexity -- --model models/mhmoe-demo-q8_0.gguf
+//! ```
+//!
+//! The text is tokenized whole, then cut into non-overlapping windows of the context length;
+//! each window starts from an empty state at position 0 and every token after the first in a
+//! window is predicted. The result is the mean negative log-likelihood in nats per token and its
+//! exponential, the perplexity (the same windowing as tools/perplexity_torch.py).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use mhmoe::file::{ModelBytes, StateBuffer};
+use mhmoe::forward;
+use mhmoe::tokenizer::TokenizerBuf;
+
+/// Perplexity of an MH-MoE model on a text file.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Model file.
+    #[arg(short, long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/models/mhmoe-demo-q8_0.gguf"))]
+    model: PathBuf,
+    /// Text file (UTF-8).
+    #[arg(short, long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/models/heldout-sample.txt"))]
+    text: PathBuf,
+    /// Window length (default: the model's context length).
+    #[arg(long)]
+    ctx: Option<usize>,
+    /// Stop after this many tokens of text (0 = all).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    /// No progress bar.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+/// `-log softmax(logits)[target]`, computed in f64.
+fn nll(logits: &[f32], target: u32) -> f64 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let sum: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
+    max + sum.ln() - logits[target as usize] as f64
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let file = ModelBytes::read(&args.model)
+        .map_err(|e| format!("cannot read model {}: {e}", args.model.display()))?;
+    let model = file
+        .model()
+        .map_err(|e| format!("cannot load model {}: {e}", args.model.display()))?;
+    let tok_buf = TokenizerBuf::new(model.gguf()).map_err(|e| format!("tokenizer: {e}"))?;
+    let tok = tok_buf.tokenizer();
+    let text = std::fs::read(&args.text)
+        .map_err(|e| format!("cannot read {}: {e}", args.text.display()))?;
+    let mut ids = tok
+        .encode_to_vec(&text)
+        .map_err(|e| format!("tokenizing: {e}"))?;
+    if args.limit > 0 {
+        ids.truncate(args.limit);
+    }
+    if ids.len() < 2 {
+        return Err("the text has fewer than 2 tokens".into());
+    }
+    let ctx = args.ctx.unwrap_or(model.config.context_length);
+    let mut buf = StateBuffer::for_model(&model, ctx).map_err(|e| format!("context: {e}"))?;
+    let mut state = buf.state(&model, ctx).map_err(|e| format!("state: {e}"))?;
+
+    let windows: Vec<&[u32]> = ids.chunks(ctx).filter(|w| w.len() >= 2).collect();
+    let predicted: usize = windows.iter().map(|w| w.len() - 1).sum();
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(predicted as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} tokens {per_sec} eta {eta}")
+            .map_err(|e| e.to_string())?,
+    );
+    let mut total = 0.0f64;
+    for w in &windows {
+        state.reset();
+        for i in 0..w.len() - 1 {
+            let logits = forward(&model, &mut state, w[i]).map_err(|e| format!("forward: {e}"))?;
+            total += nll(logits, w[i + 1]);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    let mean = total / predicted as f64;
+    println!(
+        "{}: {} tokens of {} in {} windows of up to {ctx}: {mean:.4} nats/token, perplexity {:.3}",
+        args.model.display(),
+        predicted,
+        args.text.display(),
+        windows.len(),
+        mean.exp()
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

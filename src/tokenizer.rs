@@ -1,0 +1,1666 @@
+//! Byte-level BPE tokenizer (`tokenizer.ggml.model = "gpt2"`) with the `"mhmoe-space"`
+//! pre-tokenizer, working without allocation.
+//!
+//! # What it computes
+//!
+//! * **Pre-tokenizer** (`tokenizer.ggml.pre = "mhmoe-space"`): the input bytes are cut before
+//!   every space byte `0x20` and nowhere else, so `b"a bc  d"` becomes
+//!   `[b"a", b" bc", b" ", b" d"]`. There is no regex, no prefix space and no normalization.
+//! * **BPE**: each piece starts as one symbol per byte (the single-byte tokens). The adjacent
+//!   pair with the lowest merge rank is merged, the leftmost one on equal rank, until no adjacent
+//!   pair is a merge. This is exactly what Hugging Face `tokenizers`' BPE model (without dropout)
+//!   produces. Special tokens are never produced by encoding; `bos`/`eos` are left to the caller.
+//! * **Token strings** are stored in the file in GPT-2's byte-to-unicode form (see
+//!   [`byte_to_unicode`]); [`Tokenizer::token_bytes`] maps them back to raw bytes and
+//!   [`Decoder`] turns a stream of tokens into UTF-8 text.
+//!
+//! # Memory
+//!
+//! [`Tokenizer::new`] borrows the token and merge strings from the GGUF bytes and builds three
+//! tables in a caller-provided `&mut [u32]` workspace of [`Tokenizer::workspace_len`] words:
+//!
+//! | table | words | purpose |
+//! |---|---|---|
+//! | offsets | `V + 1` | where each token string starts in the file (random access by id) |
+//! | sorted ids | `V` | token ids sorted by string (string -> id by binary search) |
+//! | merges | `4 M` | `(left, right, rank, merged)` sorted by `(left, right)` |
+//!
+//! for `V` tokens and `M` merges: `2 V + 1 + 4 M` words in all (45 KiB for the 2048-token demo
+//! vocabulary with 1792 merges). The [`Tokenizer`] value itself holds a 256-entry byte-to-token
+//! table (about 1 KiB). [`Tokenizer::encode`] uses its output buffer as the work list and needs no
+//! other memory; decoding needs a few bytes of stack.
+//!
+//! # Time
+//!
+//! Building takes `O(V log V)` string comparisons to sort the vocabulary and `O(M log V)` for the
+//! merges (each merge string is looked up three times), plus `O(M log M)` to sort the merge table;
+//! all on tables whose size the GGUF parser has already bounded by the file size.
+//!
+//! Encoding is linear in the number of pieces plus, per piece of `m` bytes, `P` passes of
+//! `O(m log M)` each (see [`Tokenizer::encode`]): `P` is at most the number of distinct merge
+//! ranks that fire in the piece and at most `m - 1`. Ordinary text has short pieces (words), so
+//! this is linear in practice; a single 1 MB piece of `a` takes one pass per `a`-run merge in
+//! the vocabulary (a few milliseconds each).
+
+use core::cmp::Ordering;
+use core::fmt;
+
+use crate::error::{name, Error, Result};
+use crate::gguf::{Array, Gguf, ValueType};
+
+pub static LOOKUPS: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+pub static PASSES: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+const KEY_MODEL: &str = "tokenizer.ggml.model";
+const KEY_PRE: &str = "tokenizer.ggml.pre";
+const KEY_TOKENS: &str = "tokenizer.ggml.tokens";
+const KEY_MERGES: &str = "tokenizer.ggml.merges";
+const KEY_BOS: &str = "tokenizer.ggml.bos_token_id";
+const KEY_EOS: &str = "tokenizer.ggml.eos_token_id";
+
+/// Bytes of the `u64` length that precedes every GGUF string.
+const STR_LEN_BYTES: usize = 8;
+/// Words per entry of the merge table: `[left, right, rank, merged]`.
+const MERGE_WORDS: usize = 4;
+
+/// The character GPT-2's byte-to-unicode map assigns to byte `b`.
+///
+/// Bytes `33..=126`, `161..=172` and `174..=255` map to the code point of the same value; the
+/// other 68 bytes map to `U+0100`, `U+0101`, ... in increasing byte order (so the space `0x20`
+/// becomes `U+0120` `Ġ`).
+pub const fn byte_to_unicode(b: u8) -> char {
+    let c = match b {
+        33..=126 | 161..=172 | 174..=255 => b as u32,
+        0..=32 => 256 + b as u32,
+        127..=160 => b as u32 + (289 - 127),
+        173 => 323,
+    };
+    match char::from_u32(c) {
+        Some(c) => c,
+        None => char::REPLACEMENT_CHARACTER, // unreachable: every value above is a valid char
+    }
+}
+
+/// The byte that GPT-2's byte-to-unicode map sends to `c`, or `None` if `c` is not in the map's
+/// image. Inverse of [`byte_to_unicode`].
+pub const fn unicode_to_byte(c: char) -> Option<u8> {
+    let c = c as u32;
+    match c {
+        33..=126 | 161..=172 | 174..=255 => Some(c as u8),
+        256..=288 => Some((c - 256) as u8),
+        289..=322 => Some((c - (289 - 127)) as u8),
+        323 => Some(173),
+        _ => None,
+    }
+}
+
+fn bad(reason: &'static str) -> Error {
+    Error::BadTokenizer { reason }
+}
+
+/// Sizes of the workspace tables, in u32 words.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    n_vocab: usize,
+    n_merges: usize,
+    total: usize,
+}
+
+impl Layout {
+    fn new(n_vocab: usize, n_merges: usize) -> Result<Self> {
+        if u32::try_from(n_vocab).is_err() {
+            return Err(bad("the vocabulary has more than u32::MAX tokens"));
+        }
+        if u32::try_from(n_merges).is_err() {
+            return Err(bad("there are more than u32::MAX merges"));
+        }
+        let total = n_vocab
+            .checked_mul(2)
+            .and_then(|v| v.checked_add(1))
+            .and_then(|v| v.checked_add(n_merges.checked_mul(MERGE_WORDS)?))
+            .ok_or(bad("the tokenizer tables do not fit in the address space"))?;
+        Ok(Layout {
+            n_vocab,
+            n_merges,
+            total,
+        })
+    }
+}
+
+/// The parts of a [`Tokenizer`] that do not live in the workspace.
+#[derive(Clone, Copy)]
+struct Head<'a> {
+    /// The bytes of the `tokenizer.ggml.tokens` array elements (length prefixes included).
+    tokens: &'a [u8],
+    layout: Layout,
+    /// Token id of each single byte.
+    byte_tokens: [u32; 256],
+    bos: Option<u32>,
+    eos: Option<u32>,
+    max_token_bytes: usize,
+}
+
+/// A byte-level BPE tokenizer whose tables borrow the GGUF file (`'a`) and a workspace (`'w`).
+///
+/// Build it with [`Tokenizer::new`]; it is `Copy` (about 1 KiB: the byte table plus a few slices)
+/// and never allocates. See the [module documentation](self) for the algorithm and costs.
+#[derive(Clone, Copy)]
+pub struct Tokenizer<'a, 'w> {
+    head: Head<'a>,
+    /// `V + 1` offsets into `head.tokens`: token `i` is `tokens[offsets[i] + 8 .. offsets[i + 1]]`.
+    offsets: &'w [u32],
+    /// Token ids sorted by token string (byte order of the UTF-8 form).
+    sorted: &'w [u32],
+    /// `[left, right, rank, merged]` sorted by `(left, right)`; pairs are unique.
+    merges: &'w [[u32; MERGE_WORDS]],
+}
+
+/// A merge applicable to a pair: its rank and the resulting token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Merge {
+    rank: u32,
+    merged: u32,
+}
+
+/// The lowest-ranked pair of a piece, with the merge it makes.
+#[derive(Debug, Clone, Copy)]
+struct Lowest {
+    left: u32,
+    right: u32,
+    merge: Merge,
+}
+
+impl fmt::Debug for Tokenizer<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("merges", &self.merge_count())
+            .field("bos", &self.head.bos)
+            .field("eos", &self.head.eos)
+            .finish_non_exhaustive()
+    }
+}
+
+fn string_array<'a>(gguf: &Gguf<'a>, key: &str) -> Result<Array<'a>> {
+    let v = gguf.get(key).ok_or_else(|| Error::MissingKey { key: name(key) })?;
+    match v.as_array() {
+        Some(a) if a.elem_type() == ValueType::String => Ok(a),
+        _ => Err(Error::BadKey {
+            key: name(key),
+            expected: "an array of strings",
+        }),
+    }
+}
+
+fn require_str(gguf: &Gguf<'_>, key: &str, want: &str, reason: &'static str) -> Result<()> {
+    let v = gguf.get(key).ok_or_else(|| Error::MissingKey { key: name(key) })?;
+    let s = v.as_str().ok_or_else(|| Error::BadKey {
+        key: name(key),
+        expected: "a string",
+    })?;
+    if s == want {
+        Ok(())
+    } else {
+        Err(bad(reason))
+    }
+}
+
+fn optional_id(gguf: &Gguf<'_>, key: &str, n_vocab: usize, reason: &'static str) -> Result<Option<u32>> {
+    let Some(v) = gguf.get(key) else {
+        return Ok(None);
+    };
+    let id = v.as_u64().ok_or_else(|| Error::BadKey {
+        key: name(key),
+        expected: "a non-negative integer token id",
+    })?;
+    match u32::try_from(id) {
+        Ok(id) if (id as usize) < n_vocab => Ok(Some(id)),
+        _ => Err(bad(reason)),
+    }
+}
+
+/// Token `id`'s string (GPT-2 form, as UTF-8 bytes) given the offset table.
+fn raw_token<'a>(tokens: &'a [u8], offsets: &[u32], id: u32) -> &'a [u8] {
+    let i = id as usize;
+    match (offsets.get(i), offsets.get(i.wrapping_add(1))) {
+        (Some(&s), Some(&e)) => tokens
+            .get(s as usize + STR_LEN_BYTES..e as usize)
+            .unwrap_or_default(),
+        _ => &[],
+    }
+}
+
+/// Orders `t` against the concatenation `a ++ b` without building it.
+fn cmp_concat(t: &[u8], a: &[u8], b: &[u8]) -> Ordering {
+    let n = t.len().min(a.len());
+    match t[..n].cmp(&a[..n]) {
+        Ordering::Equal if t.len() < a.len() => Ordering::Less,
+        Ordering::Equal => t[a.len()..].cmp(b),
+        o => o,
+    }
+}
+
+/// Searches `sorted` for the token whose string compares `Equal` under `cmp`.
+fn find_by(sorted: &[u32], mut cmp: impl FnMut(u32) -> Ordering) -> Option<u32> {
+    sorted
+        .binary_search_by(|&id| cmp(id))
+        .ok()
+        .and_then(|i| sorted.get(i).copied())
+}
+
+impl<'a, 'w> Tokenizer<'a, 'w> {
+    /// Workspace size, in `u32` words, that [`Tokenizer::new`] needs for this file:
+    /// `2 V + 1 + 4 M` for `V` tokens and `M` merges.
+    ///
+    /// # Errors
+    /// [`Error::MissingKey`] / [`Error::BadKey`] if `tokenizer.ggml.tokens` or
+    /// `tokenizer.ggml.merges` is missing or not an array of strings; [`Error::BadTokenizer`] if
+    /// the counts do not fit in `u32` or the size overflows `usize`.
+    pub fn workspace_len(gguf: &Gguf<'_>) -> Result<usize> {
+        let tokens = string_array(gguf, KEY_TOKENS)?;
+        let merges = string_array(gguf, KEY_MERGES)?;
+        Ok(Layout::new(tokens.len(), merges.len())?.total)
+    }
+
+    /// Validates the tokenizer metadata of `gguf` and builds the lookup tables in `workspace`.
+    ///
+    /// Only the first [`Tokenizer::workspace_len`] words of `workspace` are used. Checks:
+    /// `tokenizer.ggml.model` is `"gpt2"`, `tokenizer.ggml.pre` is `"mhmoe-space"`; tokens and
+    /// merges are arrays of strings with at most `u32::MAX` entries; every token string is in
+    /// GPT-2 byte-to-unicode form (empty strings are allowed and decode to nothing) and no two
+    /// tokens are equal; all 256 single-byte tokens exist; each merge is `"left right"` with
+    /// exactly one space, both halves known tokens and their concatenation a known token, and no
+    /// pair appears twice; `bos`/`eos` ids, when present, are integers below the vocabulary size.
+    ///
+    /// # Errors
+    /// [`Error::BufferTooSmall`] if `workspace` is shorter than [`Tokenizer::workspace_len`];
+    /// [`Error::MissingKey`] / [`Error::BadKey`] for a missing key or a value of the wrong type;
+    /// [`Error::BadTokenizer`] naming the rule for everything else. Never panics.
+    pub fn new(gguf: &Gguf<'a>, workspace: &'w mut [u32]) -> Result<Self> {
+        require_str(
+            gguf,
+            KEY_MODEL,
+            "gpt2",
+            "tokenizer.ggml.model must be \"gpt2\" (byte-level BPE)",
+        )?;
+        require_str(
+            gguf,
+            KEY_PRE,
+            "mhmoe-space",
+            "tokenizer.ggml.pre must be \"mhmoe-space\"",
+        )?;
+        let tokens = string_array(gguf, KEY_TOKENS)?;
+        let merges = string_array(gguf, KEY_MERGES)?;
+        let layout = Layout::new(tokens.len(), merges.len())?;
+        if workspace.len() < layout.total {
+            return Err(Error::BufferTooSmall {
+                what: "tokenizer workspace (u32 words)",
+                needed: layout.total,
+                got: workspace.len(),
+            });
+        }
+        let n_vocab = layout.n_vocab;
+        let (ws, _) = workspace.split_at_mut(layout.total);
+        let (offsets, rest) = ws.split_at_mut(n_vocab + 1);
+        let (sorted, merge_words) = rest.split_at_mut(n_vocab);
+        let (merge_table, _) = merge_words.as_chunks_mut::<MERGE_WORDS>();
+
+        // 1. Offsets of the token strings, checked against the parser's view of each string.
+        let file = gguf.bytes();
+        let base = tokens.offset();
+        let mut off = 0usize;
+        let mut max_token_bytes = 0usize;
+        let mut count = 0usize;
+        for (slot, v) in offsets.iter_mut().zip(tokens.iter()) {
+            let s = v.as_str().ok_or(bad("a token is not a string"))?;
+            *slot = u32::try_from(off).map_err(|_| bad("the token strings exceed 4 GiB"))?;
+            let start = base
+                .checked_add(off)
+                .and_then(|p| p.checked_add(STR_LEN_BYTES))
+                .ok_or(bad("token string offset overflows"))?;
+            let here = file.get(start..).map(<[u8]>::as_ptr);
+            if here != Some(s.as_ptr()) {
+                return Err(bad("token strings are not laid out as GGUF strings"));
+            }
+            let mut chars = 0usize;
+            for c in s.chars() {
+                if unicode_to_byte(c).is_none() {
+                    return Err(bad(
+                        "a token string is not in GPT-2 byte-to-unicode form",
+                    ));
+                }
+                chars += 1;
+            }
+            max_token_bytes = max_token_bytes.max(chars);
+            off = off
+                .checked_add(STR_LEN_BYTES + s.len())
+                .ok_or(bad("token string offset overflows"))?;
+            count += 1;
+        }
+        if count != n_vocab {
+            return Err(bad("the token array is shorter than its length"));
+        }
+        *offsets.last_mut().ok_or(bad("empty offset table"))? =
+            u32::try_from(off).map_err(|_| bad("the token strings exceed 4 GiB"))?;
+        let token_data = base
+            .checked_add(off)
+            .and_then(|end| file.get(base..end))
+            .ok_or(bad("the token array lies outside the file"))?;
+        let offsets: &'w [u32] = offsets;
+
+        // 2. Ids sorted by string; equal neighbours mean a duplicate token.
+        for (i, s) in sorted.iter_mut().enumerate() {
+            *s = i as u32; // n_vocab <= u32::MAX was checked by Layout::new
+        }
+        let tok = |id: u32| raw_token(token_data, offsets, id);
+        sorted.sort_unstable_by(|&x, &y| tok(x).cmp(tok(y)));
+        if sorted.windows(2).any(|w| tok(w[0]) == tok(w[1])) {
+            return Err(bad("two tokens have the same string"));
+        }
+        let sorted: &'w [u32] = sorted;
+        let find = |s: &[u8]| find_by(sorted, |id| tok(id).cmp(s));
+
+        // 3. The byte -> token table.
+        let mut byte_tokens = [0u32; 256];
+        for (b, slot) in byte_tokens.iter_mut().enumerate() {
+            let mut buf = [0u8; 4];
+            let s = byte_to_unicode(b as u8).encode_utf8(&mut buf);
+            *slot = find(s.as_bytes()).ok_or(bad(
+                "a single-byte token is missing (all 256 byte tokens are required)",
+            ))?;
+        }
+
+        // 4. The merge table, sorted by pair; equal neighbours mean a duplicate merge.
+        let mut count = 0usize;
+        for (rank, (v, entry)) in merges.iter().zip(merge_table.iter_mut()).enumerate() {
+            let s = v.as_str().ok_or(bad("a merge is not a string"))?;
+            let (left, right) = s
+                .split_once(' ')
+                .ok_or(bad("a merge has no space between its two tokens"))?;
+            if left.is_empty() || right.is_empty() || right.contains(' ') {
+                return Err(bad(
+                    "a merge is not two non-empty tokens separated by one space",
+                ));
+            }
+            let (l, r) = (left.as_bytes(), right.as_bytes());
+            let l_id = find(l).ok_or(bad("a merge's left token is not in the vocabulary"))?;
+            let r_id = find(r).ok_or(bad("a merge's right token is not in the vocabulary"))?;
+            let merged = find_by(sorted, |id| cmp_concat(tok(id), l, r)).ok_or(bad(
+                "a merge's result (left + right) is not in the vocabulary",
+            ))?;
+            *entry = [l_id, r_id, rank as u32, merged]; // n_merges <= u32::MAX was checked
+            count += 1;
+        }
+        if count != layout.n_merges {
+            return Err(bad("the merge array is shorter than its length"));
+        }
+        merge_table.sort_unstable_by_key(|e| (e[0], e[1]));
+        if merge_table
+            .windows(2)
+            .any(|w| (w[0][0], w[0][1]) == (w[1][0], w[1][1]))
+        {
+            return Err(bad("two merges join the same pair of tokens"));
+        }
+        let merge_table: &'w [[u32; MERGE_WORDS]] = merge_table;
+
+        // 5. Optional special tokens.
+        let bos = optional_id(
+            gguf,
+            KEY_BOS,
+            n_vocab,
+            "tokenizer.ggml.bos_token_id is not below the vocabulary size",
+        )?;
+        let eos = optional_id(
+            gguf,
+            KEY_EOS,
+            n_vocab,
+            "tokenizer.ggml.eos_token_id is not below the vocabulary size",
+        )?;
+
+        Ok(Tokenizer {
+            head: Head {
+                tokens: token_data,
+                layout,
+                byte_tokens,
+                bos,
+                eos,
+                max_token_bytes,
+            },
+            offsets,
+            sorted,
+            merges: merge_table,
+        })
+    }
+
+    /// Rebuilds a view from a head and a workspace that `new` filled for it.
+    #[cfg(feature = "std")]
+    fn from_parts(head: Head<'a>, ws: &'w [u32]) -> Self {
+        let n = head.layout.n_vocab;
+        let (offsets, rest) = ws.split_at((n + 1).min(ws.len()));
+        let (sorted, rest) = rest.split_at(n.min(rest.len()));
+        let (merges, _) = rest.as_chunks::<MERGE_WORDS>();
+        Tokenizer {
+            head,
+            offsets,
+            sorted,
+            merges,
+        }
+    }
+
+    /// Number of tokens `V`; valid ids are `0..V`.
+    pub fn vocab_size(&self) -> usize {
+        self.head.layout.n_vocab
+    }
+
+    /// Number of merges `M`.
+    pub fn merge_count(&self) -> usize {
+        self.head.layout.n_merges
+    }
+
+    /// The beginning-of-sequence token, if the file names one. [`Tokenizer::encode`] never adds
+    /// it; prepend it yourself if the model expects it.
+    pub fn bos(&self) -> Option<u32> {
+        self.head.bos
+    }
+
+    /// The end-of-sequence token, if the file names one.
+    pub fn eos(&self) -> Option<u32> {
+        self.head.eos
+    }
+
+    /// The token of the single byte `b`.
+    pub fn byte_token(&self, b: u8) -> u32 {
+        self.head.byte_tokens[b as usize]
+    }
+
+    /// The longest token in raw bytes: a buffer this long always suits
+    /// [`Tokenizer::token_bytes_into`].
+    pub fn max_token_bytes(&self) -> usize {
+        self.head.max_token_bytes
+    }
+
+    fn check_id(&self, id: u32) -> Result<()> {
+        if (id as usize) < self.vocab_size() {
+            Ok(())
+        } else {
+            Err(Error::TokenOutOfRange {
+                token: id,
+                vocab_size: self.vocab_size(),
+            })
+        }
+    }
+
+    /// Token `id`'s string as stored in the file (GPT-2 byte-to-unicode form, e.g. `"Ġthe"`).
+    /// `O(length)`: the string is re-checked as UTF-8.
+    ///
+    /// # Errors
+    /// [`Error::TokenOutOfRange`] if `id >= vocab_size()`.
+    pub fn token_str(&self, id: u32) -> Result<&'a str> {
+        self.check_id(id)?;
+        core::str::from_utf8(raw_token(self.head.tokens, self.offsets, id))
+            .map_err(|_| bad("a token string is not UTF-8"))
+    }
+
+    /// Calls `f` with the raw bytes of token `id`, in one or more consecutive chunks (of at most
+    /// 64 bytes; none for an empty token). Uses 64 bytes of stack, `O(length)` time.
+    ///
+    /// # Errors
+    /// [`Error::TokenOutOfRange`] if `id >= vocab_size()`.
+    pub fn token_bytes<F: FnMut(&[u8]) + ?Sized>(&self, id: u32, f: &mut F) -> Result<()> {
+        let s = self.token_str(id)?;
+        let mut buf = [0u8; 64];
+        let mut n = 0;
+        for c in s.chars() {
+            // Every character was checked to be in the map when the tokenizer was built.
+            buf[n] = unicode_to_byte(c).unwrap_or(b'?');
+            n += 1;
+            if n == buf.len() {
+                f(&buf);
+                n = 0;
+            }
+        }
+        if n > 0 {
+            f(&buf[..n]);
+        }
+        Ok(())
+    }
+
+    /// Writes the raw bytes of token `id` to the start of `out` and returns how many there are.
+    ///
+    /// # Errors
+    /// [`Error::TokenOutOfRange`] for a bad id; [`Error::BufferTooSmall`] if `out` is shorter
+    /// than the token (a buffer of [`Tokenizer::max_token_bytes`] always suffices).
+    pub fn token_bytes_into(&self, id: u32, out: &mut [u8]) -> Result<usize> {
+        let s = self.token_str(id)?;
+        let needed = s.chars().count();
+        if needed > out.len() {
+            return Err(Error::BufferTooSmall {
+                what: "token bytes",
+                needed,
+                got: out.len(),
+            });
+        }
+        for (o, c) in out.iter_mut().zip(s.chars()) {
+            *o = unicode_to_byte(c).unwrap_or(b'?');
+        }
+        Ok(needed)
+    }
+
+    /// The id of the token whose string (in GPT-2 byte-to-unicode form, as stored in the file)
+    /// is `s`, by binary search: `O(|s| log V)`. Useful to find special tokens such as
+    /// `"<|eos|>"`.
+    pub fn find_token(&self, s: &str) -> Option<u32> {
+        let (tokens, offsets) = (self.head.tokens, self.offsets);
+        find_by(self.sorted, |id| raw_token(tokens, offsets, id).cmp(s.as_bytes()))
+    }
+
+    /// The merge for the pair `(left, right)`, if any: binary search, `O(log M)`.
+    fn merge_of(&self, left: u32, right: u32) -> Option<Merge> {
+        LOOKUPS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        // Branch-free lower bound on the (left, right) key: the loop always runs
+        // ceil(log2(M)) times and compiles to conditional moves.
+        let key = |e: &[u32; MERGE_WORDS]| (u64::from(e[0]) << 32) | u64::from(e[1]);
+        let want = (u64::from(left) << 32) | u64::from(right);
+        let mut base = 0usize;
+        let mut size = self.merges.len();
+        if size == 0 {
+            return None;
+        }
+        while size > 1 {
+            let half = size / 2;
+            let mid = base + half;
+            if self.merges.get(mid).is_some_and(|e| key(e) <= want) {
+                base = mid;
+            }
+            size -= half;
+        }
+        self.merges.get(base).filter(|e| key(e) == want).map(|e| Merge {
+            rank: e[2],
+            merged: e[3],
+        })
+    }
+
+    /// Encodes `text` into `out` and returns the number of tokens written.
+    ///
+    /// No `bos` is added. `out` doubles as the work list: a piece (the bytes from one space up
+    /// to the next) is first written to `out` as one token per byte, then merged in place. So
+    /// `out.len() >= text.len()` always suffices, and a shorter buffer works as long as the
+    /// tokens so far plus the next piece's bytes fit.
+    ///
+    /// # Algorithm and complexity
+    /// A piece of `m` bytes is merged in passes. A pass takes the lowest rank `r` among the
+    /// current adjacent pairs (one `O(log M)` lookup per pair), then walks the piece once, left
+    /// to right, merging every occurrence of that pair in order, and, right where they arise,
+    /// new pairs ranked at or below `r` (which a merge list from BPE training never has, but a
+    /// hand-made one may). Each such step is the one the "lowest rank, leftmost first" rule
+    /// picks, so the result is exactly that rule's; after the pass every pair ranks above `r`.
+    /// Ranks therefore rise from pass to pass, and each pass merges at least once: the number of
+    /// passes `P` is at most the number of distinct merges that fire and at most `m - 1`. Time
+    /// is `O(P m log M)` per piece: `O(m log M)` for words and for long runs of one character
+    /// (1 MB of `a` needs one pass per `a`-run merge), `O(m^2 log M)` in the worst case.
+    ///
+    /// # Errors
+    /// [`Error::BufferTooSmall`] (with `needed = text.len()`, a size that always works) when
+    /// `out` runs out of room; the contents of `out` are then unspecified.
+    pub fn encode(&self, text: &[u8], out: &mut [u32]) -> Result<usize> {
+        let mut n = 0;
+        let mut start = 0;
+        while start < text.len() {
+            let end = text
+                .get(start + 1..)
+                .and_then(|rest| rest.iter().position(|&b| b == b' '))
+                .map_or(text.len(), |p| start + 1 + p);
+            let piece = &text[start..end];
+            let got = out.len();
+            let syms = out
+                .get_mut(n..n + piece.len())
+                .ok_or(Error::BufferTooSmall {
+                    what: "token output",
+                    needed: text.len(),
+                    got,
+                })?;
+            for (s, &b) in syms.iter_mut().zip(piece) {
+                *s = self.head.byte_tokens[b as usize];
+            }
+            n += self.merge_piece(syms);
+            start = end;
+        }
+        Ok(n)
+    }
+
+    /// Applies the BPE merges to the symbols of one piece in place; returns the new length.
+    fn merge_piece(&self, syms: &mut [u32]) -> usize {
+        let mut len = syms.len();
+        while len >= 2 {
+            let Some(lowest) = self.lowest_pair(&syms[..len]) else {
+                break;
+            };
+            PASSES.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+            len = self.merge_pass(&mut syms[..len], lowest);
+        }
+        len
+    }
+
+    /// The adjacent pair with the lowest merge rank (the leftmost if several).
+    fn lowest_pair(&self, syms: &[u32]) -> Option<Lowest> {
+        let mut best: Option<Lowest> = None;
+        for w in syms.windows(2) {
+            if let Some(merge) = self.merge_of(w[0], w[1]) {
+                if best.is_none_or(|b| merge.rank < b.merge.rank) {
+                    best = Some(Lowest {
+                        left: w[0],
+                        right: w[1],
+                        merge,
+                    });
+                }
+            }
+        }
+        best
+    }
+
+    /// One left-to-right pass at threshold `r = lowest.merge.rank`, where no pair ranks below
+    /// `r` and only the pair `(lowest.left, lowest.right)` ranks `r`. Performs, in the order of
+    /// the "lowest rank, leftmost first" rule, every merge that rule makes while the lowest rank
+    /// is at most `r`. Returns the new length; afterwards every pair ranks above `r`.
+    ///
+    /// The symbols are split into a finished prefix `syms[..w]` (its pairs rank above `r`), a
+    /// `pending` symbol, and the untouched rest `syms[i..]` (its pairs rank `r` or above, as at
+    /// the start). Only the two pairs around `pending` can rank at or below `r`; the rule takes
+    /// the lower of them (the left one on a tie: it is further left than every other pair
+    /// ranking `r`). A pair of two untouched symbols ranks `r` only if it is the lowest pair, so
+    /// lookups are needed only next to symbols made in this pass.
+    fn merge_pass(&self, syms: &mut [u32], lowest: Lowest) -> usize {
+        let r = lowest.merge.rank;
+        let mut w = 0;
+        let mut i = 1;
+        let mut pending = syms[0];
+        let mut made = false; // `pending` was made in this pass
+        loop {
+            // An untouched `pending`'s left pair was checked (above r) when its neighbour was
+            // pushed, so only a made one needs a lookup.
+            let left = match (made, w) {
+                (true, 1..) => self.merge_of(syms[w - 1], pending).filter(|m| m.rank <= r),
+                _ => None,
+            };
+            let right = match syms.get(i) {
+                Some(&next) if made => self.merge_of(pending, next).filter(|m| m.rank <= r),
+                Some(&next) if pending == lowest.left && next == lowest.right => {
+                    Some(lowest.merge)
+                }
+                _ => None,
+            };
+            match (left, right) {
+                (Some(lm), rm) if rm.is_none_or(|rm| lm.rank <= rm.rank) => {
+                    w -= 1;
+                    pending = lm.merged;
+                    made = true;
+                }
+                (_, Some(rm)) => {
+                    i += 1;
+                    pending = rm.merged;
+                    made = true;
+                }
+                _ => {
+                    syms[w] = pending;
+                    w += 1;
+                    let Some(&next) = syms.get(i) else {
+                        return w;
+                    };
+                    pending = next;
+                    i += 1;
+                    made = false;
+                }
+            }
+        }
+    }
+
+    /// A streaming decoder (shorthand for [`Decoder::new`]).
+    pub fn decoder(&self) -> Decoder {
+        Decoder::new()
+    }
+}
+
+/// Streaming token-to-text decoder.
+///
+/// A UTF-8 character may be split across tokens, so the decoder keeps up to 3 pending bytes of
+/// an incomplete character and hands complete `&str` pieces to a callback. Ill-formed bytes are
+/// replaced by U+FFFD exactly as [`String::from_utf8_lossy`] would replace them in the whole
+/// byte stream (one replacement per maximal invalid subsequence), however the stream is split
+/// into tokens. Call [`Decoder::flush`] at the end of the stream: an incomplete character then
+/// becomes U+FFFD.
+///
+/// It holds 4 bytes of state and no reference to the tokenizer, so it can live anywhere.
+///
+/// [`String::from_utf8_lossy`]: https://doc.rust-lang.org/std/string/struct.String.html#method.from_utf8_lossy
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Decoder {
+    pending: [u8; 3],
+    n_pending: u8,
+}
+
+const REPLACEMENT: &str = "\u{FFFD}";
+
+impl Decoder {
+    /// A decoder with nothing pending.
+    pub const fn new() -> Self {
+        Decoder {
+            pending: [0; 3],
+            n_pending: 0,
+        }
+    }
+
+    /// The bytes of the incomplete character held back (0 to 3 bytes).
+    pub fn pending(&self) -> &[u8] {
+        &self.pending[..self.n_pending as usize]
+    }
+
+    /// Decodes token `id` with `tok` and passes the text that became complete to `emit` (zero or
+    /// more calls).
+    ///
+    /// # Errors
+    /// [`Error::TokenOutOfRange`] for a bad id; nothing is emitted and the state is unchanged.
+    pub fn push<F: FnMut(&str) + ?Sized>(
+        &mut self,
+        tok: &Tokenizer<'_, '_>,
+        id: u32,
+        emit: &mut F,
+    ) -> Result<()> {
+        tok.token_bytes(id, &mut |b: &[u8]| self.push_bytes(b, emit))
+    }
+
+    /// Feeds raw bytes and passes the text that became complete to `emit` (zero or more calls).
+    pub fn push_bytes<F: FnMut(&str) + ?Sized>(&mut self, bytes: &[u8], emit: &mut F) {
+        let mut rest = bytes;
+        // First finish (or reject) the pending character, one byte at a time.
+        while self.n_pending > 0 {
+            let Some((&b, tail)) = rest.split_first() else {
+                return;
+            };
+            let n = self.n_pending as usize;
+            let mut buf = [0u8; 4];
+            buf[..n].copy_from_slice(&self.pending[..n]);
+            buf[n] = b;
+            match core::str::from_utf8(&buf[..=n]) {
+                Ok(s) => {
+                    emit(s);
+                    self.n_pending = 0;
+                    rest = tail;
+                }
+                Err(e) if e.error_len().is_none() && n < self.pending.len() => {
+                    // Still a valid prefix (at most 3 bytes: 4 would be a whole character).
+                    self.pending[n] = b;
+                    self.n_pending += 1;
+                    rest = tail;
+                }
+                Err(_) => {
+                    // `b` cannot continue the character: replace the pending bytes and read `b`
+                    // afresh below.
+                    emit(REPLACEMENT);
+                    self.n_pending = 0;
+                }
+            }
+        }
+        loop {
+            match core::str::from_utf8(rest) {
+                Ok(s) => {
+                    if !s.is_empty() {
+                        emit(s);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let (valid, bad) = rest.split_at(e.valid_up_to());
+                    if let Ok(s) = core::str::from_utf8(valid) {
+                        if !s.is_empty() {
+                            emit(s);
+                        }
+                    }
+                    match e.error_len() {
+                        Some(len) => {
+                            emit(REPLACEMENT);
+                            rest = bad.get(len..).unwrap_or_default();
+                        }
+                        None => {
+                            // An incomplete character at the end: at most 3 bytes.
+                            let n = bad.len().min(3);
+                            self.pending[..n].copy_from_slice(&bad[..n]);
+                            self.n_pending = n as u8;
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends the stream: an incomplete pending character is emitted as U+FFFD.
+    pub fn flush<F: FnMut(&str) + ?Sized>(&mut self, emit: &mut F) {
+        if self.n_pending > 0 {
+            self.n_pending = 0;
+            emit(REPLACEMENT);
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+mod with_std {
+    use super::{Decoder, Head, Tokenizer};
+    use crate::error::Result;
+    use crate::gguf::Gguf;
+    use std::string::String;
+    use std::vec;
+    use std::vec::Vec;
+
+    impl Tokenizer<'_, '_> {
+        /// Encodes `text` into a new vector (no `bos` added). Needs `text.len()` words while
+        /// working; the result is shrunk to fit.
+        pub fn encode_to_vec(&self, text: &[u8]) -> Result<Vec<u32>> {
+            let mut out = vec![0u32; text.len()];
+            let n = self.encode(text, &mut out)?;
+            out.truncate(n);
+            out.shrink_to_fit();
+            Ok(out)
+        }
+
+        /// Decodes `ids` to a string, replacing ill-formed UTF-8 with U+FFFD.
+        ///
+        /// # Errors
+        /// [`crate::Error::TokenOutOfRange`] for a bad id.
+        pub fn decode_to_string(&self, ids: &[u32]) -> Result<String> {
+            let mut s = String::new();
+            let mut d = Decoder::new();
+            let mut emit = |t: &str| s.push_str(t);
+            for &id in ids {
+                d.push(self, id, &mut emit)?;
+            }
+            d.flush(&mut emit);
+            Ok(s)
+        }
+
+        /// Concatenated raw bytes of `ids` (no UTF-8 handling).
+        ///
+        /// # Errors
+        /// [`crate::Error::TokenOutOfRange`] for a bad id.
+        pub fn decode_to_bytes(&self, ids: &[u32]) -> Result<Vec<u8>> {
+            let mut v = Vec::new();
+            for &id in ids {
+                self.token_bytes(id, &mut |b: &[u8]| v.extend_from_slice(b))?;
+            }
+            Ok(v)
+        }
+    }
+
+    /// A tokenizer that owns its workspace (std only): build it once with
+    /// [`TokenizerBuf::new`], then get the borrowing [`Tokenizer`] view with
+    /// [`TokenizerBuf::tokenizer`] at no cost.
+    pub struct TokenizerBuf<'a> {
+        head: Head<'a>,
+        workspace: Vec<u32>,
+    }
+
+    impl<'a> TokenizerBuf<'a> {
+        /// Allocates a workspace of [`Tokenizer::workspace_len`] words and builds the tokenizer
+        /// in it, with all the checks of [`Tokenizer::new`].
+        pub fn new(gguf: &Gguf<'a>) -> Result<Self> {
+            let mut workspace = vec![0u32; Tokenizer::workspace_len(gguf)?];
+            let head = Tokenizer::new(gguf, &mut workspace)?.head;
+            Ok(TokenizerBuf { head, workspace })
+        }
+
+        /// The tokenizer view.
+        pub fn tokenizer(&self) -> Tokenizer<'a, '_> {
+            Tokenizer::from_parts(self.head, &self.workspace)
+        }
+    }
+
+    impl core::fmt::Debug for TokenizerBuf<'_> {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            self.tokenizer().fmt(f)
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+pub use with_std::TokenizerBuf;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampler::Pcg32;
+    use std::collections::HashMap;
+    use std::string::{String, ToString};
+    use std::vec;
+    use std::vec::Vec;
+
+    // ---- A minimal GGUF v3 writer: header, metadata, no tensors. ----
+
+    enum Kv {
+        Str(&'static str),
+        Strs(Vec<String>),
+        U32(u32),
+        I32(i32),
+        U32s(Vec<u32>),
+    }
+
+    fn put_str(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    fn gguf_bytes(kvs: &[(&str, Kv)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(b"GGUF");
+        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&0u64.to_le_bytes()); // tensors
+        out.extend_from_slice(&(kvs.len() as u64).to_le_bytes());
+        for (key, v) in kvs {
+            put_str(&mut out, key);
+            match v {
+                Kv::Str(s) => {
+                    out.extend_from_slice(&8u32.to_le_bytes());
+                    put_str(&mut out, s);
+                }
+                Kv::Strs(a) => {
+                    out.extend_from_slice(&9u32.to_le_bytes());
+                    out.extend_from_slice(&8u32.to_le_bytes());
+                    out.extend_from_slice(&(a.len() as u64).to_le_bytes());
+                    for s in a {
+                        put_str(&mut out, s);
+                    }
+                }
+                Kv::U32(x) => {
+                    out.extend_from_slice(&4u32.to_le_bytes());
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
+                Kv::I32(x) => {
+                    out.extend_from_slice(&5u32.to_le_bytes());
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
+                Kv::U32s(a) => {
+                    out.extend_from_slice(&9u32.to_le_bytes());
+                    out.extend_from_slice(&4u32.to_le_bytes());
+                    out.extend_from_slice(&(a.len() as u64).to_le_bytes());
+                    for x in a {
+                        out.extend_from_slice(&x.to_le_bytes());
+                    }
+                }
+            }
+        }
+        while out.len() % 32 != 0 {
+            out.push(0);
+        }
+        out
+    }
+
+    /// GPT-2 form of raw bytes.
+    fn u(bytes: &[u8]) -> String {
+        bytes.iter().map(|&b| byte_to_unicode(b)).collect()
+    }
+
+    fn byte_vocab() -> Vec<String> {
+        (0..=255u8).map(|b| u(&[b])).collect()
+    }
+
+    /// Merges given as raw-byte halves; returns (tokens, merges) with one new token per merge
+    /// (unless the concatenation already exists), appended in rank order.
+    fn vocab_from_merges(pairs: &[(&[u8], &[u8])]) -> (Vec<String>, Vec<String>) {
+        let mut tokens = byte_vocab();
+        let mut merges = Vec::new();
+        for (l, r) in pairs {
+            let (l, r) = (u(l), u(r));
+            let m = std::format!("{l}{r}");
+            if !tokens.contains(&m) {
+                tokens.push(m);
+            }
+            merges.push(std::format!("{l} {r}"));
+        }
+        (tokens, merges)
+    }
+
+    /// The hand-made test vocabulary (ids 256.. in this order, then the two specials).
+    const HAND_MERGES: [(&[u8], &[u8]); 10] = [
+        (b" ", b"t"),       // 0 -> 256 " t"
+        (b"h", b"e"),       // 1 -> 257 "he"
+        (b" t", b"he"),     // 2 -> 258 " the"
+        (b"a", b"a"),       // 3 -> 259 "aa"
+        (b"aa", b"aa"),     // 4 -> 260 "aaaa"
+        (b"l", b"l"),       // 5 -> 261 "ll"
+        (b"e", b"ll"),      // 6 -> 262 "ell"
+        (b"h", b"ell"),     // 7 -> 263 "hell"
+        (b"hell", b"o"),    // 8 -> 264 "hello"
+        (b"\xc3", b"\xa9"), // 9 -> 265 "é"
+    ];
+    const BOS: u32 = 266;
+    const EOS: u32 = 267;
+
+    fn hand_kvs() -> Vec<(&'static str, Kv)> {
+        let (mut tokens, merges) = vocab_from_merges(&HAND_MERGES);
+        tokens.push("<|bos|>".to_string());
+        tokens.push("<|eos|>".to_string());
+        vec![
+            ("general.architecture", Kv::Str("mhmoe")),
+            (KEY_MODEL, Kv::Str("gpt2")),
+            (KEY_PRE, Kv::Str("mhmoe-space")),
+            (KEY_TOKENS, Kv::Strs(tokens)),
+            (KEY_MERGES, Kv::Strs(merges)),
+            (KEY_BOS, Kv::U32(BOS)),
+            (KEY_EOS, Kv::U32(EOS)),
+        ]
+    }
+
+    fn basic_kvs(tokens: Vec<String>, merges: Vec<String>) -> Vec<(&'static str, Kv)> {
+        vec![
+            (KEY_MODEL, Kv::Str("gpt2")),
+            (KEY_PRE, Kv::Str("mhmoe-space")),
+            (KEY_TOKENS, Kv::Strs(tokens)),
+            (KEY_MERGES, Kv::Strs(merges)),
+        ]
+    }
+
+    /// Builds a tokenizer over `bytes` and runs `f` with it.
+    fn with_tok<R>(bytes: &[u8], f: impl FnOnce(&Tokenizer<'_, '_>) -> R) -> R {
+        let g = Gguf::parse(bytes).unwrap();
+        let mut ws = vec![0u32; Tokenizer::workspace_len(&g).unwrap()];
+        let tok = Tokenizer::new(&g, &mut ws).unwrap();
+        f(&tok)
+    }
+
+    fn build_err(kvs: &[(&str, Kv)]) -> Error {
+        let bytes = gguf_bytes(kvs);
+        let g = Gguf::parse(&bytes).unwrap();
+        let mut ws = vec![0u32; 1 << 16];
+        Tokenizer::new(&g, &mut ws).unwrap_err()
+    }
+
+    fn reason(e: Error) -> &'static str {
+        match e {
+            Error::BadTokenizer { reason } => reason,
+            e => panic!("expected BadTokenizer, got {e:?}"),
+        }
+    }
+
+    fn encode(tok: &Tokenizer<'_, '_>, text: &[u8]) -> Vec<u32> {
+        let mut out = vec![0u32; text.len()];
+        let n = tok.encode(text, &mut out).unwrap();
+        out.truncate(n);
+        out
+    }
+
+    /// The specification: repeatedly merge the leftmost pair of lowest rank, one at a time.
+    fn reference_encode(tokens: &[String], merges: &[String], text: &[u8]) -> Vec<u32> {
+        let id: HashMap<&str, u32> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.as_str(), i as u32))
+            .collect();
+        let mut table = HashMap::new();
+        for (rank, m) in merges.iter().enumerate() {
+            let (l, r) = m.split_once(' ').unwrap();
+            let merged = id[std::format!("{l}{r}").as_str()];
+            table.insert((id[l], id[r]), (rank, merged));
+        }
+        let mut out = Vec::new();
+        let mut start = 0;
+        for i in 1..=text.len() {
+            if i == text.len() || text[i] == b' ' {
+                let mut syms: Vec<u32> = text[start..i]
+                    .iter()
+                    .map(|&b| id[u(&[b]).as_str()])
+                    .collect();
+                loop {
+                    let mut best: Option<(usize, usize, u32)> = None;
+                    for j in 0..syms.len().saturating_sub(1) {
+                        if let Some(&(rank, merged)) = table.get(&(syms[j], syms[j + 1])) {
+                            if best.is_none_or(|b| rank < b.0) {
+                                best = Some((rank, j, merged));
+                            }
+                        }
+                    }
+                    let Some((_, j, merged)) = best else { break };
+                    syms[j] = merged;
+                    syms.remove(j + 1);
+                }
+                out.extend_from_slice(&syms);
+                start = i;
+            }
+        }
+        out
+    }
+
+    fn random_bytes(rng: &mut Pcg32, len: usize, alphabet: &[u8]) -> Vec<u8> {
+        (0..len)
+            .map(|_| alphabet[rng.next_u32() as usize % alphabet.len()])
+            .collect()
+    }
+
+    // ---- byte <-> unicode map ----
+
+    #[test]
+    fn byte_unicode_map_is_gpt2s_bijection() {
+        let mut seen = std::collections::HashSet::new();
+        let mut next_extra = 256u32;
+        for b in 0..=255u8 {
+            let c = byte_to_unicode(b);
+            assert!(seen.insert(c));
+            assert_eq!(unicode_to_byte(c), Some(b));
+            let printable = matches!(b, 33..=126 | 161..=172 | 174..=255);
+            if printable {
+                assert_eq!(c as u32, b as u32);
+            } else {
+                assert_eq!(c as u32, next_extra, "byte {b}");
+                next_extra += 1;
+            }
+        }
+        assert_eq!(next_extra, 256 + 68);
+        assert_eq!(byte_to_unicode(b' '), 'Ġ');
+        assert_eq!(byte_to_unicode(b'\n'), 'Ċ');
+        assert_eq!(byte_to_unicode(0xAD), '\u{143}');
+        for c in [' ', '\0', '\u{A0}', '\u{AD}', '\u{144}', '日', '\u{FFFD}'] {
+            assert_eq!(unicode_to_byte(c), None, "{c:?}");
+        }
+    }
+
+    // ---- encoding ----
+
+    #[test]
+    fn encode_hand_cases() {
+        let bytes = gguf_bytes(&hand_kvs());
+        with_tok(&bytes, |tok| {
+            assert_eq!(tok.vocab_size(), 268);
+            assert_eq!(tok.merge_count(), 10);
+            assert_eq!(tok.bos(), Some(BOS));
+            assert_eq!(tok.eos(), Some(EOS));
+            // "h e" (rank 1) fires before "l l" (rank 5), so "e ll" never gets its chance.
+            assert_eq!(encode(tok, b"hello"), [257, 261, b'o' as u32]);
+            assert_eq!(encode(tok, b" the"), [258]);
+            assert_eq!(encode(tok, b"the the"), [b't' as u32, 257, 258]);
+            assert_eq!(encode(tok, b"aaaaa"), [260, b'a' as u32]);
+            assert_eq!(encode(tok, b"aaaaaaaa"), [260, 260]);
+            assert_eq!(
+                encode(tok, b"a bc  d"),
+                [97, 32, 98, 99, 32, 32, 100],
+                "split before every space, nothing else"
+            );
+            assert_eq!(encode(tok, "é".as_bytes()), [265]);
+            assert_eq!(encode(tok, "éé".as_bytes()), [265, 265]);
+            assert_eq!(encode(tok, "\u{e9} \u{e9}".as_bytes()), [265, 32, 265]);
+            assert_eq!(encode(tok, b"\n\t\0\xff"), [10, 9, 0, 255]);
+            assert_eq!(encode(tok, b""), []);
+            assert_eq!(encode(tok, b" "), [32]);
+            assert_eq!(encode(tok, b"  t"), [32, 256]);
+            // Special-token text is not special: it is encoded byte by byte.
+            assert_eq!(encode(tok, b"<|eos|>").len(), 7);
+        });
+    }
+
+    #[test]
+    fn encode_matches_reference_on_random_text() {
+        let (mut tokens, merges) = vocab_from_merges(&HAND_MERGES);
+        tokens.push("<|bos|>".to_string());
+        let bytes = gguf_bytes(&basic_kvs(tokens.clone(), merges.clone()));
+        let mut rng = Pcg32::new(7);
+        with_tok(&bytes, |tok| {
+            for _ in 0..500 {
+                let len = rng.next_u32() as usize % 40;
+                let text = random_bytes(&mut rng, len, b"aaaehllot  \xc3\xa9");
+                assert_eq!(
+                    encode(tok, &text),
+                    reference_encode(&tokens, &merges, &text),
+                    "{text:?}"
+                );
+            }
+        });
+    }
+
+    /// Random merge lists over a 3-letter alphabet, half of them with shuffled ranks (so that a
+    /// merge may rank before the merge making one of its halves, which BPE training never does
+    /// but a file may), checked against the one-merge-at-a-time reference.
+    #[test]
+    fn encode_matches_reference_on_random_merge_lists() {
+        let mut rng = Pcg32::new(11);
+        for case in 0..60 {
+            let mut made: Vec<Vec<u8>> = vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()];
+            let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            while pairs.len() < 25 {
+                let l = made[rng.next_u32() as usize % made.len()].clone();
+                let r = made[rng.next_u32() as usize % made.len()].clone();
+                if l.len() + r.len() > 8 || pairs.contains(&(l.clone(), r.clone())) {
+                    continue;
+                }
+                let m = [l.as_slice(), r.as_slice()].concat();
+                if !made.contains(&m) {
+                    made.push(m);
+                }
+                pairs.push((l, r));
+            }
+            if case % 2 == 1 {
+                for i in (1..pairs.len()).rev() {
+                    pairs.swap(i, rng.next_u32() as usize % (i + 1));
+                }
+            }
+            let refs: Vec<(&[u8], &[u8])> = pairs
+                .iter()
+                .map(|(l, r)| (l.as_slice(), r.as_slice()))
+                .collect();
+            let (tokens, merges) = vocab_from_merges(&refs);
+            let bytes = gguf_bytes(&basic_kvs(tokens.clone(), merges.clone()));
+            with_tok(&bytes, |tok| {
+                for _ in 0..40 {
+                    let len = rng.next_u32() as usize % 30;
+                    let text = random_bytes(&mut rng, len, b"aaabbc ");
+                    assert_eq!(
+                        encode(tok, &text),
+                        reference_encode(&tokens, &merges, &text),
+                        "case {case}: {text:?} with {merges:?}"
+                    );
+                }
+            });
+        }
+    }
+
+    #[test]
+    fn encode_out_of_order_ranks_cascade() {
+        // "aa a" ranks before "a a", which makes "aa".
+        let (tokens, merges) = vocab_from_merges(&[(b"aa", b"a"), (b"a", b"a")]);
+        let bytes = gguf_bytes(&basic_kvs(tokens, merges));
+        with_tok(&bytes, |tok| {
+            let (aaa, aa) = (256, 257);
+            assert_eq!(encode(tok, b"aaaaaaa"), [aaa, aaa, 97]);
+            assert_eq!(encode(tok, b"aaaaa"), [aaa, aa]);
+        });
+    }
+
+    #[test]
+    fn encode_1mb_single_piece_is_fast() {
+        let bytes = gguf_bytes(&hand_kvs());
+        with_tok(&bytes, |tok| {
+            let text = vec![b'a'; 1 << 20];
+            let t0 = std::time::Instant::now();
+            let ids = encode(tok, &text);
+            assert_eq!(ids.len(), 1 << 18);
+            assert!(ids.iter().all(|&t| t == 260));
+            assert!(t0.elapsed().as_secs() < 5, "took {:?}", t0.elapsed());
+        });
+        // Out-of-order ranks: still a single pass.
+        let (tokens, merges) = vocab_from_merges(&[(b"aa", b"a"), (b"a", b"a")]);
+        let bytes = gguf_bytes(&basic_kvs(tokens, merges));
+        with_tok(&bytes, |tok| {
+            let text = vec![b'a'; 1 << 20];
+            let t0 = std::time::Instant::now();
+            let ids = encode(tok, &text);
+            assert_eq!(ids.len(), (1 << 20) / 3 + 1);
+            assert_eq!(ids.last(), Some(&97));
+            assert!(t0.elapsed().as_secs() < 5, "took {:?}", t0.elapsed());
+        });
+    }
+
+    #[test]
+    fn encode_out_buffer_too_small() {
+        let bytes = gguf_bytes(&hand_kvs());
+        with_tok(&bytes, |tok| {
+            let mut out = [0u32; 3];
+            assert_eq!(
+                tok.encode(b"the the", &mut out),
+                Err(Error::BufferTooSmall {
+                    what: "token output",
+                    needed: 7,
+                    got: 3
+                })
+            );
+            // Shorter than the text but enough for the tokens plus the next piece's bytes.
+            // ("the" -> 2 tokens, then " the" needs 4 more slots while merging).
+            let mut out = [0u32; 6];
+            assert_eq!(tok.encode(b"the the", &mut out), Ok(3));
+            assert_eq!(out[..3], [b't' as u32, 257, 258]);
+            assert!(tok.encode(b"x", &mut []).is_err());
+            assert_eq!(tok.encode(b"", &mut []), Ok(0));
+        });
+    }
+
+    // ---- decoding ----
+
+    #[test]
+    fn token_bytes_and_strings() {
+        let bytes = gguf_bytes(&hand_kvs());
+        with_tok(&bytes, |tok| {
+            assert_eq!(tok.token_str(258), Ok("Ġthe"));
+            let mut got = Vec::new();
+            tok.token_bytes(258, &mut |b: &[u8]| got.extend_from_slice(b))
+                .unwrap();
+            assert_eq!(got, b" the");
+            let mut buf = [0u8; 8];
+            assert_eq!(tok.token_bytes_into(265, &mut buf), Ok(2));
+            assert_eq!(buf[..2], [0xC3, 0xA9]);
+            assert_eq!(
+                tok.token_bytes_into(264, &mut buf[..4]),
+                Err(Error::BufferTooSmall {
+                    what: "token bytes",
+                    needed: 5,
+                    got: 4
+                })
+            );
+            assert_eq!(tok.max_token_bytes(), 7); // "<|bos|>"
+            assert_eq!(tok.find_token("<|eos|>"), Some(EOS));
+            assert_eq!(tok.find_token("Ġthe"), Some(258));
+            assert_eq!(tok.find_token(" the"), None);
+            for b in 0..=255u8 {
+                assert_eq!(tok.byte_token(b), b as u32);
+            }
+            let oor = Error::TokenOutOfRange {
+                token: 268,
+                vocab_size: 268,
+            };
+            assert_eq!(tok.token_str(268), Err(oor.clone()));
+            assert_eq!(tok.token_bytes(268, &mut |_: &[u8]| {}), Err(oor.clone()));
+            assert_eq!(tok.token_bytes_into(268, &mut buf), Err(oor.clone()));
+            let mut d = Decoder::new();
+            assert_eq!(d.push(tok, u32::MAX, &mut |_: &str| {}).is_err(), true);
+            assert_eq!(tok.decode_to_string(&[257, 268]), Err(oor));
+        });
+    }
+
+    #[test]
+    fn long_token_bytes_come_in_chunks() {
+        let long = "x".repeat(200);
+        let mut tokens = byte_vocab();
+        tokens.push(long.clone());
+        let bytes = gguf_bytes(&basic_kvs(tokens, vec![]));
+        with_tok(&bytes, |tok| {
+            let mut chunks = Vec::new();
+            tok.token_bytes(256, &mut |b: &[u8]| chunks.push(b.len()))
+                .unwrap();
+            assert_eq!(chunks, [64, 64, 64, 8]);
+            assert_eq!(tok.decode_to_string(&[256]).unwrap(), long);
+            assert_eq!(tok.max_token_bytes(), 200);
+        });
+    }
+
+    #[test]
+    fn decoder_joins_multibyte_characters_across_tokens() {
+        let bytes = gguf_bytes(&hand_kvs());
+        with_tok(&bytes, |tok| {
+            let mut d = tok.decoder();
+            let mut s = String::new();
+            let mut emit = |t: &str| s.push_str(t);
+            for &b in "😀".as_bytes() {
+                d.push(tok, b as u32, &mut emit).unwrap();
+            }
+            d.push(tok, 0xC3, &mut emit).unwrap();
+            assert_eq!(d.pending(), [0xC3]);
+            d.push(tok, 0xA9, &mut emit).unwrap();
+            d.push(tok, 258, &mut emit).unwrap();
+            d.flush(&mut emit);
+            assert_eq!(s, "😀é the");
+        });
+    }
+
+    #[test]
+    fn decoder_replaces_invalid_utf8() {
+        let cases: [(&[u8], &str); 8] = [
+            (b"\xff", "\u{FFFD}"),
+            (b"\xc3a", "\u{FFFD}a"),
+            (b"a\xc3", "a\u{FFFD}"),
+            (b"\xe2\x82", "\u{FFFD}"),
+            (b"\xe2\x82\xac", "€"),
+            (b"\xf0\x9f\x98", "\u{FFFD}"),
+            (b"\xed\xa0\x80", "\u{FFFD}\u{FFFD}\u{FFFD}"), // surrogate
+            (b"\xc3\xc3\xa9", "\u{FFFD}é"),
+        ];
+        for (bytes, want) in cases {
+            // Byte by byte and all at once.
+            for split in [1, bytes.len()] {
+                let mut d = Decoder::new();
+                let mut s = String::new();
+                for c in bytes.chunks(split) {
+                    d.push_bytes(c, &mut |t: &str| s.push_str(t));
+                }
+                d.flush(&mut |t: &str| s.push_str(t));
+                assert_eq!(s, want, "{bytes:?} in chunks of {split}");
+                assert!(d.pending().is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn decoder_matches_from_utf8_lossy_on_random_splits() {
+        let mut rng = Pcg32::new(3);
+        let alphabet: Vec<u8> = b"ab \x80\x9f\xa9\xbf\xc3\xe2\xed\xf0\xf4\xff".to_vec();
+        for _ in 0..2000 {
+            let len = rng.next_u32() as usize % 24;
+            let bytes = random_bytes(&mut rng, len, &alphabet);
+            let mut d = Decoder::new();
+            let mut s = String::new();
+            let mut rest = bytes.as_slice();
+            while !rest.is_empty() {
+                let n = 1 + rng.next_u32() as usize % rest.len();
+                let (c, r) = rest.split_at(n);
+                d.push_bytes(c, &mut |t: &str| s.push_str(t));
+                assert!(d.pending().len() <= 3);
+                rest = r;
+            }
+            d.flush(&mut |t: &str| s.push_str(t));
+            assert_eq!(s, String::from_utf8_lossy(&bytes), "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn every_byte_string_round_trips() {
+        let bytes = gguf_bytes(&hand_kvs());
+        let mut rng = Pcg32::new(5);
+        let all: Vec<u8> = (0..=255u8).collect();
+        with_tok(&bytes, |tok| {
+            for i in 0..1000 {
+                let len = rng.next_u32() as usize % 64;
+                let text = if i % 2 == 0 {
+                    random_bytes(&mut rng, len, &all)
+                } else {
+                    random_bytes(&mut rng, len, b"the hello aa \xc3\xa9\xff")
+                };
+                let ids = tok.encode_to_vec(&text).unwrap();
+                assert_eq!(tok.decode_to_bytes(&ids).unwrap(), text);
+                assert_eq!(
+                    tok.decode_to_string(&ids).unwrap(),
+                    String::from_utf8_lossy(&text)
+                );
+            }
+        });
+    }
+
+    #[test]
+    fn tokenizer_buf_owns_its_workspace() {
+        let bytes = gguf_bytes(&hand_kvs());
+        let g = Gguf::parse(&bytes).unwrap();
+        let buf = TokenizerBuf::new(&g).unwrap();
+        let tok = buf.tokenizer();
+        assert_eq!(tok.encode_to_vec(b"the hello").unwrap(), [116, 257, 32, 257, 261, 111]);
+        assert_eq!(tok.decode_to_string(&[258, 265]).unwrap(), " theé");
+        assert!(std::format!("{buf:?}").contains("vocab_size: 268"));
+    }
+
+    // ---- validation ----
+
+    #[test]
+    fn workspace_len_and_too_small_workspace() {
+        let bytes = gguf_bytes(&hand_kvs());
+        let g = Gguf::parse(&bytes).unwrap();
+        let need = Tokenizer::workspace_len(&g).unwrap();
+        assert_eq!(need, 2 * 268 + 1 + 4 * 10);
+        let mut ws = vec![0u32; need - 1];
+        assert_eq!(
+            Tokenizer::new(&g, &mut ws).unwrap_err(),
+            Error::BufferTooSmall {
+                what: "tokenizer workspace (u32 words)",
+                needed: need,
+                got: need - 1
+            }
+        );
+        let mut ws = vec![0u32; need + 5];
+        assert!(Tokenizer::new(&g, &mut ws).is_ok());
+    }
+
+    fn without(key: &str) -> Vec<(&'static str, Kv)> {
+        hand_kvs().into_iter().filter(|(k, _)| *k != key).collect()
+    }
+
+    fn replaced(key: &'static str, v: Kv) -> Vec<(&'static str, Kv)> {
+        let mut kvs = without(key);
+        kvs.push((key, v));
+        kvs
+    }
+
+    #[test]
+    fn missing_keys() {
+        for key in [KEY_MODEL, KEY_PRE, KEY_TOKENS, KEY_MERGES] {
+            assert_eq!(
+                build_err(&without(key)),
+                Error::MissingKey { key: name(key) },
+                "{key}"
+            );
+        }
+        for key in [KEY_TOKENS, KEY_MERGES] {
+            let bytes = gguf_bytes(&without(key));
+            let g = Gguf::parse(&bytes).unwrap();
+            assert!(matches!(
+                Tokenizer::workspace_len(&g),
+                Err(Error::MissingKey { .. })
+            ));
+        }
+        // bos and eos are optional.
+        let bytes = gguf_bytes(&without(KEY_BOS));
+        with_tok(&bytes, |tok| assert_eq!((tok.bos(), tok.eos()), (None, Some(EOS))));
+    }
+
+    #[test]
+    fn wrong_model_or_pre_tokenizer() {
+        assert_eq!(
+            reason(build_err(&replaced(KEY_MODEL, Kv::Str("llama")))),
+            "tokenizer.ggml.model must be \"gpt2\" (byte-level BPE)"
+        );
+        assert_eq!(
+            reason(build_err(&replaced(KEY_PRE, Kv::Str("gpt2")))),
+            "tokenizer.ggml.pre must be \"mhmoe-space\""
+        );
+        assert!(matches!(
+            build_err(&replaced(KEY_MODEL, Kv::U32(2))),
+            Error::BadKey { .. }
+        ));
+    }
+
+    #[test]
+    fn wrong_array_types() {
+        for key in [KEY_TOKENS, KEY_MERGES] {
+            assert_eq!(
+                build_err(&replaced(key, Kv::U32s(vec![1, 2]))),
+                Error::BadKey {
+                    key: name(key),
+                    expected: "an array of strings"
+                }
+            );
+            assert!(matches!(
+                build_err(&replaced(key, Kv::Str("a"))),
+                Error::BadKey { .. }
+            ));
+        }
+    }
+
+    fn merges_err(merges: &[&str]) -> &'static str {
+        let (tokens, _) = vocab_from_merges(&HAND_MERGES);
+        let merges = merges.iter().map(|s| s.to_string()).collect();
+        reason(build_err(&basic_kvs(tokens, merges)))
+    }
+
+    #[test]
+    fn bad_merges() {
+        assert_eq!(
+            merges_err(&["ab"]),
+            "a merge has no space between its two tokens"
+        );
+        for m in ["a  b", " a", "a ", "a b c", " "] {
+            assert_eq!(
+                merges_err(&[m]),
+                "a merge is not two non-empty tokens separated by one space",
+                "{m:?}"
+            );
+        }
+        assert_eq!(
+            merges_err(&["q Ġxyz"]),
+            "a merge's right token is not in the vocabulary"
+        );
+        assert_eq!(
+            merges_err(&["日 a"]),
+            "a merge's left token is not in the vocabulary"
+        );
+        assert_eq!(
+            merges_err(&["x y"]),
+            "a merge's result (left + right) is not in the vocabulary"
+        );
+        assert_eq!(
+            merges_err(&["a a", "h e", "a a"]),
+            "two merges join the same pair of tokens"
+        );
+    }
+
+    #[test]
+    fn bad_tokens() {
+        let mut tokens = byte_vocab();
+        tokens.push("Ġt".to_string());
+        tokens.push("Ġt".to_string());
+        assert_eq!(
+            reason(build_err(&basic_kvs(tokens, vec![]))),
+            "two tokens have the same string"
+        );
+        for odd in ["a b", "日本", "\u{FFFD}"] {
+            let mut tokens = byte_vocab();
+            tokens.push(odd.to_string());
+            assert_eq!(
+                reason(build_err(&basic_kvs(tokens, vec![]))),
+                "a token string is not in GPT-2 byte-to-unicode form",
+                "{odd:?}"
+            );
+        }
+        // Every single-byte token is required.
+        let mut tokens = byte_vocab();
+        tokens.remove(200);
+        assert_eq!(
+            reason(build_err(&basic_kvs(tokens, vec![]))),
+            "a single-byte token is missing (all 256 byte tokens are required)"
+        );
+        assert_eq!(
+            reason(build_err(&basic_kvs(vec![], vec![]))),
+            "a single-byte token is missing (all 256 byte tokens are required)"
+        );
+        // An empty token is allowed: it decodes to nothing and is never produced.
+        let mut tokens = byte_vocab();
+        tokens.push(String::new());
+        let bytes = gguf_bytes(&basic_kvs(tokens, vec![]));
+        with_tok(&bytes, |tok| {
+            assert_eq!(tok.decode_to_bytes(&[256, 65]).unwrap(), b"A");
+            assert_eq!(tok.find_token(""), Some(256));
+        });
+    }
+
+    #[test]
+    fn bad_special_ids() {
+        assert_eq!(
+            reason(build_err(&replaced(KEY_BOS, Kv::U32(268)))),
+            "tokenizer.ggml.bos_token_id is not below the vocabulary size"
+        );
+        assert_eq!(
+            reason(build_err(&replaced(KEY_EOS, Kv::U32(u32::MAX)))),
+            "tokenizer.ggml.eos_token_id is not below the vocabulary size"
+        );
+        assert_eq!(
+            build_err(&replaced(KEY_BOS, Kv::I32(-1))),
+            Error::BadKey {
+                key: name(KEY_BOS),
+                expected: "a non-negative integer token id"
+            }
+        );
+        assert!(matches!(
+            build_err(&replaced(KEY_EOS, Kv::Str("2"))),
+            Error::BadKey { .. }
+        ));
+        // Any non-negative integer type is accepted.
+        let bytes = gguf_bytes(&replaced(KEY_BOS, Kv::I32(5)));
+        with_tok(&bytes, |tok| assert_eq!(tok.bos(), Some(5)));
+    }
+}
