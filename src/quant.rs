@@ -175,7 +175,9 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], out: &mut [f32]) {
 /// values to `q` and each block's scale (rounded to f16, widened back) to `d`.
 ///
 /// Per block of 32: `amax = max |x|`, `d = amax / 127`, `id = 1 / d` (0 when `d == 0`),
-/// `q = roundf(x * id)` (half away from zero), the stored scale is `f16(d)`.
+/// `q = roundf(x * id)` (half away from zero), the stored scale is `f16(d)`. Non-finite input
+/// stays visible: a NaN makes the block's scale NaN, an infinity makes it infinite (ggml leaves
+/// this undefined).
 /// `x.len()` must be a multiple of 32; `q` and `d` must be at least `x.len()` and
 /// `x.len() / 32` long (the caller sizes them from the model).
 pub fn quantize_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32]) {
@@ -187,7 +189,10 @@ pub fn quantize_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32]) {
         let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let dv = amax / 127.0;
         let id = if dv != 0.0 { 1.0 / dv } else { 0.0 };
-        *dd = round_to_f16(dv);
+        // A NaN input would vanish into q = 0 (f32::max skips NaN); make the block's scale NaN
+        // instead so it reaches the logits, where the forward pass reports it.
+        let finite = xs.iter().all(|v| !v.is_nan());
+        *dd = if finite { round_to_f16(dv) } else { f32::NAN };
         for (q, &v) in qs.iter_mut().zip(xs) {
             // |v * id| <= 127 (plus rounding), so the cast never saturates for finite input.
             *q = libm::roundf(v * id) as i8;
@@ -216,6 +221,19 @@ mod tests {
         quantize_q8_0(&zero, &mut q, &mut d);
         assert_eq!(d[0], 0.0);
         assert!(q.iter().all(|&v| v == 0));
+    }
+
+    #[test]
+    fn non_finite_inputs_poison_the_block_scale() {
+        let mut x = [1.0f32; 64];
+        x[40] = f32::NAN;
+        let mut q = [0i8; 64];
+        let mut d = [0.0f32; 2];
+        quantize_q8_0(&x, &mut q, &mut d);
+        assert!(d[0].is_finite() && d[1].is_nan());
+        x[40] = f32::INFINITY;
+        quantize_q8_0(&x, &mut q, &mut d);
+        assert!(d[1].is_infinite());
     }
 
     #[test]
