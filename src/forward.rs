@@ -82,8 +82,9 @@ fn swiglu<K: Kernels>(
     gemv::<K>(&f.down, &h, out, bytes);
 }
 
-/// The forward pass with kernels `K`.
-pub fn forward_with<'s, K: Kernels, const N: usize>(
+/// The forward pass with kernels `K`. Crate-private: callers go through [`forward_on`], which
+/// checks that the ISA is available (ISA kernels may use instructions the CPU lacks).
+pub(crate) fn forward_with<'s, K: Kernels, const N: usize>(
     model: &Model<'_, N>,
     s: &'s mut State<'_>,
     token: u32,
