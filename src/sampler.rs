@@ -267,7 +267,12 @@ impl Sampler {
         for (i, c) in cands.iter_mut().enumerate() {
             *c = i as u32;
         }
-        let logit = |id: u32| logits.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY);
+        let logit = |id: u32| {
+            logits
+                .get(id as usize)
+                .copied()
+                .unwrap_or(f32::NEG_INFINITY)
+        };
         // Descending logit, then ascending id: a total order (no NaN here), so the unstable
         // selection and sort give the same result on every target.
         let order = |a: &u32, b: &u32| {
@@ -283,7 +288,9 @@ impl Sampler {
         let cands = &mut cands[..k];
         cands.sort_unstable_by(order);
 
-        let mut total = cands.iter().fold(0.0f32, |acc, &id| acc + weight(logit(id)));
+        let mut total = cands
+            .iter()
+            .fold(0.0f32, |acc, &id| acc + weight(logit(id)));
         let mut keep = k;
         if p.top_p < 1.0 {
             let threshold = p.top_p * total;
@@ -325,5 +332,277 @@ impl Sampler {
             }
         }
         last
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use super::*;
+    use std::vec;
+    use std::vec::Vec;
+
+    fn params(temperature: f32, top_k: usize, top_p: f32) -> SamplerParams {
+        SamplerParams {
+            temperature,
+            top_k,
+            top_p,
+        }
+    }
+
+    /// Softmax of `logits / t` in f64, restricted to `keep` (ids), renormalized.
+    fn softmax(logits: &[f32], t: f64, keep: &[usize]) -> Vec<f64> {
+        let max = keep
+            .iter()
+            .map(|&i| logits[i] as f64)
+            .fold(f64::MIN, f64::max);
+        let mut p = vec![0.0; logits.len()];
+        for &i in keep {
+            p[i] = ((logits[i] as f64 - max) / t).exp();
+        }
+        let z: f64 = p.iter().sum();
+        p.iter().map(|x| x / z).collect()
+    }
+
+    fn frequencies(s: &mut Sampler, logits: &[f32], draws: usize) -> Vec<f64> {
+        let mut scratch = vec![0u32; s.scratch_len(logits.len())];
+        let mut counts = vec![0usize; logits.len()];
+        for _ in 0..draws {
+            counts[s.sample(logits, &mut scratch).unwrap() as usize] += 1;
+        }
+        counts.iter().map(|&c| c as f64 / draws as f64).collect()
+    }
+
+    fn assert_close(got: &[f64], want: &[f64], tol: f64) {
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= tol,
+                "id {i}: {g} vs {w} (all: {got:?} vs {want:?})"
+            );
+        }
+    }
+
+    const LOGITS: [f32; 6] = [1.0, 2.0, 0.5, -1.0, 3.0, f32::NEG_INFINITY];
+
+    #[test]
+    fn pcg32_matches_the_reference_vectors() {
+        // pcg32_srandom_r(42, 54) in O'Neill's pcg32-demo.
+        let mut r = Pcg32::with_stream(42, 54);
+        let want = [
+            0xa15c02b7, 0x7b47f409, 0xba1d3330, 0x83d2f293, 0xbfa4784b, 0xcbed606e,
+        ];
+        for w in want {
+            assert_eq!(r.next_u32(), w);
+        }
+        assert_eq!(Pcg32::new(42), Pcg32::with_stream(42, 54));
+        assert_ne!(Pcg32::new(1).next_u32(), Pcg32::new(2).next_u32());
+    }
+
+    #[test]
+    fn pcg32_f32_is_24_bit_uniform_in_0_1() {
+        let mut r = Pcg32::new(9);
+        let mut sum = 0.0f64;
+        for _ in 0..100_000 {
+            let x = r.next_f32();
+            assert!((0.0..1.0).contains(&x));
+            assert_eq!(x * 16_777_216.0, (x * 16_777_216.0).trunc());
+            sum += x as f64;
+        }
+        assert!((sum / 100_000.0 - 0.5).abs() < 0.005);
+        // The largest value is 1 - 2^-24, still below 1.
+        assert!(((u32::MAX >> 8) as f32 * (1.0 / 16_777_216.0)) < 1.0);
+    }
+
+    #[test]
+    fn greedy_ties_go_to_the_lowest_id() {
+        let mut s = Sampler::greedy();
+        assert_eq!(s.sample(&[1.0, 3.0, 3.0, 2.0], &mut []), Ok(1));
+        assert_eq!(s.sample(&[-0.0, 0.0], &mut []), Ok(0));
+        assert_eq!(s.sample(&[f32::NEG_INFINITY, -5.0, -5.0], &mut []), Ok(1));
+        assert_eq!(s.sample(&[7.0], &mut []), Ok(0));
+        assert_eq!(argmax(&LOGITS), Ok(4));
+        // Greedy never draws from the generator.
+        assert_eq!(s.rng_mut().clone(), Pcg32::new(0));
+    }
+
+    #[test]
+    fn top_k_1_equals_greedy() {
+        let mut rng = Pcg32::new(5);
+        let mut s = Sampler::new(params(1.3, 1, 0.9), 77).unwrap();
+        assert_eq!(s.scratch_len(16), 0);
+        for _ in 0..200 {
+            let logits: Vec<f32> = (0..16).map(|_| (rng.next_u32() % 8) as f32).collect();
+            assert_eq!(s.sample(&logits, &mut []), argmax(&logits));
+        }
+    }
+
+    #[test]
+    fn top_p_tiny_equals_greedy() {
+        let mut rng = Pcg32::new(6);
+        for top_k in [0, 5] {
+            let mut s = Sampler::new(params(2.0, top_k, 1e-6), 3).unwrap();
+            let mut scratch = vec![0u32; 16];
+            for _ in 0..200 {
+                let logits: Vec<f32> = (0..16).map(|_| (rng.next_u32() % 8) as f32).collect();
+                assert_eq!(s.sample(&logits, &mut scratch), argmax(&logits));
+            }
+        }
+    }
+
+    #[test]
+    fn same_seed_same_tokens() {
+        for p in [
+            params(0.7, 0, 1.0),
+            params(1.0, 3, 1.0),
+            params(0.9, 0, 0.8),
+        ] {
+            let mut a = Sampler::new(p, 2024).unwrap();
+            let mut b = Sampler::new(p, 2024).unwrap();
+            let mut c = Sampler::new(p, 2025).unwrap();
+            let mut scratch = [0u32; 6];
+            let xs: Vec<u32> = (0..64)
+                .map(|_| a.sample(&LOGITS, &mut scratch).unwrap())
+                .collect();
+            let ys: Vec<u32> = (0..64)
+                .map(|_| b.sample(&LOGITS, &mut scratch).unwrap())
+                .collect();
+            let zs: Vec<u32> = (0..64)
+                .map(|_| c.sample(&LOGITS, &mut scratch).unwrap())
+                .collect();
+            assert_eq!(xs, ys);
+            assert_ne!(xs, zs);
+        }
+    }
+
+    /// Pinned draws: any target (or a change to the arithmetic) that gives other tokens fails.
+    #[test]
+    fn pinned_draws_for_seed_42() {
+        let draws = |p: SamplerParams| -> Vec<u32> {
+            let mut s = Sampler::new(p, 42).unwrap();
+            let mut scratch = [0u32; 6];
+            (0..24)
+                .map(|_| s.sample(&LOGITS, &mut scratch).unwrap())
+                .collect()
+        };
+        assert_eq!(draws(params(3.0, 0, 1.0)), PINNED_PLAIN);
+        assert_eq!(draws(params(2.0, 4, 0.95)), PINNED_TOPK_TOPP);
+    }
+    /// Also computed by an independent Python/numpy reimplementation of the same steps.
+    const PINNED_PLAIN: [u32; 24] = [
+        3, 2, 4, 2, 4, 4, 4, 2, 4, 4, 1, 0, 4, 1, 0, 0, 3, 2, 4, 4, 2, 1, 1, 1,
+    ];
+    const PINNED_TOPK_TOPP: [u32; 24] = [
+        1, 1, 0, 1, 0, 0, 0, 1, 2, 2, 4, 4, 2, 4, 4, 4, 1, 1, 0, 1, 1, 4, 4, 4,
+    ];
+
+    #[test]
+    fn frequencies_match_softmax() {
+        let draws = 200_000;
+        let all: Vec<usize> = (0..LOGITS.len()).collect();
+        let mut s = Sampler::new(params(0.8, 0, 1.0), 1234).unwrap();
+        let want = softmax(&LOGITS, 0.8, &all);
+        assert_close(&frequencies(&mut s, &LOGITS, draws), &want, 0.005);
+        assert_eq!(want[5], 0.0);
+
+        // Top-k 3: ids 4, 1, 0, renormalized.
+        let mut s = Sampler::new(params(1.5, 3, 1.0), 99).unwrap();
+        let want = softmax(&LOGITS, 1.5, &[4, 1, 0]);
+        assert_close(&frequencies(&mut s, &LOGITS, draws), &want, 0.005);
+
+        // Top-p: at t = 1 the sorted probabilities are 0.638, 0.235, 0.086, ...; p = 0.8
+        // keeps the first two.
+        let mut s = Sampler::new(params(1.0, 0, 0.8), 7).unwrap();
+        let p = softmax(&LOGITS, 1.0, &all);
+        assert!(p[4] < 0.8 && p[4] + p[1] >= 0.8);
+        let want = softmax(&LOGITS, 1.0, &[4, 1]);
+        assert_close(&frequencies(&mut s, &LOGITS, draws), &want, 0.005);
+    }
+
+    #[test]
+    fn bad_params_are_rejected() {
+        for (t, p) in [
+            (-1.0, 1.0),
+            (f32::NAN, 1.0),
+            (f32::INFINITY, 1.0),
+            (1.0, 0.0),
+            (1.0, -0.5),
+            (1.0, 1.01),
+            (1.0, f32::NAN),
+        ] {
+            assert!(
+                matches!(
+                    Sampler::new(params(t, 0, p), 0),
+                    Err(Error::BadSamplerParams { .. })
+                ),
+                "temperature {t}, top_p {p}"
+            );
+        }
+        let mut s = Sampler::new(params(0.5, 4, 0.5), 0).unwrap();
+        assert!(s.set_params(params(-0.1, 0, 1.0)).is_err());
+        assert_eq!(s.params(), params(0.5, 4, 0.5));
+        assert!(s.set_params(SamplerParams::GREEDY).is_ok());
+        assert!(Sampler::new(params(0.0, 0, 1.0), 0).is_ok());
+    }
+
+    #[test]
+    fn bad_logits_are_rejected() {
+        for p in [
+            SamplerParams::GREEDY,
+            params(1.0, 0, 1.0),
+            params(1.0, 2, 0.5),
+        ] {
+            let mut s = Sampler::new(p, 0).unwrap();
+            let mut scratch = [0u32; 4];
+            assert!(matches!(
+                s.sample(&[0.0, f32::NAN, 1.0], &mut scratch),
+                Err(Error::NonFinite { .. })
+            ));
+            assert!(matches!(
+                s.sample(&[0.0, f32::INFINITY], &mut scratch),
+                Err(Error::NonFinite { .. })
+            ));
+            assert!(matches!(
+                s.sample(&[f32::NEG_INFINITY; 3], &mut scratch),
+                Err(Error::NonFinite { .. })
+            ));
+            assert!(matches!(
+                s.sample(&[], &mut scratch),
+                Err(Error::BadSamplerParams { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn scratch_too_small() {
+        let mut s = Sampler::new(params(1.0, 2, 1.0), 0).unwrap();
+        assert_eq!(s.scratch_len(6), 6);
+        assert_eq!(
+            s.sample(&LOGITS, &mut [0u32; 5]),
+            Err(Error::BufferTooSmall {
+                what: "sampler scratch (u32 words)",
+                needed: 6,
+                got: 5
+            })
+        );
+        // Plain temperature sampling needs none.
+        let mut s = Sampler::new(params(1.0, 0, 1.0), 0).unwrap();
+        assert_eq!(s.scratch_len(6), 0);
+        assert!(s.sample(&LOGITS, &mut []).is_ok());
+    }
+
+    #[test]
+    fn neg_inf_and_tiny_temperatures() {
+        let mut s = Sampler::new(params(1e-30, 0, 1.0), 1).unwrap();
+        for _ in 0..100 {
+            assert_eq!(s.sample(&LOGITS, &mut []), Ok(4));
+        }
+        let logits = [f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY, 0.0];
+        let mut s = Sampler::new(params(1.0, 3, 0.99), 1).unwrap();
+        let mut scratch = [0u32; 4];
+        for _ in 0..100 {
+            let t = s.sample(&logits, &mut scratch).unwrap();
+            assert!(t == 1 || t == 3);
+        }
     }
 }
