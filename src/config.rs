@@ -140,7 +140,7 @@ impl Config {
             ff_dim: get_usize(file, "mhmoe.feed_forward_length")?,
             n_heads,
             n_kv_heads: get_usize(file, "mhmoe.attention.head_count_kv")?,
-            head_dim: if n_heads == 0 { 0 } else { dim / n_heads },
+            head_dim: dim.checked_div(n_heads).unwrap_or(0),
             norm_eps: get_f32(file, "mhmoe.attention.layer_norm_rms_epsilon")?,
             rope_base: get_f32(file, "mhmoe.rope.freq_base")?,
             n_experts: get_usize(file, "mhmoe.expert_count")?,
@@ -169,11 +169,11 @@ impl Config {
             (c.n_layers >= 1, "block_count must be at least 1"),
             (c.n_heads >= 1, "attention.head_count must be at least 1"),
             (
-                c.dim % c.n_heads.max(1) == 0,
+                c.dim.is_multiple_of(c.n_heads.max(1)),
                 "embedding_length must be divisible by attention.head_count",
             ),
             (
-                c.head_dim % 2 == 0,
+                c.head_dim.is_multiple_of(2),
                 "attention head width must be even (RoPE rotates pairs)",
             ),
             (
@@ -181,7 +181,7 @@ impl Config {
                 "attention.head_count_kv must be at least 1",
             ),
             (
-                c.n_heads % c.n_kv_heads.max(1) == 0,
+                c.n_heads.is_multiple_of(c.n_kv_heads.max(1)),
                 "attention.head_count must be a multiple of head_count_kv",
             ),
             (c.n_experts >= 1, "expert_count must be at least 1"),
@@ -195,7 +195,7 @@ impl Config {
             ),
             (c.moe_heads >= 1, "moe.head_count must be at least 1"),
             (
-                c.dim % c.moe_heads.max(1) == 0,
+                c.dim.is_multiple_of(c.moe_heads.max(1)),
                 "embedding_length must be divisible by moe.head_count",
             ),
             (c.moe_interval >= 1, "moe.layer_interval must be at least 1"),
@@ -215,7 +215,7 @@ impl Config {
 
     /// True if layer `i` is an MH-MoE layer.
     pub fn is_moe_layer(&self, i: usize) -> bool {
-        self.moe_interval != 0 && (i + 1) % self.moe_interval == 0
+        self.moe_interval != 0 && (i + 1).is_multiple_of(self.moe_interval)
     }
 
     /// Sub-token width `m = d / h`.

@@ -285,7 +285,7 @@ impl<'b> State<'b> {
                 got: buf.len(),
             });
         }
-        if buf.as_ptr() as usize % Self::ALIGN != 0 {
+        if !(buf.as_ptr() as usize).is_multiple_of(Self::ALIGN) {
             return Err(Error::BufferMisaligned { align: Self::ALIGN });
         }
         let [x, xb, xb2, q, att, hb, hb2, xh, mo, so, ro, rr, ti, tw, mb, lg, rp, iq, id, hq, hd, kc, vc] =
