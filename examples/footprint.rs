@@ -1,0 +1,94 @@
+//! Memory footprint of a model on a device: flash for the model file, RAM for the engine.
+//!
+//! ```text
+//! cargo run --release --example footprint -- models/mhmoe-demo-q8_0.gguf --ctx 64
+//! ```
+//!
+//! The RAM figures are exact: `State::bytes_needed` (activations, scratch, KV cache), the
+//! tokenizer workspace (`Tokenizer::workspace_len` words) and the size of the `Model` and
+//! `Tokenizer` values themselves for a given layer capacity. Stack use and the firmware's own
+//! code come on top (the firmware tests in `targets/` measure those).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use mhmoe::file::ModelBytes;
+use mhmoe::quant::GgmlType;
+use mhmoe::tokenizer::Tokenizer;
+use mhmoe::{Model, State};
+
+/// Flash and RAM needed to run a model.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Model file.
+    #[arg(default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/models/mhmoe-demo-q8_0.gguf"))]
+    model: PathBuf,
+    /// Context length (positions of KV cache).
+    #[arg(long, default_value_t = 64)]
+    ctx: usize,
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let file = ModelBytes::read(&args.model)
+        .map_err(|e| format!("cannot read model {}: {e}", args.model.display()))?;
+    let model: Model<'_, 16> = Model::from_bytes(file.bytes())
+        .map_err(|e| format!("cannot load model {}: {e}", args.model.display()))?;
+    let c = &model.config;
+    let state = State::bytes_needed(&model, args.ctx).map_err(|e| e.to_string())?;
+    let kv = 2 * c.n_layers * args.ctx * c.kv_dim() * 4;
+    let tok_words = Tokenizer::workspace_len(model.gguf()).map_err(|e| e.to_string())?;
+    println!("model {} (context {}):", args.model.display(), args.ctx);
+    println!("flash");
+    println!("  model file            {:>10} bytes", file.bytes().len());
+    for t in [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+    ] {
+        let n: usize = model
+            .gguf()
+            .tensors()
+            .filter(|x| x.ty == t)
+            .map(|x| x.data.len())
+            .sum();
+        if n > 0 {
+            println!("    {:<6} tensors      {:>10} bytes", t.name(), n);
+        }
+    }
+    println!("RAM");
+    println!(
+        "  state                 {:>10} bytes (KV cache {kv})",
+        state
+    );
+    println!("  tokenizer workspace   {:>10} bytes", tok_words * 4);
+    println!(
+        "  Model<16> value       {:>10} bytes (target-dependent: pointer width)",
+        std::mem::size_of::<Model<'_, 16>>()
+    );
+    println!(
+        "  Tokenizer value       {:>10} bytes",
+        std::mem::size_of::<Tokenizer<'_, '_>>()
+    );
+    println!(
+        "  total                 {:>10} bytes",
+        state
+            + tok_words * 4
+            + std::mem::size_of::<Model<'_, 16>>()
+            + std::mem::size_of::<Tokenizer<'_, '_>>()
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
