@@ -26,6 +26,7 @@ rustup component add clippy rustfmt >/dev/null
 rustup target add thumbv7em-none-eabihf thumbv6m-none-eabi >/dev/null
 
 step "python-tools" python3 tools/check.py
+step "python-pipeline" python3 tools/test_pipeline.py
 step "cargo-test" cargo test --all-targets
 step "doc-tests" cargo test --doc
 step "no_std-thumbv7em" cargo build --lib --no-default-features --target thumbv7em-none-eabihf
