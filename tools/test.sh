@@ -25,6 +25,9 @@ python3 -m pip install --quiet --disable-pip-version-check -r tools/requirements
 rustup component add clippy rustfmt >/dev/null
 rustup target add thumbv7em-none-eabihf thumbv6m-none-eabi >/dev/null
 bash tools/install-cortex-m.sh
+bash tools/install-firmware.sh
+# The firmware tests (tests/firmware.rs) must run here, not skip.
+export MHMOE_REQUIRE_FIRMWARE="${MHMOE_REQUIRE_FIRMWARE:-1}"
 # Instruction sets whose conformance tests must run here; a skip of one of them fails.
 export MHMOE_REQUIRE_ISAS="${MHMOE_REQUIRE_ISAS:-cortex-m-dsp,helium}"
 

@@ -1,0 +1,31 @@
+//! The nRF52840-DK's configuration (Q4_0 demo model, context 32, 1 MiB flash, 256 KiB RAM) on
+//! the Arm MPS2 AN386 (Cortex-M4F, DSP kernels) under QEMU: the test runs what the nRF52840
+//! firmware computes (see ../nrf52840-dk and ../demo-fw).
+#![no_std]
+#![no_main]
+
+use core::ptr::addr_of_mut;
+
+use demo_fw::{entry, Aligned, AlignedBuffer, Demo};
+
+// CTX, TOKENS, MODEL_LEN, STATE_BYTES, TOKENIZER_WORDS: computed by build.rs from the model.
+include!(concat!(env!("OUT_DIR"), "/demo_config.rs"));
+
+#[link_section = ".model"]
+static MODEL: Aligned<[u8; MODEL_LEN]> = Aligned(*include_bytes!(env!("DEMO_FW_MODEL_PATH")));
+static mut STATE: AlignedBuffer<STATE_BYTES> = AlignedBuffer::new();
+static mut TOKENIZER: [u32; TOKENIZER_WORDS] = [0; TOKENIZER_WORDS];
+
+#[entry]
+fn main() -> ! {
+    // SAFETY: `main` runs once and these are the only references to the two buffers.
+    let (state, tokenizer) =
+        unsafe { (&mut (*addr_of_mut!(STATE)).0, &mut *addr_of_mut!(TOKENIZER)) };
+    let demo = Demo {
+        board: "mps2-an386-q4",
+        model: &MODEL.0,
+        ctx: CTX,
+        tokens: TOKENS,
+    };
+    demo_fw::semihosting::run(&demo, state, tokenizer)
+}

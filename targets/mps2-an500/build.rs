@@ -1,0 +1,17 @@
+//! Sizes the statics from the model and checks it fits this board (see
+//! ../demo-fw/build_support.rs).
+
+#[path = "../demo-fw/build_support.rs"]
+mod build_support;
+
+fn main() {
+    build_support::Board {
+        name: "mps2-an500",
+        model: "models/mhmoe-demo-q8_0.gguf",
+        ctx: 256,
+        tokens: 16,
+        model_region: "FLASH",
+        defmt: false,
+    }
+    .configure();
+}

@@ -1,0 +1,17 @@
+//! Sizes the statics from the model and checks it fits this board (see
+//! ../demo-fw/build_support.rs).
+
+#[path = "../demo-fw/build_support.rs"]
+mod build_support;
+
+fn main() {
+    build_support::Board {
+        name: "nrf52840-dk",
+        model: "models/mhmoe-demo-q4_0.gguf",
+        ctx: 32,
+        tokens: 16,
+        model_region: "FLASH",
+        defmt: true,
+    }
+    .configure();
+}

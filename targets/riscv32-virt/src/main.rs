@@ -1,0 +1,30 @@
+//! mhmoe demo on QEMU's RISC-V virt machine (riscv32imac: scalar kernels, soft float):
+//! generates text from the demo model and reports over semihosting (see ../demo-fw).
+#![no_std]
+#![no_main]
+
+use core::ptr::addr_of_mut;
+
+use demo_fw::{Aligned, AlignedBuffer, Demo};
+
+// CTX, TOKENS, MODEL_LEN, STATE_BYTES, TOKENIZER_WORDS: computed by build.rs from the model.
+include!(concat!(env!("OUT_DIR"), "/demo_config.rs"));
+
+#[link_section = ".model"]
+static MODEL: Aligned<[u8; MODEL_LEN]> = Aligned(*include_bytes!(env!("DEMO_FW_MODEL_PATH")));
+static mut STATE: AlignedBuffer<STATE_BYTES> = AlignedBuffer::new();
+static mut TOKENIZER: [u32; TOKENIZER_WORDS] = [0; TOKENIZER_WORDS];
+
+#[riscv_rt::entry]
+fn main() -> ! {
+    // SAFETY: `main` runs once and these are the only references to the two buffers.
+    let (state, tokenizer) =
+        unsafe { (&mut (*addr_of_mut!(STATE)).0, &mut *addr_of_mut!(TOKENIZER)) };
+    let demo = Demo {
+        board: "riscv32-virt",
+        model: &MODEL.0,
+        ctx: CTX,
+        tokens: TOKENS,
+    };
+    demo_fw::semihosting::run(&demo, state, tokenizer)
+}
