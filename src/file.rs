@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::vec::Vec;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::state::State;
 
@@ -57,12 +57,22 @@ pub struct StateBuffer {
 
 impl StateBuffer {
     /// Allocates exactly [`State::bytes_needed`] bytes (16-byte aligned).
+    ///
+    /// A model can ask for more memory than there is (a long `context_length`, say): if the
+    /// allocation fails the result is [`Error::BufferTooSmall`] with `got: 0`, not an abort.
     pub fn for_model<const N: usize>(model: &Model<'_, N>, ctx: usize) -> Result<Self> {
         let len = State::bytes_needed(model, ctx)?;
-        Ok(StateBuffer {
-            words: std::vec![0u128; len.div_ceil(16)],
-            len,
-        })
+        let n = len.div_ceil(16);
+        let mut words = Vec::new();
+        words
+            .try_reserve_exact(n)
+            .map_err(|_| Error::BufferTooSmall {
+                what: "state (allocating it failed)",
+                needed: len,
+                got: 0,
+            })?;
+        words.resize(n, 0u128);
+        Ok(StateBuffer { words, len })
     }
 
     /// Carves a [`State`] out of this buffer.

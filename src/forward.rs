@@ -1,6 +1,6 @@
 //! The forward pass of one token, top to bottom (FORMAT.md, "Forward pass").
 //!
-//! [`forward`] picks the instruction set once ([`Isa::active`]) and runs [`forward_with`]
+//! [`forward`] picks the instruction set once ([`Isa::active`]) and runs `forward_with`
 //! monomorphized for it.
 
 use crate::config::Config;
@@ -16,9 +16,11 @@ use crate::state::{router_red_width, Plan, State};
 ///
 /// Errors: [`Error::TokenOutOfRange`], [`Error::ContextFull`] when every position of the state
 /// is used (call [`State::reset`] to start over), [`Error::InvalidConfig`] when the state was
-/// made for another model, and [`Error::NonFinite`] when the router or the logits are not
-/// finite (corrupt weights or overflowing activations). On error the state's position does not
-/// advance.
+/// made for another model, and [`Error::NonFinite`] when a NaN or infinity (corrupt weights or
+/// overflowing activations) reaches the logits, or appears where it would otherwise vanish:
+/// an attention score or router logit (a softmax would turn -inf into a weight of 0), an
+/// RMSNorm sum of squares (an overflow would scale the token to zeros) or an X-MoE expert
+/// norm. On error the state's position does not advance.
 pub fn forward<'s, const N: usize>(
     model: &Model<'_, N>,
     s: &'s mut State<'_>,
@@ -39,6 +41,7 @@ pub fn forward_on<'s, const N: usize>(
             reason: "the requested instruction set is not available on this CPU or build",
         });
     }
+    #[allow(unused_imports)] // no ISA module on some targets (e.g. riscv32)
     use crate::kernels as k;
     match isa {
         #[cfg(target_arch = "x86_64")]
@@ -130,7 +133,7 @@ pub(crate) fn forward_with<'s, K: Kernels, const N: usize>(
 
     for (l, layer) in model.layers().iter().enumerate() {
         // ---- attention ----
-        K::rmsnorm(&mut s.xb[..d], &s.x[..d], layer.attn_norm, c.norm_eps);
+        norm::<K>(&mut s.xb[..d], &s.x[..d], layer.attn_norm, c.norm_eps)?;
         let a = K::prepare(
             &s.xb[..d],
             &[layer.wq.ty, layer.wk.ty, layer.wv.ty],
@@ -160,9 +163,17 @@ pub(crate) fn forward_with<'s, K: Kernels, const N: usize>(
             let qh = &s.q[h * hd..(h + 1) * hd];
             let kv_off = layer_base + (h / group) * hd;
             let att = &mut s.att[h * s.ctx..h * s.ctx + pos + 1];
+            let mut finite = true;
             for (p, a) in att.iter_mut().enumerate() {
                 let k = &s.key_cache[kv_off + p * kvd..kv_off + p * kvd + hd];
                 *a = K::dot_f32(qh, k) * inv_sqrt_hd;
+                finite &= a.is_finite();
+            }
+            // A -inf score would silently get the weight 0.
+            if !finite {
+                return Err(Error::NonFinite {
+                    what: "attention scores",
+                });
             }
             K::softmax(att);
             let out = &mut s.xb2[h * hd..(h + 1) * hd];
@@ -182,7 +193,7 @@ pub(crate) fn forward_with<'s, K: Kernels, const N: usize>(
         }
 
         // ---- feed-forward ----
-        K::rmsnorm(&mut s.xb[..d], &s.x[..d], layer.ffn_norm, c.norm_eps);
+        norm::<K>(&mut s.xb[..d], &s.x[..d], layer.ffn_norm, c.norm_eps)?;
         match &layer.ffn {
             Ffn::Dense(f) => {
                 let a = K::prepare(&s.xb[..d], &[f.gate.ty, f.up.ty], s.in_q, s.in_d);
@@ -204,7 +215,7 @@ pub(crate) fn forward_with<'s, K: Kernels, const N: usize>(
         }
     }
 
-    K::rmsnorm(&mut s.xb[..d], &s.x[..d], model.output_norm, c.norm_eps);
+    norm::<K>(&mut s.xb[..d], &s.x[..d], model.output_norm, c.norm_eps)?;
     let a = K::prepare(&s.xb[..d], &[model.output.ty], s.in_q, s.in_d);
     gemv::<K>(&model.output, &a, s.logits, &mut bytes);
     s.weight_bytes = bytes;
@@ -213,6 +224,21 @@ pub(crate) fn forward_with<'s, K: Kernels, const N: usize>(
     }
     s.pos = pos + 1;
     Ok(s.logits)
+}
+
+/// `out = rmsnorm(x) * w`, failing if the sum of squares of `x` is not finite: an overflowing
+/// sum would make the scale 0 and silently turn a finite token into zeros. The sum is the same
+/// [`Kernels::dot_f32`] RMSNorm computes (FORMAT.md), so exactly the inputs whose scale would
+/// not be finite and positive are rejected.
+#[inline]
+fn norm<K: Kernels>(out: &mut [f32], x: &[f32], w: &[u8], eps: f32) -> Result<()> {
+    if !K::dot_f32(x, x).is_finite() {
+        return Err(Error::NonFinite {
+            what: "activations (RMSNorm sum of squares)",
+        });
+    }
+    K::rmsnorm(out, x, w, eps);
+    Ok(())
 }
 
 /// Routes all `h` sub-tokens (prepared as a batch in `subs`), reading the router weights once:
@@ -248,7 +274,12 @@ fn route<K: Kernels>(
             let row = &mut row[..r];
             for e in 0..e_n {
                 experts.dequantize_row(e, row);
-                let inv = 1.0 / libm::sqrtf(K::dot_f32(row, row)).max(1e-4);
+                let sq = K::dot_f32(row, row);
+                // An overflowing norm would make the scale 0 and the logit silently 0.
+                if !sq.is_finite() {
+                    return Err(Error::NonFinite { what: "router" });
+                }
+                let inv = 1.0 / libm::sqrtf(sq).max(1e-4);
                 for j in 0..h {
                     probs[j * e_n + e] = K::dot_f32(&z[j * r..(j + 1) * r], row) * inv;
                 }
@@ -258,7 +289,8 @@ fn route<K: Kernels>(
     }
     for j in 0..h {
         let p = &mut probs[j * e_n..(j + 1) * e_n];
-        if !K::softmax(p).is_finite() {
+        // A -inf logit would silently become a probability of 0: all must be finite.
+        if !p.iter().all(|v| v.is_finite()) || !K::softmax(p).is_finite() {
             return Err(Error::NonFinite { what: "router" });
         }
         let (idx, gates) = (&mut idx[j * k..(j + 1) * k], &mut gates[j * k..(j + 1) * k]);
@@ -273,28 +305,8 @@ fn route<K: Kernels>(
     Ok(())
 }
 
-/// The slice of a prepared batch of equal-width inputs that belongs to input `i`.
-#[inline(always)]
-fn batch_act<'s>(x: &'s [f32], q: &'s [i8], d: &'s [f32], width: usize, i: usize) -> Act<'s> {
-    let quantized = !q.is_empty();
-    Act {
-        x: &x[i * width..(i + 1) * width],
-        q: if quantized {
-            &q[i * width..(i + 1) * width]
-        } else {
-            &[]
-        },
-        d: if quantized {
-            &d[i * width / QK..(i + 1) * width / QK]
-        } else {
-            &[]
-        },
-    }
-}
-
-/// Expert matrix `w` applied to every member of one expert group, reading each weight row once:
-/// for member pair `p`, the input is batch item `p / in_div` and the output goes to
-/// `out[p * w.rows ..]`.
+/// Expert matrix `w` applied to every member of one expert group, reading each weight row once
+/// ([`Kernels::gemv_group`]), counting the bytes read.
 #[allow(clippy::too_many_arguments)]
 fn gemv_group<K: Kernels>(
     w: &Matrix<'_>,
@@ -306,15 +318,7 @@ fn gemv_group<K: Kernels>(
     out: &mut [f32],
     bytes: &mut u64,
 ) {
-    let rows = w.rows;
-    for r in 0..rows {
-        let row = w.row(r);
-        for &p in members {
-            let p = p as usize;
-            let a = batch_act(x, q, d, w.cols, p / in_div);
-            out[p * rows + r] = K::dot_row(w.ty, row, &a);
-        }
-    }
+    K::gemv_group(w, &Act { x, q, d }, members, in_div, out);
     *bytes += w.data.len() as u64;
 }
 

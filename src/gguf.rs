@@ -415,7 +415,17 @@ fn read_value<'a>(cur: &mut Cursor<'a>, ty: ValueType, depth: u32) -> Result<Val
             match elem.fixed_size() {
                 Some(sz) => {
                     // `count` checked len * min (= sz) fits in the remaining bytes.
-                    cur.take(len * sz, "array data")?;
+                    let data = cur.take(len * sz, "array data")?;
+                    // Bools are the one fixed-size type with invalid values: check them all
+                    // now, so iterating never meets an element that does not read.
+                    if elem == ValueType::Bool {
+                        if let Some(i) = data.iter().position(|&b| b > 1) {
+                            return Err(Error::InvalidValueType {
+                                value_type: data[i].into(),
+                                offset: offset + i,
+                            });
+                        }
+                    }
                 }
                 None => {
                     for _ in 0..len {

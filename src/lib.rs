@@ -20,8 +20,8 @@ pub mod state;
 pub mod tokenizer;
 
 pub use config::Config;
-pub use kernels::Isa;
 pub use error::{Error, Result};
 pub use forward::{forward, forward_on};
+pub use kernels::Isa;
 pub use model::Model;
 pub use state::{AlignedBuffer, State};

@@ -29,12 +29,16 @@ impl<'a> Matrix<'a> {
     /// The bytes of row `r` (empty if out of range).
     pub fn row(&self, r: usize) -> &'a [u8] {
         let rb = self.row_bytes();
-        self.data.get(r * rb..(r + 1) * rb).unwrap_or(&[])
+        r.checked_mul(rb)
+            .and_then(|start| self.data.get(start..start.checked_add(rb)?))
+            .unwrap_or(&[])
     }
 
-    /// Dequantizes row `r` into `out` (`out.len() >= cols`).
+    /// Dequantizes row `r` into `out[..cols]`. A shorter `out` gets the whole blocks that fit;
+    /// an out-of-range row writes nothing.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        dequantize_row(self.ty, self.row(r), &mut out[..self.cols]);
+        let n = self.cols.min(out.len());
+        dequantize_row(self.ty, self.row(r), &mut out[..n]);
     }
 }
 
@@ -48,13 +52,18 @@ pub struct Stacked<'a> {
 }
 
 impl<'a> Stacked<'a> {
-    /// Matrix `e`.
+    /// Matrix `e` (with no data if out of range).
     pub fn get(&self, e: usize) -> Matrix<'a> {
-        let bytes = self.all.rows * self.all.row_bytes();
-        Matrix {
-            data: self.all.data.get(e * bytes..(e + 1) * bytes).unwrap_or(&[]),
-            ..self.all
-        }
+        let data = self
+            .all
+            .rows
+            .checked_mul(self.all.row_bytes())
+            .and_then(|bytes| {
+                let start = e.checked_mul(bytes)?;
+                self.all.data.get(start..start.checked_add(bytes)?)
+            })
+            .unwrap_or(&[]);
+        Matrix { data, ..self.all }
     }
 }
 

@@ -294,7 +294,7 @@ impl<'b> State<'b> {
                 offset: 0,
             })?;
         let mut b = &mut buf[..needed];
-        Ok(State {
+        let mut state = State {
             pos: 0,
             plan,
             x: carve(&mut b, x.0),
@@ -322,7 +322,9 @@ impl<'b> State<'b> {
             key_cache: carve(&mut b, kc.0),
             value_cache: carve(&mut b, vc.0),
             ctx,
-        })
+        };
+        state.reset();
+        Ok(state)
     }
 
     /// Number of positions filled so far.
@@ -335,9 +337,11 @@ impl<'b> State<'b> {
         self.ctx
     }
 
-    /// Forgets all positions (the next token goes to position 0).
+    /// Forgets all positions (the next token goes to position 0). The logits become NaN until
+    /// the next forward pass, so sampling them is an error rather than a stale or zero token.
     pub fn reset(&mut self) {
         self.pos = 0;
+        self.logits.fill(f32::NAN);
     }
 
     /// Bytes of weights the last forward pass read (each matrix row counted once per read).
@@ -361,7 +365,9 @@ impl<'b> State<'b> {
         Some((self.topk_idx.get(r.clone())?, self.topk_w.get(r)?))
     }
 
-    /// Logits of the last forward pass.
+    /// Logits of the last forward pass: NaN before the first one (and after [`State::reset`]),
+    /// so a sampler given them fails with [`Error::NonFinite`] instead of picking token 0 for an
+    /// empty prompt. After a failed forward pass they may hold NaN too.
     pub fn logits(&self) -> &[f32] {
         self.logits
     }

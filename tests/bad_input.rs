@@ -1,5 +1,7 @@
 //! Bad input gets a typed error, never a panic: malformed files, inconsistent configurations,
 //! out-of-range tokens, small or misaligned buffers, a full context.
+// `Error` keeps names inline (no allocation), so it is large; results carry it by value here.
+#![allow(clippy::result_large_err)]
 
 mod common;
 
@@ -354,4 +356,244 @@ fn state_for_another_model_is_rejected() {
         forward(&m1, &mut state, 0),
         Err(Error::InvalidConfig { .. })
     ));
+}
+
+#[test]
+fn context_length_limits_in_state_new() {
+    let bytes = small_model();
+    let model = load(&bytes).unwrap();
+    let max = model.config.context_length;
+    let mut buf = mhmoe::file::StateBuffer::for_model(&model, max).unwrap();
+    for bad in [0, max + 1, usize::MAX] {
+        let want = Error::BadContextLength {
+            requested: bad,
+            max,
+        };
+        assert_eq!(
+            mhmoe::file::StateBuffer::for_model(&model, bad).unwrap_err(),
+            want
+        );
+        assert_eq!(buf.state(&model, bad).unwrap_err(), want);
+    }
+    // The longest context works, and the token id limit is the vocabulary size.
+    let mut state = buf.state(&model, max).unwrap();
+    for t in [u32::MAX, model.config.vocab_size as u32 + 1] {
+        assert!(matches!(
+            forward(&model, &mut state, t),
+            Err(Error::TokenOutOfRange { token, .. }) if token == t
+        ));
+    }
+    let last = model.config.vocab_size as u32 - 1;
+    forward(&model, &mut state, last).unwrap();
+}
+
+/// A prompt longer than the context fails at the first token that does not fit, leaving the
+/// state and the logits of the last token that did; generation past the context likewise.
+/// `reset` starts over with the same results as a fresh state.
+#[test]
+fn prompt_and_generation_past_the_context() {
+    use mhmoe::sampler::Sampler;
+    let bytes = small_model();
+    let model = load(&bytes).unwrap();
+    let tok = mhmoe::tokenizer::TokenizerBuf::new(model.gguf()).unwrap();
+    let prompt = tok
+        .tokenizer()
+        .encode_to_vec(b"It is a truth universally acknowledged, that a single man")
+        .unwrap();
+    let ctx = 5;
+    assert!(prompt.len() > ctx);
+    let mut buf = mhmoe::file::StateBuffer::for_model(&model, ctx).unwrap();
+    let mut state = buf.state(&model, ctx).unwrap();
+    let mut first = Vec::new();
+    let mut fed = 0;
+    let err = loop {
+        match forward(&model, &mut state, prompt[fed]) {
+            Ok(l) => {
+                if fed == 0 {
+                    first = l.to_vec();
+                }
+                fed += 1;
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(fed, ctx);
+    assert_eq!(
+        err,
+        Error::ContextFull {
+            context_length: ctx
+        }
+    );
+    assert_eq!(state.pos(), ctx);
+    let kept = state.logits().to_vec();
+    assert!(forward(&model, &mut state, prompt[0]).is_err());
+    assert_eq!(
+        state.logits(),
+        &kept[..],
+        "a full context keeps the last logits"
+    );
+
+    // Generation: sample from the last logits, then the context is full.
+    let mut sampler = Sampler::greedy();
+    let next = sampler.sample(state.logits(), &mut []).unwrap();
+    assert_eq!(
+        forward(&model, &mut state, next).unwrap_err(),
+        Error::ContextFull {
+            context_length: ctx
+        }
+    );
+
+    state.reset();
+    assert_eq!(state.pos(), 0);
+    let again = forward(&model, &mut state, prompt[0]).unwrap();
+    assert!(
+        again
+            .iter()
+            .zip(&first)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "reset must give the same results as a fresh state"
+    );
+}
+
+/// An empty prompt encodes to no tokens, and a state that has run no token since it was made
+/// (or reset) has no logits to sample: sampling them is an error, not token 0.
+#[test]
+fn empty_prompt_has_nothing_to_sample() {
+    use mhmoe::sampler::{argmax, Sampler, SamplerParams};
+    let bytes = small_model();
+    let model = load(&bytes).unwrap();
+    let tok = mhmoe::tokenizer::TokenizerBuf::new(model.gguf()).unwrap();
+    assert_eq!(tok.tokenizer().encode(b"", &mut []), Ok(0));
+    assert!(tok.tokenizer().encode_to_vec(b"").unwrap().is_empty());
+
+    let v = model.config.vocab_size;
+    let mut buf = mhmoe::file::StateBuffer::for_model(&model, 4).unwrap();
+    let mut state = buf.state(&model, 4).unwrap();
+    let params = [
+        SamplerParams::GREEDY,
+        SamplerParams {
+            temperature: 0.8,
+            top_k: 0,
+            top_p: 1.0,
+        },
+        SamplerParams {
+            temperature: 0.8,
+            top_k: 10,
+            top_p: 0.9,
+        },
+    ];
+    let mut scratch = vec![0u32; v];
+    let sample_all = |logits: &[f32], scratch: &mut [u32]| {
+        params
+            .iter()
+            .map(|&p| Sampler::new(p, 1).unwrap().sample(logits, scratch))
+            .collect::<Vec<_>>()
+    };
+    for r in sample_all(state.logits(), &mut scratch) {
+        assert!(matches!(r, Err(Error::NonFinite { .. })), "{r:?}");
+    }
+    assert!(argmax(state.logits()).is_err());
+    assert!(argmax(&[]).is_err());
+
+    forward(&model, &mut state, 1).unwrap();
+    for r in sample_all(state.logits(), &mut scratch) {
+        assert!((r.unwrap() as usize) < v);
+    }
+    state.reset();
+    for r in sample_all(state.logits(), &mut scratch) {
+        assert!(
+            matches!(r, Err(Error::NonFinite { .. })),
+            "after reset: {r:?}"
+        );
+    }
+}
+
+/// Out-of-range indices into the public weight views give empty rows, not a panic (or an
+/// overflow in debug builds), and a short output buffer is filled as far as it goes.
+#[test]
+fn weight_views_take_any_index() {
+    use mhmoe::model::Ffn;
+    let bytes = small_model();
+    let model = load(&bytes).unwrap();
+    let m = model.token_embd;
+    for r in [m.rows, usize::MAX / 2, usize::MAX] {
+        assert!(m.row(r).is_empty(), "row {r}");
+        let mut out = vec![7.0f32; m.cols];
+        m.dequantize_row(r, &mut out);
+    }
+    assert_eq!(m.row(m.rows - 1).len(), m.row_bytes());
+    let mut full = vec![0.0f32; m.cols];
+    m.dequantize_row(1, &mut full);
+    let mut short = vec![0.0f32; 40];
+    m.dequantize_row(1, &mut short); // Q4_0: whole blocks only
+    assert_eq!(short[..32], full[..32]);
+    assert!(short[32..].iter().all(|&v| v == 0.0));
+    m.dequantize_row(1, &mut []);
+
+    let Ffn::Moe(moe) = model.layers()[1].ffn else {
+        panic!("layer 1 of the test model is MoE")
+    };
+    for e in [moe.gate.n, usize::MAX / 3, usize::MAX] {
+        assert!(moe.gate.get(e).data.is_empty(), "expert {e}");
+        assert!(moe.gate.get(e).row(0).is_empty());
+    }
+    assert_eq!(
+        moe.gate.get(moe.gate.n - 1).row(0).len(),
+        moe.gate.all.row_bytes()
+    );
+}
+
+/// A model may claim a context far longer than memory allows: `bytes_needed` reports it and
+/// `StateBuffer` fails with a typed error when the allocation fails, instead of aborting.
+#[test]
+fn state_buffer_too_large_to_allocate_is_an_error() {
+    let mut b = Builder::from_file(&small_model());
+    // 64 layers (copies of the two layers) and a context of 2^24: about 2^39 bytes of KV cache.
+    let layer_tensors: Vec<_> = b
+        .tensors
+        .iter()
+        .filter(|t| t.name.starts_with("blk."))
+        .cloned()
+        .collect();
+    for i in 2..64 {
+        for t in &layer_tensors {
+            let src = if i % 2 == 0 { "blk.0." } else { "blk.1." };
+            if let Some(rest) = t.name.strip_prefix(src) {
+                let mut t = t.clone();
+                t.name = format!("blk.{i}.{rest}");
+                b.tensors.push(t);
+            }
+        }
+    }
+    b.set("mhmoe.block_count", Kv::U32(64));
+    b.set("mhmoe.context_length", Kv::U32(1 << 24));
+    let bytes = b.build();
+    let model = load(&bytes).unwrap();
+    let ctx = model.config.context_length;
+    let need = State::bytes_needed(&model, ctx).unwrap();
+    assert!(need > 1 << 39, "{need}");
+    match mhmoe::file::StateBuffer::for_model(&model, ctx) {
+        // A system that overcommits memory may hand out the address space.
+        Ok(buf) => drop(buf),
+        Err(e) => assert!(
+            matches!(e, Error::BufferTooSmall { needed, got: 0, .. } if needed == need),
+            "{e:?}"
+        ),
+    }
+}
+
+/// `Config::validate` is O(1) in the layer count, even for a hand-made configuration.
+#[test]
+fn validate_is_constant_time() {
+    let bytes = small_model();
+    let mut c = load(&bytes).unwrap().config.clone();
+    c.n_layers = usize::MAX;
+    c.moe_interval = 1;
+    c.ff_dim = 0;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(c.validate()).unwrap());
+    let r = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("validate did not return");
+    assert_eq!(r, Ok(()));
 }

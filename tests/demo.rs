@@ -29,13 +29,18 @@ fn tokenizer_round_trips_the_heldout_sample() {
     let tok = tok.tokenizer();
     let text = heldout();
     let ids = tok.encode_to_vec(&text).unwrap();
-    assert!(ids.len() * 2 < text.len(), "BPE should compress English text");
+    assert!(
+        ids.len() * 2 < text.len(),
+        "BPE should compress English text"
+    );
     assert_eq!(tok.decode_to_bytes(&ids).unwrap(), text);
 }
 
 fn parse_ids(line: &str, key: &str) -> Vec<u32> {
     let rest = line.strip_prefix(key).unwrap().trim();
-    rest.split_whitespace().map(|t| t.parse().unwrap()).collect()
+    rest.split_whitespace()
+        .map(|t| t.parse().unwrap())
+        .collect()
 }
 
 #[test]
@@ -54,7 +59,10 @@ fn greedy_output_matches_the_reference() {
     let file = ModelBytes::read(model_path("mhmoe-demo-q8_0.gguf")).unwrap();
     let model = file.model().unwrap();
     let tok = TokenizerBuf::new(model.gguf()).unwrap();
-    assert_eq!(tok.tokenizer().encode_to_vec(PROMPT.as_bytes()).unwrap(), prompt_ids);
+    assert_eq!(
+        tok.tokenizer().encode_to_vec(PROMPT.as_bytes()).unwrap(),
+        prompt_ids
+    );
 
     let ctx = prompt_ids.len() + greedy.len();
     let mut buf = StateBuffer::for_model(&model, ctx).unwrap();
@@ -110,7 +118,10 @@ fn q8_0_perplexity_is_close_to_f32() {
     let q8 = mean_nll("mhmoe-demo-q8_0.gguf", &ids);
     let f32 = mean_nll("mhmoe-demo-f32.gguf", &ids);
     println!("first 512 held-out tokens: Q8_0 {q8:.4} nats/token, F32 {f32:.4}");
-    assert!(f32 < 5.0, "the trained model should predict text ({f32} nats/token)");
+    assert!(
+        f32 < 5.0,
+        "the trained model should predict text ({f32} nats/token)"
+    );
     assert!(
         (q8 - f32).abs() < Q8_0_NLL_BOUND,
         "Q8_0 {q8} vs F32 {f32} nats/token"

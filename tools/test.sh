@@ -29,12 +29,18 @@ bash tools/install-firmware.sh
 # The firmware tests (tests/firmware.rs) must run here, not skip.
 export MHMOE_REQUIRE_FIRMWARE="${MHMOE_REQUIRE_FIRMWARE:-1}"
 # Instruction sets whose conformance tests must run here; a skip of one of them fails.
-export MHMOE_REQUIRE_ISAS="${MHMOE_REQUIRE_ISAS:-cortex-m-dsp,helium}"
+if [ "$(uname -m)" = x86_64 ]; then
+    export MHMOE_REQUIRE_ISAS="${MHMOE_REQUIRE_ISAS:-avx2,cortex-m-dsp,helium}"
+else
+    export MHMOE_REQUIRE_ISAS="${MHMOE_REQUIRE_ISAS:-cortex-m-dsp,helium}"
+fi
 
 step "python-tools" python3 tools/check.py
 step "python-pipeline" python3 tools/test_pipeline.py
 step "cargo-test" cargo test --all-targets
 step "doc-tests" cargo test --doc
+step "aarch64-qemu" bash tools/test-aarch64.sh
+step "clippy-aarch64" env CARGO_TARGET_DIR=target/aarch64-qemu cargo clippy --target aarch64-unknown-linux-gnu --lib --test conformance -- -D warnings
 step "no_std-thumbv7em" cargo build --lib --no-default-features --target thumbv7em-none-eabihf
 step "no_std-thumbv7em-defmt" cargo build --lib --no-default-features --features defmt --target thumbv7em-none-eabihf
 step "no_std-thumbv6m" cargo build --lib --no-default-features --target thumbv6m-none-eabi

@@ -1,20 +1,39 @@
 //! aarch64 NEON kernels, with an SDOT path where the dot-product extension is present.
+//!
+//! Every kernel gives the bit pattern of its [`scalar`] twin (FORMAT.md, "Accumulation
+//! order"): the eight canonical float lanes are two `float32x4_t` (lanes 0-3 and 4-7), `fmul`
+//! then `fadd` (never `fmla`, which fuses); quantized dot products compute exact integer block
+//! sums (`smull`/`sadalp`, or `sdot`), scale them in lane `b % 8` and reduce canonically. The
+//! quantized GEMV keeps four rows in the four lanes of a vector instead, with the eight
+//! canonical accumulators as eight vectors, so the final reduction is vertical adds. `exp` is a
+//! lane-wise transcription of libm's `expf`, so `silu` and `softmax` match too.
+//!
+//! NEON is part of the aarch64 baseline: [`Neon`] is available whenever the build enables the
+//! `neon` target feature (every aarch64 Linux/macOS target) on a little-endian target; its
+//! kernels are ordinary safe functions. SDOT is an extension: [`NeonDotprod`] checks it at run
+//! time under `std` (`is_aarch64_feature_detected!("dotprod")`, cached by std) and at build
+//! time otherwise (`-C target-feature=+dotprod`), and reaches the instruction through `asm!`
+//! (the `vdotq_s32` intrinsic is not stable on Rust 1.95).
 
+#[cfg(all(target_feature = "neon", target_endian = "little"))]
+use super::{scalar, Act};
 use super::{Isa, Kernels};
+#[cfg(all(target_feature = "neon", target_endian = "little"))]
+use crate::model::Matrix;
+#[cfg(all(target_feature = "neon", target_endian = "little"))]
+use crate::quant::{bf16_to_f32, f16_to_f32};
 
 /// NEON kernels.
 #[derive(Debug, Clone, Copy)]
 pub struct Neon;
 
 impl Neon {
-    /// Whether the CPU supports the instructions these kernels use.
+    /// Whether the CPU supports the instructions these kernels use (NEON is fixed at build
+    /// time: it is part of every aarch64 application-processor target).
+    #[inline(always)]
     pub fn available() -> bool {
-        false
+        cfg!(all(target_feature = "neon", target_endian = "little"))
     }
-}
-
-impl Kernels for Neon {
-    const ISA: Isa = Isa::Neon;
 }
 
 /// NEON kernels using SDOT for the int8 dot products.
@@ -22,12 +41,1056 @@ impl Kernels for Neon {
 pub struct NeonDotprod;
 
 impl NeonDotprod {
-    /// Whether the CPU supports the instructions these kernels use.
+    /// Whether the CPU supports the instructions these kernels use (NEON and the dot-product
+    /// extension).
+    #[inline(always)]
     pub fn available() -> bool {
-        false
+        #[cfg(feature = "std")]
+        let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
+        #[cfg(not(feature = "std"))]
+        let dotprod = cfg!(target_feature = "dotprod");
+        Neon::available() && dotprod
     }
 }
 
+#[cfg(not(all(target_feature = "neon", target_endian = "little")))]
+impl Kernels for Neon {
+    const ISA: Isa = Isa::Neon;
+}
+
+#[cfg(not(all(target_feature = "neon", target_endian = "little")))]
 impl Kernels for NeonDotprod {
     const ISA: Isa = Isa::NeonDotprod;
+}
+
+/// Calls a NEON kernel.
+#[cfg(all(target_feature = "neon", target_endian = "little"))]
+macro_rules! neon {
+    ($e:expr) => {
+        // SAFETY: the `imp` functions only need NEON, which this whole build enables (the cfg
+        // on this impl); they read and write only through the slices they are given.
+        unsafe { $e }
+    };
+}
+
+#[cfg(all(target_feature = "neon", target_endian = "little"))]
+impl Kernels for Neon {
+    const ISA: Isa = Isa::Neon;
+
+    #[inline(always)]
+    fn quantize_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32]) {
+        neon!(imp::quantize_q8_0(x, q, d))
+    }
+
+    #[inline(always)]
+    fn dot_q8_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+        neon!(imp::dot_q8_0(row, xq, xd))
+    }
+
+    #[inline(always)]
+    fn dot_q4_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+        neon!(imp::dot_q4_0(row, xq, xd))
+    }
+
+    #[inline(always)]
+    fn dot_f32_row(row: &[u8], x: &[f32]) -> f32 {
+        if row.len() != 4 * x.len() {
+            return scalar::dot_f32_row(row, x);
+        }
+        neon!(imp::dot_f32_rows::<1>([row], x)[0])
+    }
+
+    #[inline(always)]
+    fn dot_f16_row(row: &[u8], x: &[f32]) -> f32 {
+        if row.len() != 2 * x.len() {
+            return scalar::dot_half_row(row, x, f16_to_f32);
+        }
+        neon!(imp::dot_f16_rows::<1>([row], x)[0])
+    }
+
+    #[inline(always)]
+    fn dot_bf16_row(row: &[u8], x: &[f32]) -> f32 {
+        if row.len() != 2 * x.len() {
+            return scalar::dot_half_row(row, x, bf16_to_f32);
+        }
+        neon!(imp::dot_bf16_rows::<1>([row], x)[0])
+    }
+
+    #[inline(always)]
+    fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        neon!(imp::dot_f32(a, b))
+    }
+
+    #[inline(always)]
+    fn axpy(out: &mut [f32], a: f32, v: &[f32]) {
+        neon!(imp::axpy(out, a, v))
+    }
+
+    #[inline(always)]
+    fn rmsnorm(out: &mut [f32], x: &[f32], w: &[u8], eps: f32) {
+        neon!(imp::rmsnorm(out, x, w, eps))
+    }
+
+    #[inline(always)]
+    fn softmax(x: &mut [f32]) -> f32 {
+        neon!(imp::softmax(x))
+    }
+
+    #[inline(always)]
+    fn silu_mul(gate: &mut [f32], up: &[f32]) {
+        neon!(imp::silu_mul(gate, up))
+    }
+
+    fn gemv(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
+        neon!(imp::gemv(w, a, out))
+    }
+
+    fn gemv_group(
+        w: &Matrix<'_>,
+        batch: &Act<'_>,
+        members: &[u32],
+        in_div: usize,
+        out: &mut [f32],
+    ) {
+        neon!(imp::gemv_group(w, batch, members, in_div, out))
+    }
+}
+
+/// Runs `$fast` (a `sdot` entry point) when the CPU has the dot-product extension, else the
+/// plain NEON kernel `$slow`.
+#[cfg(all(target_feature = "neon", target_endian = "little"))]
+macro_rules! with_sdot {
+    ($fast:expr, $slow:expr) => {
+        if NeonDotprod::available() {
+            // SAFETY: the `sdot` functions only need NEON (enabled for this whole build) and the
+            // dot-product extension, which the CPU has (checked just above).
+            unsafe { $fast }
+        } else {
+            $slow
+        }
+    };
+}
+
+#[cfg(all(target_feature = "neon", target_endian = "little"))]
+impl Kernels for NeonDotprod {
+    const ISA: Isa = Isa::NeonDotprod;
+
+    #[inline(always)]
+    fn quantize_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32]) {
+        Neon::quantize_q8_0(x, q, d)
+    }
+
+    #[inline(always)]
+    fn dot_q8_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+        with_sdot!(
+            sdot::dot_q8_0(row, xq, xd),
+            Neon::dot_q8_0_q8_0(row, xq, xd)
+        )
+    }
+
+    #[inline(always)]
+    fn dot_q4_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+        with_sdot!(
+            sdot::dot_q4_0(row, xq, xd),
+            Neon::dot_q4_0_q8_0(row, xq, xd)
+        )
+    }
+
+    #[inline(always)]
+    fn dot_f32_row(row: &[u8], x: &[f32]) -> f32 {
+        Neon::dot_f32_row(row, x)
+    }
+
+    #[inline(always)]
+    fn dot_f16_row(row: &[u8], x: &[f32]) -> f32 {
+        Neon::dot_f16_row(row, x)
+    }
+
+    #[inline(always)]
+    fn dot_bf16_row(row: &[u8], x: &[f32]) -> f32 {
+        Neon::dot_bf16_row(row, x)
+    }
+
+    #[inline(always)]
+    fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        Neon::dot_f32(a, b)
+    }
+
+    #[inline(always)]
+    fn axpy(out: &mut [f32], a: f32, v: &[f32]) {
+        Neon::axpy(out, a, v)
+    }
+
+    #[inline(always)]
+    fn rmsnorm(out: &mut [f32], x: &[f32], w: &[u8], eps: f32) {
+        Neon::rmsnorm(out, x, w, eps)
+    }
+
+    #[inline(always)]
+    fn softmax(x: &mut [f32]) -> f32 {
+        Neon::softmax(x)
+    }
+
+    #[inline(always)]
+    fn silu_mul(gate: &mut [f32], up: &[f32]) {
+        Neon::silu_mul(gate, up)
+    }
+
+    fn gemv(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
+        if w.ty.is_quantized() {
+            with_sdot!(sdot::gemv(w, a, out), Neon::gemv(w, a, out))
+        } else {
+            Neon::gemv(w, a, out)
+        }
+    }
+
+    fn gemv_group(
+        w: &Matrix<'_>,
+        batch: &Act<'_>,
+        members: &[u32],
+        in_div: usize,
+        out: &mut [f32],
+    ) {
+        if w.ty.is_quantized() {
+            with_sdot!(
+                sdot::gemv_group(w, batch, members, in_div, out),
+                Neon::gemv_group(w, batch, members, in_div, out)
+            )
+        } else {
+            Neon::gemv_group(w, batch, members, in_div, out)
+        }
+    }
+}
+
+/// The SDOT entry points: `#[target_feature(enable = "neon,dotprod")]`, so calling one from code
+/// compiled without it is `unsafe` (the caller checks the CPU). They instantiate the generic
+/// NEON drivers with the SDOT block kernels, inlined.
+#[cfg(all(target_feature = "neon", target_endian = "little"))]
+mod sdot {
+    use core::arch::aarch64::*;
+    use core::arch::asm;
+
+    use super::imp;
+    use crate::kernels::Act;
+    use crate::model::Matrix;
+    use crate::quant::{GgmlType, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK};
+
+    /// `acc + sdot(a, b)`: each i32 lane adds the four products of its bytes (exact).
+    #[inline]
+    #[target_feature(enable = "neon,dotprod")]
+    fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+        let mut acc = acc;
+        // SAFETY: SDOT reads two vector registers and accumulates into a third; nothing else
+        // is touched, and the dot-product extension is enabled for this function.
+        unsafe {
+            asm!(
+                "sdot {d:v}.4s, {a:v}.16b, {b:v}.16b",
+                d = inout(vreg) acc,
+                a = in(vreg) a,
+                b = in(vreg) b,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+        }
+        acc
+    }
+
+    /// Q8_0 block times Q8_0 activation block: four i32 partial sums (exact).
+    #[inline]
+    #[target_feature(enable = "neon,dotprod")]
+    fn block_q8(b: &[u8; Q8_0_BLOCK_BYTES], x: &[i8; QK]) -> int32x4_t {
+        let (w0, w1) = imp::q8_quants(b);
+        let (x0, x1) = imp::ld_x(x);
+        sdot(sdot(vdupq_n_s32(0), w0, x0), w1, x1)
+    }
+
+    /// Q4_0 block times Q8_0 activation block: four i32 partial sums (exact).
+    #[inline]
+    #[target_feature(enable = "neon,dotprod")]
+    fn block_q4(b: &[u8; Q4_0_BLOCK_BYTES], x: &[i8; QK]) -> int32x4_t {
+        let (w0, w1) = imp::q4_values(b);
+        let (x0, x1) = imp::ld_x(x);
+        sdot(sdot(vdupq_n_s32(0), w0, x0), w1, x1)
+    }
+
+    #[target_feature(enable = "neon,dotprod")]
+    pub(super) fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+        imp::dot_quant(row, xq, xd, |b, x| block_q8(b, x))
+    }
+
+    #[target_feature(enable = "neon,dotprod")]
+    pub(super) fn dot_q4_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+        imp::dot_quant(row, xq, xd, |b, x| block_q4(b, x))
+    }
+
+    #[target_feature(enable = "neon,dotprod")]
+    pub(super) fn gemv(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
+        match w.ty {
+            GgmlType::Q8_0 => imp::gemv_quant(w, a, out, |b, x| block_q8(b, x)),
+            _ => imp::gemv_quant(w, a, out, |b, x| block_q4(b, x)),
+        }
+    }
+
+    #[target_feature(enable = "neon,dotprod")]
+    pub(super) fn gemv_group(
+        w: &Matrix<'_>,
+        batch: &Act<'_>,
+        members: &[u32],
+        in_div: usize,
+        out: &mut [f32],
+    ) {
+        match w.ty {
+            GgmlType::Q8_0 => {
+                imp::gemv_group_quant(w, batch, members, in_div, out, |b, x| block_q8(b, x))
+            }
+            _ => imp::gemv_group_quant(w, batch, members, in_div, out, |b, x| block_q4(b, x)),
+        }
+    }
+}
+
+/// The NEON kernels (NEON is enabled for the whole build, so these are plain functions; the
+/// generic drivers are `#[inline(always)]` so that the SDOT entry points inline them too).
+#[cfg(all(target_feature = "neon", target_endian = "little"))]
+/// The NEON kernels: safe `#[target_feature(enable = "neon")]` functions (the intrinsics require
+/// the attribute even though the whole build enables NEON). The generic drivers take the block
+/// kernel as a closure, so the SDOT entry points instantiate (and inline) them with theirs.
+mod imp {
+    use core::arch::aarch64::*;
+    use core::arch::asm;
+
+    use super::{scalar, Act};
+    use crate::kernels::{Kernels, Scalar};
+    use crate::model::Matrix;
+    use crate::quant::{round_to_f16, GgmlType, QK};
+
+    // ---- loads and stores on fixed-size arrays (the only raw-pointer accesses) ----
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn ld4(a: &[f32; 4]) -> float32x4_t {
+        // SAFETY: 4 readable f32.
+        unsafe { vld1q_f32(a.as_ptr()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn ld8(a: &[f32; 8]) -> (float32x4_t, float32x4_t) {
+        // SAFETY: 8 readable f32.
+        unsafe { (vld1q_f32(a.as_ptr()), vld1q_f32(a.as_ptr().add(4))) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn st8(a: &mut [f32; 8], lo: float32x4_t, hi: float32x4_t) {
+        // SAFETY: 8 writable f32.
+        unsafe {
+            vst1q_f32(a.as_mut_ptr(), lo);
+            vst1q_f32(a.as_mut_ptr().add(4), hi);
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn st4(a: &mut [f32; 4], v: float32x4_t) {
+        // SAFETY: 4 writable f32.
+        unsafe { vst1q_f32(a.as_mut_ptr(), v) }
+    }
+
+    /// Eight little-endian f32 from 32 bytes (aarch64 here is little-endian).
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn ld8_le(b: &[u8; 32]) -> (float32x4_t, float32x4_t) {
+        // SAFETY: 32 readable bytes; vld1q has no alignment requirement beyond the element's,
+        // and reading f32 lanes from bytes is allowed for unaligned addresses on aarch64
+        // (the pointer cast only changes the element type the intrinsic reads).
+        unsafe {
+            let p = b.as_ptr();
+            (
+                vreinterpretq_f32_u8(vld1q_u8(p)),
+                vreinterpretq_f32_u8(vld1q_u8(p.add(16))),
+            )
+        }
+    }
+
+    /// Eight u16 from 16 bytes.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn ld8_u16(b: &[u8; 16]) -> uint16x8_t {
+        // SAFETY: 16 readable bytes.
+        unsafe { vreinterpretq_u16_u8(vld1q_u8(b.as_ptr())) }
+    }
+
+    /// The 32 int8 quants of a Q8_0 block (bytes 2..34) as two vectors.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub(super) fn q8_quants(b: &[u8; 34]) -> (int8x16_t, int8x16_t) {
+        // SAFETY: bytes 2..34 of the block are readable.
+        unsafe {
+            let p = b.as_ptr().add(2).cast::<i8>();
+            (vld1q_s8(p), vld1q_s8(p.add(16)))
+        }
+    }
+
+    /// The 32 values `q - 8` of a Q4_0 block: low nibbles are elements 0..16, high 16..32.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub(super) fn q4_values(b: &[u8; 18]) -> (int8x16_t, int8x16_t) {
+        // SAFETY: bytes 2..18 of the block are readable.
+        let raw = unsafe { vld1q_u8(b.as_ptr().add(2)) };
+        let lo = vreinterpretq_s8_u8(vandq_u8(raw, vdupq_n_u8(0x0F)));
+        let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(raw));
+        (vsubq_s8(lo, vdupq_n_s8(8)), vsubq_s8(hi, vdupq_n_s8(8)))
+    }
+
+    /// A Q8_0 activation block as two vectors.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub(super) fn ld_x(x: &[i8; QK]) -> (int8x16_t, int8x16_t) {
+        // SAFETY: 32 readable bytes.
+        unsafe { (vld1q_s8(x.as_ptr()), vld1q_s8(x.as_ptr().add(16))) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn le16(b: &[u8]) -> u16 {
+        u16::from_le_bytes([b[0], b[1]])
+    }
+
+    /// Four IEEE halves widened to f32 (`fcvtl`: exact, the same as `half`'s conversion).
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn f16x4(h: [u16; 4]) -> float32x4_t {
+        // SAFETY: 4 readable u16.
+        let h = unsafe { vld1_u16(h.as_ptr()) };
+        f16x4_v(h)
+    }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn f16x4_v(h: uint16x4_t) -> float32x4_t {
+        let out: float32x4_t;
+        // SAFETY: FCVTL (base ARMv8 FP/SIMD) only reads and writes the named registers.
+        unsafe {
+            asm!(
+                "fcvtl {o:v}.4s, {i:v}.4h",
+                o = lateout(vreg) out,
+                i = in(vreg) h,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+        }
+        out
+    }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn f16x8(h: uint16x8_t) -> (float32x4_t, float32x4_t) {
+        (f16x4_v(vget_low_u16(h)), f16x4_v(vget_high_u16(h)))
+    }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn bf16x8(h: uint16x8_t) -> (float32x4_t, float32x4_t) {
+        let lo = vshll_n_u16::<16>(vget_low_u16(h));
+        let hi = vshll_n_u16::<16>(vget_high_u16(h));
+        (vreinterpretq_f32_u32(lo), vreinterpretq_f32_u32(hi))
+    }
+
+    // ---- reductions ----
+
+    /// [`scalar::reduce8`] on lanes 0-3 (`lo`) and 4-7 (`hi`).
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn reduce8(lo: float32x4_t, hi: float32x4_t) -> f32 {
+        let s = vaddq_f32(lo, hi);
+        let t = vadd_f32(vget_low_f32(s), vget_high_f32(s));
+        vget_lane_f32::<0>(t) + vget_lane_f32::<1>(t)
+    }
+
+    /// Four vectors of i32 partial sums -> lane `i` is the total of `v[i]` (exact).
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn transpose_sum(v: &[int32x4_t; 4]) -> int32x4_t {
+        vpaddq_s32(vpaddq_s32(v[0], v[1]), vpaddq_s32(v[2], v[3]))
+    }
+
+    // ---- integer block dot products ----
+
+    /// Q8_0 block times Q8_0 activation block with widening multiplies: four i32 partial sums
+    /// (exact: every i8 x i8 product fits i16 and is accumulated pairwise into i32).
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub(super) fn block_q8(b: &[u8; 34], x: &[i8; QK]) -> int32x4_t {
+        let (w0, w1) = q8_quants(b);
+        let (x0, x1) = ld_x(x);
+        dot32(w0, w1, x0, x1)
+    }
+
+    /// Q4_0 block times Q8_0 activation block: four i32 partial sums (exact).
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub(super) fn block_q4(b: &[u8; 18], x: &[i8; QK]) -> int32x4_t {
+        let (w0, w1) = q4_values(b);
+        let (x0, x1) = ld_x(x);
+        dot32(w0, w1, x0, x1)
+    }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn dot32(w0: int8x16_t, w1: int8x16_t, x0: int8x16_t, x1: int8x16_t) -> int32x4_t {
+        let acc = vpaddlq_s16(vmull_s8(vget_low_s8(w0), vget_low_s8(x0)));
+        let acc = vpadalq_s16(acc, vmull_high_s8(w0, x0));
+        let acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(w1), vget_low_s8(x1)));
+        vpadalq_s16(acc, vmull_high_s8(w1, x1))
+    }
+
+    /// A quantized row times a Q8_0 activation: block `b` scaled into lane `b % 8` as
+    /// `sumi as f32 * (dw * dx)`, lanes reduced canonically.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub(super) fn dot_blocks<const B: usize>(
+        blocks: &[[u8; B]],
+        xq: &[[i8; QK]],
+        xd: &[f32],
+        block: impl Fn(&[u8; B], &[i8; QK]) -> int32x4_t,
+    ) -> f32 {
+        let n = blocks.len().min(xq.len()).min(xd.len());
+        let (blocks, xq, xd) = (&blocks[..n], &xq[..n], &xd[..n]);
+        let (bg, bt) = blocks.as_chunks::<8>();
+        let (xg, xt) = xq.as_chunks::<8>();
+        let (dg, dt) = xd.as_chunks::<8>();
+        let (mut lo, mut hi) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+        for ((b, x), dx) in bg.iter().zip(xg).zip(dg) {
+            let v: [int32x4_t; 8] = core::array::from_fn(|i| block(&b[i], &x[i]));
+            let (v_lo, v_hi) = v.split_at(4);
+            let s_lo = vcvtq_f32_s32(transpose_sum(v_lo.try_into().unwrap()));
+            let s_hi = vcvtq_f32_s32(transpose_sum(v_hi.try_into().unwrap()));
+            let dw_lo = f16x4(core::array::from_fn(|i| le16(&b[i])));
+            let dw_hi = f16x4(core::array::from_fn(|i| le16(&b[4 + i])));
+            let (dx_lo, dx_hi) = ld8(dx);
+            lo = vaddq_f32(lo, vmulq_f32(s_lo, vmulq_f32(dw_lo, dx_lo)));
+            hi = vaddq_f32(hi, vmulq_f32(s_hi, vmulq_f32(dw_hi, dx_hi)));
+        }
+        if bt.is_empty() {
+            return reduce8(lo, hi);
+        }
+        let mut lanes = [0.0f32; 8];
+        st8(&mut lanes, lo, hi);
+        for (((b, x), &dx), l) in bt.iter().zip(xt).zip(dt).zip(lanes.iter_mut()) {
+            let dw = crate::quant::f16_to_f32(le16(b));
+            *l += vaddvq_s32(block(b, x)) as f32 * (dw * dx);
+        }
+        let (lo, hi) = ld8(&lanes);
+        reduce8(lo, hi)
+    }
+
+    /// [`dot_blocks`] on byte rows.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub(super) fn dot_quant<const B: usize>(
+        row: &[u8],
+        xq: &[i8],
+        xd: &[f32],
+        block: impl Fn(&[u8; B], &[i8; QK]) -> int32x4_t,
+    ) -> f32 {
+        let (blocks, _) = row.as_chunks::<B>();
+        let (xq, _) = xq.as_chunks::<QK>();
+        dot_blocks(blocks, xq, xd, block)
+    }
+
+    #[target_feature(enable = "neon")]
+    pub(super) fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+        dot_quant(row, xq, xd, |b, x| block_q8(b, x))
+    }
+
+    #[target_feature(enable = "neon")]
+    pub(super) fn dot_q4_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+        dot_quant(row, xq, xd, |b, x| block_q4(b, x))
+    }
+
+    /// Four rows at once, one lane per row: `rows` holds four rows of `stride` blocks one after
+    /// the other. `acc[j]` keeps the specification's lane `j` (blocks `b % 8 == j`) of all four
+    /// rows, so the canonical reduction is vertical adds and the results come out as a vector.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn dot4_rows<const B: usize>(
+        rows: &[[u8; B]],
+        stride: usize,
+        xq: &[[i8; QK]],
+        xd: &[f32],
+        block: impl Fn(&[u8; B], &[i8; QK]) -> int32x4_t,
+    ) -> float32x4_t {
+        let n = stride.min(xq.len()).min(xd.len());
+        let rows = &rows[..4 * stride];
+        let mut acc = [vdupq_n_f32(0.0); 8];
+        // One block of all four rows into `$acc` (a macro, not a closure: always inlined).
+        macro_rules! step {
+            ($b:expr, $acc:expr) => {{
+                let b = $b;
+                let x = &xq[b];
+                let v: [int32x4_t; 4] = core::array::from_fn(|r| block(&rows[r * stride + b], x));
+                let sumi = vcvtq_f32_s32(transpose_sum(&v));
+                let dw = f16x4(core::array::from_fn(|r| le16(&rows[r * stride + b])));
+                let scale = vmulq_f32(dw, vdupq_n_f32(xd[b]));
+                $acc = vaddq_f32($acc, vmulq_f32(sumi, scale));
+            }};
+        }
+        let mut b = 0;
+        while b + 8 <= n {
+            for (j, a) in acc.iter_mut().enumerate() {
+                step!(b + j, *a);
+            }
+            b += 8;
+        }
+        for (j, a) in acc[..n - b].iter_mut().enumerate() {
+            step!(b + j, *a);
+        }
+        let s0 = vaddq_f32(acc[0], acc[4]);
+        let s1 = vaddq_f32(acc[1], acc[5]);
+        let s2 = vaddq_f32(acc[2], acc[6]);
+        let s3 = vaddq_f32(acc[3], acc[7]);
+        vaddq_f32(vaddq_f32(s0, s2), vaddq_f32(s1, s3))
+    }
+
+    /// Quantized GEMV: rows four at a time, the remaining rows one by one.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub(super) fn gemv_quant<const B: usize>(
+        w: &Matrix<'_>,
+        a: &Act<'_>,
+        out: &mut [f32],
+        block: impl Fn(&[u8; B], &[i8; QK]) -> int32x4_t + Copy,
+    ) {
+        let stride = w.cols / QK;
+        let (blocks, _) = w.data.as_chunks::<B>();
+        let (xq, _) = a.q.as_chunks::<QK>();
+        let out = &mut out[..w.rows];
+        let four = if blocks.len() >= w.rows * stride {
+            w.rows / 4
+        } else {
+            0
+        };
+        let (groups, _) = out.as_chunks_mut::<4>();
+        for (g, o) in groups[..four].iter_mut().enumerate() {
+            st4(
+                o,
+                dot4_rows(&blocks[4 * g * stride..], stride, xq, a.d, block),
+            );
+        }
+        for (r, o) in out.iter_mut().enumerate().skip(4 * four) {
+            let (row, _) = w.row(r).as_chunks::<B>();
+            *o = dot_blocks(row, xq, a.d, block);
+        }
+    }
+
+    /// Grouped quantized GEMV: four rows at a time for every member, so the four rows stay in
+    /// L1 while each member reads them.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub(super) fn gemv_group_quant<const B: usize>(
+        w: &Matrix<'_>,
+        batch: &Act<'_>,
+        members: &[u32],
+        in_div: usize,
+        out: &mut [f32],
+        block: impl Fn(&[u8; B], &[i8; QK]) -> int32x4_t + Copy,
+    ) {
+        let rows = w.rows;
+        for r0 in (0..rows).step_by(4) {
+            let n = (rows - r0).min(4);
+            let sub = Matrix {
+                rows: n,
+                data: w.data.get(r0 * w.row_bytes()..).unwrap_or(&[]),
+                ..*w
+            };
+            let mut res = [0.0f32; 4];
+            for &p in members {
+                let p = p as usize;
+                gemv_quant(&sub, &batch.item(w.cols, p / in_div), &mut res, block);
+                out[p * rows + r0..p * rows + r0 + n].copy_from_slice(&res[..n]);
+            }
+        }
+    }
+
+    /// GEMV with the widening-multiply block kernels (floats four rows at a time).
+    #[target_feature(enable = "neon")]
+    pub(super) fn gemv(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
+        match w.ty {
+            GgmlType::Q8_0 => gemv_quant(w, a, out, |b, x| block_q8(b, x)),
+            GgmlType::Q4_0 => gemv_quant(w, a, out, |b, x| block_q4(b, x)),
+            _ => gemv_float(w, a, out),
+        }
+    }
+
+    /// [`Kernels::gemv_group`] with the widening-multiply block kernels.
+    #[target_feature(enable = "neon")]
+    pub(super) fn gemv_group(
+        w: &Matrix<'_>,
+        batch: &Act<'_>,
+        members: &[u32],
+        in_div: usize,
+        out: &mut [f32],
+    ) {
+        match w.ty {
+            GgmlType::Q8_0 => {
+                gemv_group_quant(w, batch, members, in_div, out, |b, x| block_q8(b, x))
+            }
+            GgmlType::Q4_0 => {
+                gemv_group_quant(w, batch, members, in_div, out, |b, x| block_q4(b, x))
+            }
+            _ => gemv_group_float(w, batch, members, in_div, out),
+        }
+    }
+
+    // ---- float dot products ----
+
+    /// `R` rows at once (independent accumulator chains), each given by its `n / 8` chunks of
+    /// eight weights widened to f32 and a tail of `n % 8` weights; lane `l` of row `r`
+    /// accumulates `w * x` exactly as the scalar loop does.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn dot_rows<const R: usize>(
+        x: &[f32],
+        load: impl Fn(usize, usize) -> (float32x4_t, float32x4_t),
+        tail: impl Fn(usize, usize) -> f32,
+    ) -> [f32; R] {
+        let (xc, xt) = x.as_chunks::<8>();
+        let mut lo = [vdupq_n_f32(0.0); R];
+        let mut hi = [vdupq_n_f32(0.0); R];
+        for (c, xv) in xc.iter().enumerate() {
+            let (x_lo, x_hi) = ld8(xv);
+            for r in 0..R {
+                let (w_lo, w_hi) = load(r, c);
+                lo[r] = vaddq_f32(lo[r], vmulq_f32(w_lo, x_lo));
+                hi[r] = vaddq_f32(hi[r], vmulq_f32(w_hi, x_hi));
+            }
+        }
+        core::array::from_fn(|r| {
+            if xt.is_empty() {
+                return reduce8(lo[r], hi[r]);
+            }
+            let mut lanes = [0.0f32; 8];
+            st8(&mut lanes, lo[r], hi[r]);
+            for (l, (lane, &xv)) in lanes.iter_mut().zip(xt).enumerate() {
+                *lane += tail(r, 8 * xc.len() + l) * xv;
+            }
+            let (a, b) = ld8(&lanes);
+            reduce8(a, b)
+        })
+    }
+
+    fn le_f32(b: &[u8], i: usize) -> f32 {
+        f32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+    }
+
+    /// F32 rows (`row.len() == 4 * x.len()` each).
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub(super) fn dot_f32_rows<const R: usize>(rows: [&[u8]; R], x: &[f32]) -> [f32; R] {
+        let rc = rows.map(|r| r.as_chunks::<32>().0);
+        dot_rows::<R>(x, |r, c| ld8_le(&rc[r][c]), |r, i| le_f32(rows[r], i))
+    }
+
+    /// F16 rows (`row.len() == 2 * x.len()` each).
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub(super) fn dot_f16_rows<const R: usize>(rows: [&[u8]; R], x: &[f32]) -> [f32; R] {
+        let rc = rows.map(|r| r.as_chunks::<16>().0);
+        dot_rows::<R>(
+            x,
+            |r, c| f16x8(ld8_u16(&rc[r][c])),
+            |r, i| crate::quant::f16_to_f32(le16(&rows[r][2 * i..])),
+        )
+    }
+
+    /// BF16 rows (`row.len() == 2 * x.len()` each).
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub(super) fn dot_bf16_rows<const R: usize>(rows: [&[u8]; R], x: &[f32]) -> [f32; R] {
+        let rc = rows.map(|r| r.as_chunks::<16>().0);
+        dot_rows::<R>(
+            x,
+            |r, c| bf16x8(ld8_u16(&rc[r][c])),
+            |r, i| crate::quant::bf16_to_f32(le16(&rows[r][2 * i..])),
+        )
+    }
+
+    /// Float GEMV rows in flight.
+    const FLOAT_ROWS: usize = 4;
+
+    /// One float row (any consistent type) or the scalar fallback.
+    #[target_feature(enable = "neon")]
+    fn dot_float_row(ty: GgmlType, row: &[u8], a: &Act<'_>) -> f32 {
+        match ty {
+            GgmlType::F32 if row.len() == 4 * a.x.len() => dot_f32_rows::<1>([row], a.x)[0],
+            GgmlType::F16 if row.len() == 2 * a.x.len() => dot_f16_rows::<1>([row], a.x)[0],
+            GgmlType::BF16 if row.len() == 2 * a.x.len() => dot_bf16_rows::<1>([row], a.x)[0],
+            _ => Scalar::dot_row(ty, row, a),
+        }
+    }
+
+    /// Float GEMV: [`FLOAT_ROWS`] rows at a time when the shapes are consistent.
+    #[target_feature(enable = "neon")]
+    pub(super) fn gemv_float(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
+        let rows = w.rows;
+        let out = &mut out[..rows];
+        let consistent = w.cols == a.x.len() && w.row_bytes() * rows == w.data.len();
+        let many = |r0: usize| -> [f32; FLOAT_ROWS] {
+            let rs: [&[u8]; FLOAT_ROWS] = core::array::from_fn(|i| w.row(r0 + i));
+            match w.ty {
+                GgmlType::F32 => dot_f32_rows(rs, a.x),
+                GgmlType::F16 => dot_f16_rows(rs, a.x),
+                _ => dot_bf16_rows(rs, a.x),
+            }
+        };
+        let full = if consistent {
+            rows / FLOAT_ROWS * FLOAT_ROWS
+        } else {
+            0
+        };
+        let (groups, _) = out[..full].as_chunks_mut::<FLOAT_ROWS>();
+        for (g, o) in groups.iter_mut().enumerate() {
+            *o = many(FLOAT_ROWS * g);
+        }
+        for (r, o) in out.iter_mut().enumerate().skip(full) {
+            *o = dot_float_row(w.ty, w.row(r), a);
+        }
+    }
+
+    /// Grouped float GEMV: the default loops with the NEON row dots.
+    #[target_feature(enable = "neon")]
+    pub(super) fn gemv_group_float(
+        w: &Matrix<'_>,
+        batch: &Act<'_>,
+        members: &[u32],
+        in_div: usize,
+        out: &mut [f32],
+    ) {
+        for r in 0..w.rows {
+            let row = w.row(r);
+            for &p in members {
+                let p = p as usize;
+                out[p * w.rows + r] = dot_float_row(w.ty, row, &batch.item(w.cols, p / in_div));
+            }
+        }
+    }
+
+    #[target_feature(enable = "neon")]
+    pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (a, b) = (&a[..n], &b[..n]);
+        let (ac, at) = a.as_chunks::<8>();
+        let (mut lo, mut hi) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+        for (x, y) in ac.iter().zip(b.as_chunks::<8>().0) {
+            let ((x0, x1), (y0, y1)) = (ld8(x), ld8(y));
+            lo = vaddq_f32(lo, vmulq_f32(x0, y0));
+            hi = vaddq_f32(hi, vmulq_f32(x1, y1));
+        }
+        if at.is_empty() {
+            return reduce8(lo, hi);
+        }
+        let mut lanes = [0.0f32; 8];
+        st8(&mut lanes, lo, hi);
+        for ((l, x), y) in lanes.iter_mut().zip(at).zip(&b[n - at.len()..]) {
+            *l += x * y;
+        }
+        let (lo, hi) = ld8(&lanes);
+        reduce8(lo, hi)
+    }
+
+    // ---- element-wise kernels ----
+
+    #[target_feature(enable = "neon")]
+    pub(super) fn axpy(out: &mut [f32], a: f32, v: &[f32]) {
+        let n = out.len().min(v.len());
+        let (out, v) = (&mut out[..n], &v[..n]);
+        let av = vdupq_n_f32(a);
+        let (oc, ot) = out.as_chunks_mut::<4>();
+        let (vc, vt) = v.as_chunks::<4>();
+        for (o, x) in oc.iter_mut().zip(vc) {
+            let r = vaddq_f32(ld4(o), vmulq_f32(av, ld4(x)));
+            st4(o, r);
+        }
+        for (o, &x) in ot.iter_mut().zip(vt) {
+            *o += a * x;
+        }
+    }
+
+    #[target_feature(enable = "neon")]
+    pub(super) fn rmsnorm(out: &mut [f32], x: &[f32], w: &[u8], eps: f32) {
+        let n = x.len();
+        let ss = dot_f32(x, x) / n as f32;
+        let scale = 1.0 / libm::sqrtf(ss + eps);
+        let m = out.len().min(n).min(w.len() / 4);
+        let (out, x, w) = (&mut out[..m], &x[..m], &w[..4 * m]);
+        let sv = vdupq_n_f32(scale);
+        let (oc, ot) = out.as_chunks_mut::<8>();
+        let (xc, xt) = x.as_chunks::<8>();
+        let (wc, wt) = w.as_chunks::<32>();
+        for ((o, xv), wv) in oc.iter_mut().zip(xc).zip(wc) {
+            let ((x0, x1), (w0, w1)) = (ld8(xv), ld8_le(wv));
+            let r0 = vmulq_f32(vmulq_f32(x0, sv), w0);
+            let r1 = vmulq_f32(vmulq_f32(x1, sv), w1);
+            st8(o, r0, r1);
+        }
+        for (i, (o, &v)) in ot.iter_mut().zip(xt).enumerate() {
+            *o = (v * scale) * le_f32(wt, i);
+        }
+    }
+
+    /// libm's `expf` (FreeBSD `e_expf.c`) on four lanes: the same operations in the same
+    /// order, branches turned into selects, so every lane is bit-identical to `libm::expf`.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub(super) fn expf4(x: float32x4_t) -> float32x4_t {
+        // libm's constants, by their bits.
+        const LN2_HI: f32 = f32::from_bits(0x3f31_7200);
+        const LN2_LO: f32 = f32::from_bits(0x35bf_be8e);
+        const INV_LN2: f32 = f32::from_bits(0x3fb8_aa3b);
+        const P1: f32 = f32::from_bits(0x3e2a_aa8f);
+        const P2: f32 = f32::from_bits(0xbb35_5215);
+        let f = vdupq_n_f32;
+        let i = vdupq_n_s32;
+        let bits = vreinterpretq_u32_f32(x);
+        let hx = vandq_u32(bits, vdupq_n_u32(0x7fff_ffff));
+        let neg = vcltq_s32(vreinterpretq_s32_u32(bits), i(0));
+        let gt = |v: u32| vcgtq_u32(hx, vdupq_n_u32(v));
+
+        // Argument reduction: k and (hi, lo) when |x| > 0.5 ln2, else k = 0, hi = x, lo = 0.
+        let half = vbslq_f32(neg, f(-0.5), f(0.5));
+        let k_far = vcvtq_s32_f32(vaddq_f32(vmulq_f32(f(INV_LN2), x), half));
+        let k_near = vbslq_s32(neg, i(-1), i(1));
+        let k = vbslq_s32(gt(0x3f85_1592), k_far, k_near);
+        let reduce = gt(0x3eb1_7218);
+        let k = vandq_s32(k, vreinterpretq_s32_u32(reduce));
+        let kf = vcvtq_f32_s32(k);
+        let hi_r = vsubq_f32(x, vmulq_f32(kf, f(LN2_HI)));
+        let lo_r = vmulq_f32(kf, f(LN2_LO));
+        let xr = vbslq_f32(reduce, vsubq_f32(hi_r, lo_r), x);
+        let hi = vbslq_f32(reduce, hi_r, x);
+        let lo = vbslq_f32(reduce, lo_r, f(0.0));
+
+        let xx = vmulq_f32(xr, xr);
+        let c = vsubq_f32(xr, vmulq_f32(xx, vaddq_f32(f(P1), vmulq_f32(xx, f(P2)))));
+        let q = vdivq_f32(vmulq_f32(xr, c), vsubq_f32(f(2.0), c));
+        let y = vaddq_f32(f(1.0), vaddq_f32(vsubq_f32(q, lo), hi));
+
+        // scalbnf(y, k): prescale by 2^127 when k > 127, by 2^-102 when k < -126 (as libm).
+        let big = vcgtq_s32(k, i(127));
+        let small = vcltq_s32(k, i(-126));
+        let pre = vbslq_f32(big, f(f32::from_bits(0x7f00_0000)), f(1.0));
+        let pre = vbslq_f32(small, f(f32::from_bits(0x0c80_0000)), pre);
+        let n = vbslq_s32(big, vsubq_s32(k, i(127)), k);
+        let n = vbslq_s32(small, vaddq_s32(k, i(102)), n);
+        let scale = vreinterpretq_f32_s32(vshlq_n_s32::<23>(vaddq_s32(n, i(127))));
+        let mut r = vmulq_f32(vmulq_f32(y, pre), scale);
+
+        // |x| <= 2^-14: 1 + x.
+        let tiny = vcleq_u32(hx, vdupq_n_u32(0x3900_0000));
+        r = vbslq_f32(tiny, vaddq_f32(f(1.0), x), r);
+        // x >= 88.72: x * 2^127 (overflow to inf); x <= -103.97: 0; NaN: x.
+        let over = vbicq_u32(gt(0x42b1_7217), neg);
+        r = vbslq_f32(over, vmulq_f32(x, f(f32::from_bits(0x7f00_0000))), r);
+        let under = vandq_u32(neg, gt(0x42cf_f1b4));
+        r = vbslq_f32(under, f(0.0), r);
+        vbslq_f32(gt(0x7f80_0000), x, r)
+    }
+
+    #[target_feature(enable = "neon")]
+    pub(super) fn silu_mul(gate: &mut [f32], up: &[f32]) {
+        let n = gate.len().min(up.len());
+        let (gate, up) = (&mut gate[..n], &up[..n]);
+        let (gc, gt) = gate.as_chunks_mut::<4>();
+        let (uc, ut) = up.as_chunks::<4>();
+        for (g, u) in gc.iter_mut().zip(uc) {
+            let z = ld4(g);
+            let e = expf4(vnegq_f32(z));
+            let s = vdivq_f32(z, vaddq_f32(vdupq_n_f32(1.0), e));
+            st4(g, vmulq_f32(s, ld4(u)));
+        }
+        for (g, &u) in gt.iter_mut().zip(ut) {
+            *g = scalar::silu(*g) * u;
+        }
+    }
+
+    #[target_feature(enable = "neon")]
+    pub(super) fn softmax(x: &mut [f32]) -> f32 {
+        // Max: lane-wise with the scalar fold's own step (`v > m`), so NaN is skipped. Only the
+        // sign of a zero maximum can depend on the order, and `v - (+0)` and `v - (-0)` have
+        // the same exp.
+        let (xc, xt) = x.as_chunks_mut::<4>();
+        let mut m4 = vdupq_n_f32(f32::NEG_INFINITY);
+        for c in xc.iter() {
+            let v = ld4(c);
+            m4 = vbslq_f32(vcgtq_f32(v, m4), v, m4);
+        }
+        let mut lanes = [0.0f32; 4];
+        st4(&mut lanes, m4);
+        let mut max = f32::NEG_INFINITY;
+        for &v in lanes.iter().chain(xt.iter()) {
+            if v > max {
+                max = v;
+            }
+        }
+        let mv = vdupq_n_f32(max);
+        for c in xc.iter_mut() {
+            let v = expf4(vsubq_f32(ld4(c), mv));
+            st4(c, v);
+        }
+        for v in xt.iter_mut() {
+            *v = libm::expf(*v - max);
+        }
+        // The sum stays sequential in index order (the specification).
+        let mut sum = 0.0f32;
+        for &v in x.iter() {
+            sum += v;
+        }
+        let sv = vdupq_n_f32(sum);
+        let (xc, xt) = x.as_chunks_mut::<4>();
+        for c in xc.iter_mut() {
+            let v = vdivq_f32(ld4(c), sv);
+            st4(c, v);
+        }
+        for v in xt.iter_mut() {
+            *v /= sum;
+        }
+        sum
+    }
+
+    /// [`crate::quant::quantize_q8_0`]: `amax` lane-wise (`fmaxnm`, NaN skipped, as the scalar
+    /// `f32::max` on aarch64), the scale scalar, `roundf(x * id) as i8` lane-wise (`fcvtas`
+    /// rounds half away from zero and saturates, NaN -> 0; `sqxtn` saturates to i8).
+    #[target_feature(enable = "neon")]
+    pub(super) fn quantize_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32]) {
+        let (xb, _) = x.as_chunks::<QK>();
+        let (qb, _) = q.as_chunks_mut::<QK>();
+        for ((xs, qs), dd) in xb.iter().zip(qb.iter_mut()).zip(d.iter_mut()) {
+            let (v, _) = xs.as_chunks::<4>();
+            let v: [float32x4_t; 8] = core::array::from_fn(|i| ld4(&v[i]));
+            let mut m = vdupq_n_f32(0.0);
+            let mut finite = vdupq_n_u32(u32::MAX);
+            for vi in v {
+                m = vmaxnmq_f32(m, vabsq_f32(vi));
+                finite = vandq_u32(finite, vceqq_f32(vi, vi));
+            }
+            let amax = vmaxnmvq_f32(m);
+            let dv = amax / 127.0;
+            let id = if dv != 0.0 { 1.0 / dv } else { 0.0 };
+            *dd = if vminvq_u32(finite) == u32::MAX {
+                round_to_f16(dv)
+            } else {
+                f32::NAN
+            };
+            let idv = vdupq_n_f32(id);
+            let i: [int16x4_t; 8] =
+                core::array::from_fn(|k| vqmovn_s32(vcvtaq_s32_f32(vmulq_f32(v[k], idv))));
+            let b0 = vqmovn_s16(vcombine_s16(i[0], i[1]));
+            let b1 = vqmovn_s16(vcombine_s16(i[2], i[3]));
+            let b2 = vqmovn_s16(vcombine_s16(i[4], i[5]));
+            let b3 = vqmovn_s16(vcombine_s16(i[6], i[7]));
+            // SAFETY: `qs` is 32 writable bytes.
+            unsafe {
+                vst1q_s8(qs.as_mut_ptr(), vcombine_s8(b0, b1));
+                vst1q_s8(qs.as_mut_ptr().add(16), vcombine_s8(b2, b3));
+            }
+        }
+    }
 }

@@ -135,6 +135,29 @@ pub struct Act<'s> {
     pub d: &'s [f32],
 }
 
+impl<'s> Act<'s> {
+    /// Item `i` of a batch of equal-width inputs prepared together (`width` elements each; the
+    /// Q8_0 parts are empty when the batch was not quantized). `width` must be a multiple of 32
+    /// when it was.
+    #[inline(always)]
+    pub fn item(&self, width: usize, i: usize) -> Act<'s> {
+        let quantized = !self.q.is_empty();
+        Act {
+            x: &self.x[i * width..(i + 1) * width],
+            q: if quantized {
+                &self.q[i * width..(i + 1) * width]
+            } else {
+                &[]
+            },
+            d: if quantized {
+                &self.d[i * width / QK..(i + 1) * width / QK]
+            } else {
+                &[]
+            },
+        }
+    }
+}
+
 /// The kernel set of one ISA. Every method has the scalar specification as its default.
 pub trait Kernels {
     /// The ISA these kernels run on.
@@ -248,6 +271,26 @@ pub trait Kernels {
     fn gemv(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
         for (r, o) in out[..w.rows].iter_mut().enumerate() {
             *o = Self::dot_row(w.ty, w.row(r), a);
+        }
+    }
+
+    /// Matrix `w` applied to the members of one expert group, reading each weight row once:
+    /// member `p` takes item `p / in_div` of `batch` (items `w.cols` wide, see [`Act::item`])
+    /// and writes `out[p * w.rows + r]` for every row `r`.
+    #[inline]
+    fn gemv_group(
+        w: &Matrix<'_>,
+        batch: &Act<'_>,
+        members: &[u32],
+        in_div: usize,
+        out: &mut [f32],
+    ) {
+        for r in 0..w.rows {
+            let row = w.row(r);
+            for &p in members {
+                let p = p as usize;
+                out[p * w.rows + r] = Self::dot_row(w.ty, row, &batch.item(w.cols, p / in_div));
+            }
         }
     }
 }

@@ -1,18 +1,1012 @@
 //! x86-64 AVX2 kernels.
+//!
+//! Every kernel gives the bit pattern of its [`scalar`] twin (FORMAT.md, "Accumulation
+//! order"):
+//! - float dot products keep the eight canonical lanes in one `__m256` (element `i` in lane
+//!   `i % 8`), `vmulps` then `vaddps` (never FMA: fusing changes the rounding, so FMA is neither
+//!   used nor required), and reduce them in the canonical order; the GEMV keeps eight rows in
+//!   flight because each row's lanes are one sequential add chain by specification;
+//! - quantized dot products compute exact integer block sums (`vpsignb`/`vpmaddubsw`/
+//!   `vpmaddwd` for Q8_0, `vpmaddubsw(q, x) - vpmaddubsw(8, x)` for Q4_0), gather block sums into
+//!   lanes with a `vphaddd` transpose, widen the f16 scales with F16C and accumulate
+//!   `sumi * (dw * dx)` per lane. The GEMV puts eight *rows* in the eight lanes and keeps the
+//!   eight canonical accumulators (`acc[b % 8]`) as eight vectors, so the final reduction is
+//!   vertical adds and short rows (MH-MoE experts: one block when `m = 32`) cost no horizontal
+//!   work;
+//! - `exp` is a lane-wise transcription of libm's `expf` (same operations, same order; checked
+//!   on all 2^32 inputs by an ignored test), so `silu` and `softmax` match; softmax's sum stays
+//!   sequential as specified; top-k and RMSNorm keep the scalar kernel (BENCHMARKS.md has the
+//!   kernel x ISA table).
+//!
+//! One input is outside the `vpsignb` trick: a Q8_0 *activation* holding -128 (which
+//! `quantize_q8_0` produces only for blocks whose scale underflows); such calls take the scalar
+//! kernel, so results stay bit-identical for every input.
+//!
+//! Safety model: the kernels proper are safe `#[target_feature(enable = "avx2,f16c")]` functions
+//! in the private `imp` module. The [`Kernels`] methods of [`Avx2`] check [`Avx2::available`]
+//! (a cached CPUID bit under `std`, a compile-time constant without it) before calling them and
+//! fall back to the scalar kernel otherwise, so they are sound to call on any x86-64 CPU.
 
-use super::{Isa, Kernels};
+use super::{scalar, Act, Isa, Kernels, Scalar};
+use crate::model::Matrix;
+use crate::quant::GgmlType;
 
 /// AVX2 kernels (selected at run time under `std`, at build time otherwise).
 #[derive(Debug, Clone, Copy)]
 pub struct Avx2;
 
 impl Avx2 {
-    /// Whether the CPU supports the instructions these kernels use.
+    /// Whether the CPU supports the instructions these kernels use (AVX2 and F16C).
+    #[inline(always)]
     pub fn available() -> bool {
-        false
+        #[cfg(feature = "std")]
+        {
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c")
+        }
+        #[cfg(not(feature = "std"))]
+        {
+            cfg!(all(target_feature = "avx2", target_feature = "f16c"))
+        }
     }
+}
+
+/// Runs `$fast` (an `imp` call) when AVX2 + F16C are present, else `$slow`.
+macro_rules! dispatch {
+    ($fast:expr, $slow:expr) => {
+        if Avx2::available() {
+            // SAFETY: `imp` functions only need AVX2 and F16C, which the CPU has (checked just
+            // above); they read and write only through the slices they are given.
+            unsafe { $fast }
+        } else {
+            $slow
+        }
+    };
+}
+
+/// True if the Q8_0 activation holds -128, the one value the `vpsignb` trick cannot negate
+/// (activations from `quantize_q8_0` never do, except for subnormal-scale blocks).
+#[inline(always)]
+fn has_i8_min(q: &[i8]) -> bool {
+    q.contains(&i8::MIN)
 }
 
 impl Kernels for Avx2 {
     const ISA: Isa = Isa::Avx2;
+
+    #[inline(always)]
+    fn quantize_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32]) {
+        dispatch!(imp::quantize_q8_0(x, q, d), scalar::quantize_q8_0(x, q, d))
+    }
+
+    #[inline(always)]
+    fn dot_q8_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+        if has_i8_min(xq) {
+            return scalar::dot_q8_0_q8_0(row, xq, xd);
+        }
+        dispatch!(
+            imp::dot_q8_0(row, xq, xd),
+            scalar::dot_q8_0_q8_0(row, xq, xd)
+        )
+    }
+
+    #[inline(always)]
+    fn dot_q4_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+        dispatch!(
+            imp::dot_q4_0(row, xq, xd),
+            scalar::dot_q4_0_q8_0(row, xq, xd)
+        )
+    }
+
+    #[inline(always)]
+    fn dot_f32_row(row: &[u8], x: &[f32]) -> f32 {
+        if row.len() != 4 * x.len() {
+            return scalar::dot_f32_row(row, x);
+        }
+        dispatch!(imp::dot_f32_row(row, x), scalar::dot_f32_row(row, x))
+    }
+
+    #[inline(always)]
+    fn dot_f16_row(row: &[u8], x: &[f32]) -> f32 {
+        if row.len() != 2 * x.len() {
+            return scalar::dot_half_row(row, x, crate::quant::f16_to_f32);
+        }
+        dispatch!(
+            imp::dot_f16_row(row, x),
+            scalar::dot_half_row(row, x, crate::quant::f16_to_f32)
+        )
+    }
+
+    #[inline(always)]
+    fn dot_bf16_row(row: &[u8], x: &[f32]) -> f32 {
+        if row.len() != 2 * x.len() {
+            return scalar::dot_half_row(row, x, crate::quant::bf16_to_f32);
+        }
+        dispatch!(
+            imp::dot_bf16_row(row, x),
+            scalar::dot_half_row(row, x, crate::quant::bf16_to_f32)
+        )
+    }
+
+    #[inline(always)]
+    fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        dispatch!(imp::dot_f32(a, b), scalar::dot_f32(a, b))
+    }
+
+    #[inline(always)]
+    fn axpy(out: &mut [f32], a: f32, v: &[f32]) {
+        dispatch!(imp::axpy(out, a, v), scalar::axpy(out, a, v))
+    }
+
+    // rmsnorm: the scalar default. Its cost is the specification's single sum-of-squares add
+    // chain, which SIMD cannot shorten; an AVX2 version measured 0.87-0.96x (BENCHMARKS.md).
+
+    #[inline(always)]
+    fn softmax(x: &mut [f32]) -> f32 {
+        dispatch!(imp::softmax(x), scalar::softmax(x))
+    }
+
+    #[inline(always)]
+    fn silu_mul(gate: &mut [f32], up: &[f32]) {
+        dispatch!(imp::silu_mul(gate, up), scalar::silu_mul(gate, up))
+    }
+
+    fn gemv(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
+        if w.ty == GgmlType::Q8_0 && has_i8_min(a.q) {
+            return Scalar::gemv(w, a, out);
+        }
+        dispatch!(imp::gemv(w, a, out), Scalar::gemv(w, a, out))
+    }
+
+    fn gemv_group(
+        w: &Matrix<'_>,
+        batch: &Act<'_>,
+        members: &[u32],
+        in_div: usize,
+        out: &mut [f32],
+    ) {
+        if w.ty == GgmlType::Q8_0 && has_i8_min(batch.q) {
+            return Scalar::gemv_group(w, batch, members, in_div, out);
+        }
+        dispatch!(
+            imp::gemv_group(w, batch, members, in_div, out),
+            Scalar::gemv_group(w, batch, members, in_div, out)
+        )
+    }
+}
+
+/// The AVX2 + F16C kernels. Each is a safe function with `#[target_feature]`: calling one from
+/// code compiled without those features is `unsafe` (the caller checks the CPU).
+mod imp {
+    use core::arch::x86_64::*;
+
+    use super::super::{Act, Kernels};
+    use crate::kernels::scalar;
+    use crate::model::Matrix;
+    use crate::quant::{round_to_f16, GgmlType, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK};
+
+    // ---- loads and stores on fixed-size arrays (the only raw-pointer accesses) ----
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn ld8(a: &[f32; 8]) -> __m256 {
+        // SAFETY: `a` is 8 initialized f32 (32 bytes); `loadu` needs no alignment.
+        unsafe { _mm256_loadu_ps(a.as_ptr()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn st8(a: &mut [f32; 8], v: __m256) {
+        // SAFETY: `a` is 8 writable f32; `storeu` needs no alignment.
+        unsafe { _mm256_storeu_ps(a.as_mut_ptr(), v) }
+    }
+
+    /// Eight little-endian f32 from 32 bytes.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn ld8_le(b: &[u8; 32]) -> __m256 {
+        // SAFETY: 32 readable bytes; x86 is little-endian, so they are the f32 values.
+        unsafe { _mm256_loadu_ps(b.as_ptr().cast()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn ld16_u8(b: &[u8; 16]) -> __m128i {
+        // SAFETY: 16 readable bytes.
+        unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn ld32_i8(b: &[i8; 32]) -> __m256i {
+        // SAFETY: 32 readable bytes.
+        unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn st32_i8(b: &mut [i8; 32], v: __m256i) {
+        // SAFETY: 32 writable bytes.
+        unsafe { _mm256_storeu_si256(b.as_mut_ptr().cast(), v) }
+    }
+
+    /// The 32 int8 quants of a Q8_0 block (bytes 2..34).
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn q8_quants(b: &[u8; Q8_0_BLOCK_BYTES]) -> __m256i {
+        // SAFETY: bytes 2..34 of the 34-byte block are readable.
+        unsafe { _mm256_loadu_si256(b.as_ptr().add(2).cast()) }
+    }
+
+    /// The 16 nibble bytes of a Q4_0 block (bytes 2..18).
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn q4_nibbles(b: &[u8; Q4_0_BLOCK_BYTES]) -> __m128i {
+        // SAFETY: bytes 2..18 of the 18-byte block are readable.
+        unsafe { _mm_loadu_si128(b.as_ptr().add(2).cast()) }
+    }
+
+    #[inline(always)]
+    fn le16(b: &[u8]) -> u16 {
+        u16::from_le_bytes([b[0], b[1]])
+    }
+
+    // ---- reductions ----
+
+    /// [`scalar::reduce8`] on a vector: `(l0+l4, ..)`, `(s0+s2, s1+s3)`, `t0+t1`.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn reduce8(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps::<1>(t, t)))
+    }
+
+    /// Sum of the eight i32 lanes (exact; integer addition is associative).
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn hsum_i32(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0x4E>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0xB1>(s));
+        _mm_cvtsi128_si32(s)
+    }
+
+    /// Eight vectors of i32 partial sums -> one vector whose lane `i` is the total of `v[i]`
+    /// (two levels of `vphaddd`, then the 128-bit halves added).
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn transpose_sum(v: &[__m256i; 8]) -> __m256i {
+        let h = |a, b| _mm256_hadd_epi32(a, b);
+        let e = h(h(v[0], v[1]), h(v[2], v[3]));
+        let f = h(h(v[4], v[5]), h(v[6], v[7]));
+        let lo_hi = _mm256_blend_epi32::<0xF0>(e, f);
+        let hi_lo = _mm256_permute2x128_si256::<0x21>(e, f);
+        _mm256_add_epi32(lo_hi, hi_lo)
+    }
+
+    // ---- integer block dot products ----
+
+    /// How far ahead of the current block the quantized dot products prefetch weights.
+    const PREFETCH: usize = 1024;
+
+    /// Q8_0 block times Q8_0 activation block: eight i32 partial sums. Exact unless the
+    /// activation holds -128 where the weight is negative (callers exclude -128).
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn block_q8(b: &[u8; Q8_0_BLOCK_BYTES], x: &[i8; QK]) -> __m256i {
+        let w = q8_quants(b);
+        let x = ld32_i8(x);
+        let aw = _mm256_sign_epi8(w, w); // |w| as u8 (|-128| = 128 fits)
+        let sx = _mm256_sign_epi8(x, w); // x * sign(w)
+        let p = _mm256_maddubs_epi16(aw, sx); // pairs: |p| <= 2 * 128 * 127, no saturation
+        _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+    }
+
+    /// Q4_0 block times Q8_0 activation block: eight i32 partial sums, exact for every input:
+    /// `sum (q - 8) x = sum q x - sum 8 x`, both `vpmaddubsw` terms far from saturation.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn block_q4(b: &[u8; Q4_0_BLOCK_BYTES], x: &[i8; QK]) -> __m256i {
+        let raw = q4_nibbles(b);
+        let m = _mm_set1_epi8(0x0F);
+        let lo = _mm_and_si128(raw, m);
+        let hi = _mm_and_si128(_mm_srli_epi16::<4>(raw), m);
+        let q = _mm256_set_m128i(hi, lo); // element j: low nibble j (j < 16), high nibble j-16
+        let x = ld32_i8(x);
+        let p = _mm256_sub_epi16(
+            _mm256_maddubs_epi16(q, x),
+            _mm256_maddubs_epi16(_mm256_set1_epi8(8), x),
+        );
+        _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+    }
+
+    /// Widens the eight f16 at byte offsets `idx` of `base` to f32 (exact): one gather of
+    /// 4-byte words, then their low halves packed.
+    ///
+    /// # Safety
+    /// Every lane's 4-byte word `base[idx[i]..idx[i] + 4]` must be in bounds.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn gather_f16(base: &[u8], idx: __m256i) -> __m256 {
+        // SAFETY: the caller guarantees that every gathered word lies inside `base`.
+        let words = unsafe { _mm256_i32gather_epi32::<1>(base.as_ptr().cast(), idx) };
+        let lo16 = _mm256_setr_epi8(
+            0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4, 5, 8, 9, 12, 13, -1,
+            -1, -1, -1, -1, -1, -1, -1,
+        );
+        let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_shuffle_epi8(words, lo16));
+        _mm256_cvtph_ps(_mm256_castsi256_si128(packed))
+    }
+
+    /// Lane offsets `0, s, 2s, .., 7s`.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn strides(s: usize) -> __m256i {
+        let s = s as i32;
+        _mm256_setr_epi32(0, s, 2 * s, 3 * s, 4 * s, 5 * s, 6 * s, 7 * s)
+    }
+
+    /// Eight consecutive block scales of one row.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn scales<const B: usize>(blocks: &[[u8; B]; 8]) -> __m256 {
+        // SAFETY: the words start at 0, B, .., 7B and end 4 <= B bytes later, inside the
+        // eight blocks `blocks` borrows.
+        unsafe { gather_f16(blocks.as_flattened(), strides(B)) }
+    }
+
+    /// Quantized row times Q8_0 activation, given a block kernel: block `b` scaled into lane
+    /// `b % 8` as `sumi as f32 * (dw * dx)`, lanes reduced canonically.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn dot_blocks<const B: usize>(
+        blocks: &[[u8; B]],
+        xq: &[[i8; QK]],
+        xd: &[f32],
+        block: impl Fn(&[u8; B], &[i8; QK]) -> __m256i,
+    ) -> f32 {
+        let n = blocks.len().min(xq.len()).min(xd.len());
+        let (blocks, xq, xd) = (&blocks[..n], &xq[..n], &xd[..n]);
+        let (bg, bt) = blocks.as_chunks::<8>();
+        let (xg, xt) = xq.as_chunks::<8>();
+        let (dg, dt) = xd.as_chunks::<8>();
+        let mut acc = _mm256_setzero_ps();
+        for ((b, x), dx) in bg.iter().zip(xg).zip(dg) {
+            // Ask for the weights PREFETCH bytes ahead (past the row end this is the next
+            // row of a GEMV; a prefetch never faults).
+            _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().cast::<i8>().wrapping_add(PREFETCH));
+            let v: [__m256i; 8] = core::array::from_fn(|i| block(&b[i], &x[i]));
+            let sumi = _mm256_cvtepi32_ps(transpose_sum(&v));
+            let scale = _mm256_mul_ps(scales(b), ld8(dx));
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(sumi, scale));
+        }
+        if bt.is_empty() {
+            return reduce8(acc);
+        }
+        let mut lanes = [0.0f32; 8];
+        st8(&mut lanes, acc);
+        for (((b, x), &dx), l) in bt.iter().zip(xt).zip(dt).zip(lanes.iter_mut()) {
+            let dw = crate::quant::f16_to_f32(le16(b));
+            *l += hsum_i32(block(b, x)) as f32 * (dw * dx);
+        }
+        reduce8(ld8(&lanes))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+        let (blocks, _) = row.as_chunks::<Q8_0_BLOCK_BYTES>();
+        let (xq, _) = xq.as_chunks::<QK>();
+        dot_blocks(blocks, xq, xd, |b, x| block_q8(b, x))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) fn dot_q4_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+        let (blocks, _) = row.as_chunks::<Q4_0_BLOCK_BYTES>();
+        let (xq, _) = xq.as_chunks::<QK>();
+        dot_blocks(blocks, xq, xd, |b, x| block_q4(b, x))
+    }
+
+    /// Eight rows at once, one lane per row: `rows` holds eight rows of `stride` blocks one
+    /// after the other. `acc[j]` keeps the specification's lane `j` (the blocks `b % 8 == j`)
+    /// of all eight rows, so its final reduction is vertical adds and the eight results come
+    /// out as one vector. Efficient for any row length, including one-block rows.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn dot8_rows<const B: usize>(
+        rows: &[[u8; B]],
+        stride: usize,
+        xq: &[[i8; QK]],
+        xd: &[f32],
+        block: impl Fn(&[u8; B], &[i8; QK]) -> __m256i,
+    ) -> __m256 {
+        let n = stride.min(xq.len()).min(xd.len());
+        let rows = &rows[..8 * stride];
+        let idx = strides(stride * B);
+        let mut acc = [_mm256_setzero_ps(); 8];
+        // One block of all eight rows into `$acc` (a macro, not a closure: always inlined).
+        macro_rules! step {
+            ($b:expr, $acc:expr) => {{
+                let b = $b;
+                let x = &xq[b];
+                let v: [__m256i; 8] = core::array::from_fn(|r| block(&rows[r * stride + b], x));
+                let sumi = _mm256_cvtepi32_ps(transpose_sum(&v));
+                // SAFETY: lane r reads the first 4 bytes of block b of row r; b < stride, so
+                // that word lies inside `rows` (8 * stride blocks of B >= 4 bytes).
+                let dw = unsafe { gather_f16(rows[b..].as_flattened(), idx) };
+                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(xd[b]));
+                $acc = _mm256_add_ps($acc, _mm256_mul_ps(sumi, scale));
+            }};
+        }
+        let mut b = 0;
+        while b + 8 <= n {
+            if b + 16 <= n {
+                _mm_prefetch::<_MM_HINT_T0>(rows[b + 16].as_ptr().cast());
+            }
+            for (j, a) in acc.iter_mut().enumerate() {
+                step!(b + j, *a);
+            }
+            b += 8;
+        }
+        for (j, a) in acc[..n - b].iter_mut().enumerate() {
+            step!(b + j, *a);
+        }
+        let s0 = _mm256_add_ps(acc[0], acc[4]);
+        let s1 = _mm256_add_ps(acc[1], acc[5]);
+        let s2 = _mm256_add_ps(acc[2], acc[6]);
+        let s3 = _mm256_add_ps(acc[3], acc[7]);
+        _mm256_add_ps(_mm256_add_ps(s0, s2), _mm256_add_ps(s1, s3))
+    }
+
+    /// Quantized GEMV (or one member of a grouped GEMV): rows eight at a time, the remaining
+    /// rows one by one; `out[r]` for `r < w.rows`.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn gemv_quant<const B: usize>(
+        w: &Matrix<'_>,
+        a: &Act<'_>,
+        out: &mut [f32],
+        block: impl Fn(&[u8; B], &[i8; QK]) -> __m256i + Copy,
+    ) {
+        let stride = w.cols / QK;
+        let (blocks, _) = w.data.as_chunks::<B>();
+        let (xq, _) = a.q.as_chunks::<QK>();
+        let out = &mut out[..w.rows];
+        let eight = if blocks.len() >= w.rows * stride && stride * B * 8 <= i32::MAX as usize {
+            w.rows / 8
+        } else {
+            0
+        };
+        let (groups, _) = out.as_chunks_mut::<8>();
+        for (g, o) in groups[..eight].iter_mut().enumerate() {
+            let v = dot8_rows(&blocks[8 * g * stride..], stride, xq, a.d, block);
+            st8(o, v);
+        }
+        for (r, o) in out.iter_mut().enumerate().skip(8 * eight) {
+            let (row, _) = w.row(r).as_chunks::<B>();
+            *o = dot_blocks(row, xq, a.d, block);
+        }
+    }
+
+    // ---- float dot products ----
+
+    /// All-ones in lanes `< t`, zero elsewhere.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn lane_mask(t: usize) -> __m256 {
+        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(t as i32), idx))
+    }
+
+    /// `R` rows at once (independent accumulators hide the add latency), each row given as
+    /// `n / 8` chunks of eight weights plus a tail of `t < 8` weights already widened to f32
+    /// (zero-padded). Lane `l` of row `r` accumulates `w * x` exactly as the scalar loop does.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn dot_rows<const R: usize>(
+        chunks: usize,
+        load: impl Fn(usize, usize) -> __m256,
+        tail: impl Fn(usize) -> (__m256, usize),
+        x: &[f32],
+    ) -> [f32; R] {
+        let (xc, xt) = x.as_chunks::<8>();
+        let mut acc = [_mm256_setzero_ps(); R];
+        for (c, xv) in xc[..chunks].iter().enumerate() {
+            let xv = ld8(xv);
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_add_ps(*a, _mm256_mul_ps(load(r, c), xv));
+            }
+        }
+        if !xt.is_empty() {
+            let mut xs = [0.0f32; 8];
+            xs[..xt.len()].copy_from_slice(xt);
+            let xv = ld8(&xs);
+            for (r, a) in acc.iter_mut().enumerate() {
+                let (w, t) = tail(r);
+                let m = lane_mask(t);
+                *a = _mm256_blendv_ps(*a, _mm256_add_ps(*a, _mm256_mul_ps(w, xv)), m);
+            }
+        }
+        acc.map(|a| reduce8(a))
+    }
+
+    /// Widened tail of a row: the last `t` elements of `row` (each `size` bytes) as f32.
+    #[inline(always)]
+    fn tail_f32(row: &[u8], size: usize, widen: impl Fn(&[u8]) -> f32) -> ([f32; 8], usize) {
+        let full = row.len() / size / 8 * 8;
+        let mut out = [0.0f32; 8];
+        let mut t = 0;
+        for (o, c) in out.iter_mut().zip(row[full * size..].chunks_exact(size)) {
+            *o = widen(c);
+            t += 1;
+        }
+        (out, t)
+    }
+
+    fn le_f32(c: &[u8]) -> f32 {
+        f32::from_le_bytes([c[0], c[1], c[2], c[3]])
+    }
+    fn le_f16(c: &[u8]) -> f32 {
+        crate::quant::f16_to_f32(le16(c))
+    }
+    fn le_bf16(c: &[u8]) -> f32 {
+        crate::quant::bf16_to_f32(le16(c))
+    }
+
+    /// F32 rows (`row.len() == 4 * x.len()` each).
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn dot_f32_rows<const R: usize>(rows: [&[u8]; R], x: &[f32]) -> [f32; R] {
+        let chunks = x.len() / 8;
+        let rc = rows.map(|r| r.as_chunks::<32>().0);
+        dot_rows::<R>(
+            chunks,
+            |r, c| ld8_le(&rc[r][c]),
+            |r| {
+                let (w, t) = tail_f32(rows[r], 4, le_f32);
+                (ld8(&w), t)
+            },
+            x,
+        )
+    }
+
+    /// F16 rows (`row.len() == 2 * x.len()` each): F16C widening is exact.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn dot_f16_rows<const R: usize>(rows: [&[u8]; R], x: &[f32]) -> [f32; R] {
+        let chunks = x.len() / 8;
+        let rc = rows.map(|r| r.as_chunks::<16>().0);
+        dot_rows::<R>(
+            chunks,
+            |r, c| _mm256_cvtph_ps(ld16_u8(&rc[r][c])),
+            |r| {
+                let (w, t) = tail_f32(rows[r], 2, le_f16);
+                (ld8(&w), t)
+            },
+            x,
+        )
+    }
+
+    /// BF16 rows (`row.len() == 2 * x.len()` each): widening is a 16-bit shift.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn dot_bf16_rows<const R: usize>(rows: [&[u8]; R], x: &[f32]) -> [f32; R] {
+        let chunks = x.len() / 8;
+        let rc = rows.map(|r| r.as_chunks::<16>().0);
+        dot_rows::<R>(
+            chunks,
+            |r, c| {
+                let h = _mm256_cvtepu16_epi32(ld16_u8(&rc[r][c]));
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(h))
+            },
+            |r| {
+                let (w, t) = tail_f32(rows[r], 2, le_bf16);
+                (ld8(&w), t)
+            },
+            x,
+        )
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) fn dot_f32_row(row: &[u8], x: &[f32]) -> f32 {
+        dot_f32_rows::<1>([row], x)[0]
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) fn dot_f16_row(row: &[u8], x: &[f32]) -> f32 {
+        dot_f16_rows::<1>([row], x)[0]
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) fn dot_bf16_row(row: &[u8], x: &[f32]) -> f32 {
+        dot_bf16_rows::<1>([row], x)[0]
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (a, b) = (&a[..n], &b[..n]);
+        let (ac, at) = a.as_chunks::<8>();
+        let mut acc = _mm256_setzero_ps();
+        for (x, y) in ac.iter().zip(b.as_chunks::<8>().0) {
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(ld8(x), ld8(y)));
+        }
+        if at.is_empty() {
+            return reduce8(acc);
+        }
+        let mut lanes = [0.0f32; 8];
+        st8(&mut lanes, acc);
+        for ((l, x), y) in lanes.iter_mut().zip(at).zip(&b[n - at.len()..]) {
+            *l += x * y;
+        }
+        reduce8(ld8(&lanes))
+    }
+
+    // ---- GEMV ----
+
+    /// One row of any type times the prepared activation.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn dot_row(ty: GgmlType, row: &[u8], a: &Act<'_>) -> f32 {
+        match ty {
+            GgmlType::Q8_0 => dot_q8_0(row, a.q, a.d),
+            GgmlType::Q4_0 => dot_q4_0(row, a.q, a.d),
+            GgmlType::F32 if row.len() == 4 * a.x.len() => dot_f32_row(row, a.x),
+            GgmlType::F16 if row.len() == 2 * a.x.len() => dot_f16_row(row, a.x),
+            GgmlType::BF16 if row.len() == 2 * a.x.len() => dot_bf16_row(row, a.x),
+            _ => crate::kernels::Scalar::dot_row(ty, row, a),
+        }
+    }
+
+    /// Rows in flight in the float GEMV: independent accumulator chains hide the add latency
+    /// (each row's lanes are one sequential chain by specification).
+    const FLOAT_ROWS: usize = 8;
+
+    /// Float rows [`FLOAT_ROWS`] at a time, then the rest one by one.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn gemv_float(
+        w: &Matrix<'_>,
+        a: &Act<'_>,
+        out: &mut [f32],
+        many: impl Fn([&[u8]; FLOAT_ROWS], &[f32]) -> [f32; FLOAT_ROWS],
+    ) {
+        let rows = w.rows;
+        let (groups, _) = out[..rows].as_chunks_mut::<FLOAT_ROWS>();
+        let full = groups.len() * FLOAT_ROWS;
+        for (g, o) in groups.iter_mut().enumerate() {
+            *o = many(core::array::from_fn(|i| w.row(FLOAT_ROWS * g + i)), a.x);
+        }
+        for (r, o) in out[full..rows].iter_mut().enumerate() {
+            *o = dot_row(w.ty, w.row(full + r), a);
+        }
+    }
+
+    /// `out[r] = row_r(w) . a` (callers exclude -128 in a Q8_0 activation of a Q8_0 matrix).
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) fn gemv(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
+        let consistent = w.cols == a.x.len() && w.row_bytes() * w.rows == w.data.len();
+        match w.ty {
+            GgmlType::Q8_0 => gemv_quant::<Q8_0_BLOCK_BYTES>(w, a, out, |b, x| block_q8(b, x)),
+            GgmlType::Q4_0 => gemv_quant::<Q4_0_BLOCK_BYTES>(w, a, out, |b, x| block_q4(b, x)),
+            GgmlType::F32 if consistent => gemv_float(w, a, out, |r, x| dot_f32_rows(r, x)),
+            GgmlType::F16 if consistent => gemv_float(w, a, out, |r, x| dot_f16_rows(r, x)),
+            GgmlType::BF16 if consistent => gemv_float(w, a, out, |r, x| dot_bf16_rows(r, x)),
+            _ => {
+                for (r, o) in out[..w.rows].iter_mut().enumerate() {
+                    *o = dot_row(w.ty, w.row(r), a);
+                }
+            }
+        }
+    }
+
+    /// [`Kernels::gemv_group`] with every row dot inlined (same loops as the default).
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) fn gemv_group(
+        w: &Matrix<'_>,
+        batch: &Act<'_>,
+        members: &[u32],
+        in_div: usize,
+        out: &mut [f32],
+    ) {
+        if w.ty.is_quantized() {
+            // Eight rows at a time for every member: the eight rows stay in L1 while each
+            // member reads them.
+            let rows = w.rows;
+            for r0 in (0..rows).step_by(8) {
+                let n = (rows - r0).min(8);
+                let sub = Matrix {
+                    rows: n,
+                    data: w.data.get(r0 * w.row_bytes()..).unwrap_or(&[]),
+                    ..*w
+                };
+                let mut res = [0.0f32; 8];
+                for &p in members {
+                    let p = p as usize;
+                    let a = batch.item(w.cols, p / in_div);
+                    match w.ty {
+                        GgmlType::Q8_0 => {
+                            gemv_quant::<Q8_0_BLOCK_BYTES>(&sub, &a, &mut res, |b, x| {
+                                block_q8(b, x)
+                            })
+                        }
+                        _ => gemv_quant::<Q4_0_BLOCK_BYTES>(&sub, &a, &mut res, |b, x| {
+                            block_q4(b, x)
+                        }),
+                    }
+                    out[p * rows + r0..p * rows + r0 + n].copy_from_slice(&res[..n]);
+                }
+            }
+            return;
+        }
+        for r in 0..w.rows {
+            let row = w.row(r);
+            for &p in members {
+                let p = p as usize;
+                let a = batch.item(w.cols, p / in_div);
+                out[p * w.rows + r] = dot_row(w.ty, row, &a);
+            }
+        }
+    }
+
+    // ---- element-wise kernels ----
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) fn axpy(out: &mut [f32], a: f32, v: &[f32]) {
+        let n = out.len().min(v.len());
+        let (out, v) = (&mut out[..n], &v[..n]);
+        let av = _mm256_set1_ps(a);
+        let (oc, ot) = out.as_chunks_mut::<8>();
+        let (vc, vt) = v.as_chunks::<8>();
+        for (o, x) in oc.iter_mut().zip(vc) {
+            let r = _mm256_add_ps(ld8(o), _mm256_mul_ps(av, ld8(x)));
+            st8(o, r);
+        }
+        for (o, &x) in ot.iter_mut().zip(vt) {
+            *o += a * x;
+        }
+    }
+
+    /// libm's `expf` (FreeBSD `e_expf.c`) on eight lanes: the same operations in the same
+    /// order, branches turned into selects, so every lane is bit-identical to `libm::expf`.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) fn expf8(x: __m256) -> __m256 {
+        // libm's constants, by their bits.
+        const LN2_HI: f32 = f32::from_bits(0x3f31_7200);
+        const LN2_LO: f32 = f32::from_bits(0x35bf_be8e);
+        const INV_LN2: f32 = f32::from_bits(0x3fb8_aa3b);
+        const P1: f32 = f32::from_bits(0x3e2a_aa8f);
+        const P2: f32 = f32::from_bits(0xbb35_5215);
+        let f = _mm256_set1_ps;
+        let i = _mm256_set1_epi32;
+        let bits = _mm256_castps_si256(x);
+        let hx = _mm256_and_si256(bits, i(0x7fff_ffff));
+        let neg = _mm256_cmpgt_epi32(_mm256_setzero_si256(), bits);
+        let gt = |v: i32| _mm256_cmpgt_epi32(hx, i(v));
+        let sel = |m: __m256i, a: __m256, b: __m256| _mm256_blendv_ps(b, a, _mm256_castsi256_ps(m));
+
+        // Argument reduction: k and (hi, lo) when |x| > 0.5 ln2, else k = 0, hi = x, lo = 0.
+        let half = sel(neg, f(-0.5), f(0.5));
+        let k_far = _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(f(INV_LN2), x), half));
+        let sign = _mm256_srli_epi32::<31>(bits);
+        let k_near = _mm256_sub_epi32(i(1), _mm256_add_epi32(sign, sign));
+        let k = _mm256_blendv_epi8(k_near, k_far, gt(0x3f85_1592));
+        let reduce = gt(0x3eb1_7218);
+        let k = _mm256_and_si256(k, reduce);
+        let kf = _mm256_cvtepi32_ps(k);
+        let hi_r = _mm256_sub_ps(x, _mm256_mul_ps(kf, f(LN2_HI)));
+        let lo_r = _mm256_mul_ps(kf, f(LN2_LO));
+        let xr = sel(reduce, _mm256_sub_ps(hi_r, lo_r), x);
+        let hi = sel(reduce, hi_r, x);
+        let lo = sel(reduce, lo_r, f(0.0));
+
+        let xx = _mm256_mul_ps(xr, xr);
+        let c = _mm256_sub_ps(
+            xr,
+            _mm256_mul_ps(xx, _mm256_add_ps(f(P1), _mm256_mul_ps(xx, f(P2)))),
+        );
+        let q = _mm256_div_ps(_mm256_mul_ps(xr, c), _mm256_sub_ps(f(2.0), c));
+        let y = _mm256_add_ps(f(1.0), _mm256_add_ps(_mm256_sub_ps(q, lo), hi));
+
+        // scalbnf(y, k): prescale by 2^127 when k > 127, by 2^-102 when k < -126 (as libm).
+        let big = _mm256_cmpgt_epi32(k, i(127));
+        let small = _mm256_cmpgt_epi32(i(-126), k);
+        let pre = sel(big, f(f32::from_bits(0x7f00_0000)), f(1.0));
+        let pre = sel(small, f(f32::from_bits(0x0c80_0000)), pre);
+        let n = _mm256_blendv_epi8(k, _mm256_sub_epi32(k, i(127)), big);
+        let n = _mm256_blendv_epi8(n, _mm256_add_epi32(k, i(102)), small);
+        let scale = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(n, i(127))));
+        let mut r = _mm256_mul_ps(_mm256_mul_ps(y, pre), scale);
+
+        // |x| <= 2^-14: 1 + x.
+        let tiny = _mm256_cmpgt_epi32(i(0x3900_0001), hx);
+        r = sel(tiny, _mm256_add_ps(f(1.0), x), r);
+        // x >= 88.72: x * 2^127 (overflow to inf); x <= -103.97: 0; NaN: x.
+        let over = _mm256_andnot_si256(neg, gt(0x42b1_7217));
+        r = sel(over, _mm256_mul_ps(x, f(f32::from_bits(0x7f00_0000))), r);
+        let under = _mm256_and_si256(neg, gt(0x42cf_f1b4));
+        r = sel(under, f(0.0), r);
+        sel(gt(0x7f80_0000), x, r)
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) fn silu_mul(gate: &mut [f32], up: &[f32]) {
+        let n = gate.len().min(up.len());
+        let (gate, up) = (&mut gate[..n], &up[..n]);
+        let (gc, gt) = gate.as_chunks_mut::<8>();
+        let (uc, ut) = up.as_chunks::<8>();
+        let one = _mm256_set1_ps(1.0);
+        let sign = _mm256_set1_ps(-0.0);
+        for (g, u) in gc.iter_mut().zip(uc) {
+            let z = ld8(g);
+            let e = expf8(_mm256_xor_ps(z, sign));
+            let s = _mm256_div_ps(z, _mm256_add_ps(one, e));
+            st8(g, _mm256_mul_ps(s, ld8(u)));
+        }
+        for (g, &u) in gt.iter_mut().zip(ut) {
+            *g = scalar::silu(*g) * u;
+        }
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) fn softmax(x: &mut [f32]) -> f32 {
+        // Max: lane-wise, NaN skipped (as the scalar fold). Only the sign of a zero maximum
+        // can depend on the order, and `v - (+0)` and `v - (-0)` have the same exp.
+        let (xc, xt) = x.as_chunks_mut::<8>();
+        let mut m8 = _mm256_set1_ps(f32::NEG_INFINITY);
+        for c in xc.iter() {
+            m8 = _mm256_max_ps(ld8(c), m8); // second operand kept when the first is NaN
+        }
+        let mut lanes = [0.0f32; 8];
+        st8(&mut lanes, m8);
+        let mut max = f32::NEG_INFINITY;
+        for &v in lanes.iter().chain(xt.iter()) {
+            if v > max {
+                max = v;
+            }
+        }
+        let mv = _mm256_set1_ps(max);
+        for c in xc.iter_mut() {
+            st8(c, expf8(_mm256_sub_ps(ld8(c), mv)));
+        }
+        for v in xt.iter_mut() {
+            *v = libm::expf(*v - max);
+        }
+        // The sum stays sequential in index order (the specification).
+        let mut sum = 0.0f32;
+        for &v in x.iter() {
+            sum += v;
+        }
+        let sv = _mm256_set1_ps(sum);
+        let (xc, xt) = x.as_chunks_mut::<8>();
+        for c in xc.iter_mut() {
+            st8(c, _mm256_div_ps(ld8(c), sv));
+        }
+        for v in xt.iter_mut() {
+            *v /= sum;
+        }
+        sum
+    }
+
+    /// `roundf` (half away from zero) of each lane: `t = trunc(v)`, plus `copysign(1, v)` when
+    /// `|v - t| >= 0.5` (`v - t` is exact). Infinities and NaN pass through.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn round_away(v: __m256) -> __m256 {
+        let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+        let sign = _mm256_set1_ps(-0.0);
+        let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
+        let up = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5));
+        let one = _mm256_or_ps(_mm256_set1_ps(1.0), _mm256_and_ps(v, sign));
+        _mm256_add_ps(t, _mm256_and_ps(up, one))
+    }
+
+    /// Rust's saturating `f32 as i32` for integral lanes, clamped to [-128, 127]; NaN -> 0.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn to_i8_range(r: __m256) -> __m256i {
+        let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
+        let r = _mm256_min_ps(
+            _mm256_max_ps(r, _mm256_set1_ps(-128.0)),
+            _mm256_set1_ps(127.0),
+        );
+        _mm256_cvtps_epi32(r)
+    }
+
+    /// [`crate::quant::quantize_q8_0`]: `amax` lane-wise (NaN skipped, order-free), the scale
+    /// scalar, `roundf(x * id)` and the saturating cast lane-wise.
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) fn quantize_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32]) {
+        let (xb, _) = x.as_chunks::<QK>();
+        let (qb, _) = q.as_chunks_mut::<QK>();
+        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for ((xs, qs), dd) in xb.iter().zip(qb.iter_mut()).zip(d.iter_mut()) {
+            let (v, _) = xs.as_chunks::<8>();
+            let v: [__m256; 4] = core::array::from_fn(|i| ld8(&v[i]));
+            let mut m = _mm256_setzero_ps();
+            let mut nan = _mm256_setzero_ps();
+            for vi in v {
+                m = _mm256_max_ps(_mm256_and_ps(vi, abs), m); // keeps m when |v| is NaN
+                nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(vi, vi));
+            }
+            let mut lanes = [0.0f32; 8];
+            st8(&mut lanes, m);
+            let amax = lanes.iter().fold(0.0f32, |a, &b| a.max(b));
+            let dv = amax / 127.0;
+            let id = if dv != 0.0 { 1.0 / dv } else { 0.0 };
+            let finite = _mm256_movemask_ps(nan) == 0;
+            *dd = if finite { round_to_f16(dv) } else { f32::NAN };
+            let idv = _mm256_set1_ps(id);
+            let i: [__m256i; 4] =
+                core::array::from_fn(|k| to_i8_range(round_away(_mm256_mul_ps(v[k], idv))));
+            let w = _mm256_packs_epi32(i[0], i[1]);
+            let z = _mm256_packs_epi32(i[2], i[3]);
+            let b = _mm256_packs_epi16(w, z);
+            st32_i8(qs, _mm256_permutevar8x32_epi32(b, order));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use core::arch::x86_64::*;
+
+    use super::*;
+
+    /// `imp::expf8` on eight inputs.
+    #[target_feature(enable = "avx2,f16c")]
+    fn exp8(xs: &[f32; 8]) -> [f32; 8] {
+        let mut out = [0.0f32; 8];
+        // SAFETY: both arrays hold 8 f32; loadu/storeu need no alignment.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), imp::expf8(_mm256_loadu_ps(xs.as_ptr()))) };
+        out
+    }
+
+    /// Every `step`-th f32 bit pattern (and its 7 successors) through `expf8` against libm.
+    fn sweep(step: u32) {
+        if !Avx2::available() {
+            std::eprintln!("SKIP avx2: not available on this CPU");
+            return;
+        }
+        let mut bits = 0u32;
+        loop {
+            let xs: [f32; 8] =
+                core::array::from_fn(|i| f32::from_bits(bits.wrapping_add(i as u32)));
+            // SAFETY: AVX2 and F16C are available (checked above).
+            let out = unsafe { exp8(&xs) };
+            for (x, o) in xs.iter().zip(out) {
+                let want = libm::expf(*x);
+                assert!(
+                    want.to_bits() == o.to_bits() || (want.is_nan() && o.is_nan()),
+                    "expf({x:e} = {:#x}): {o:e} != {want:e}",
+                    x.to_bits()
+                );
+            }
+            bits = match bits.checked_add(step) {
+                Some(b) => b,
+                None => break,
+            };
+        }
+    }
+
+    #[test]
+    fn expf8_matches_libm_on_a_sweep() {
+        sweep(65_521);
+    }
+
+    /// All 2^32 inputs (about a minute in release mode):
+    /// `cargo test --release --lib expf8_matches_libm_exhaustively -- --ignored`.
+    #[test]
+    #[ignore]
+    fn expf8_matches_libm_exhaustively() {
+        sweep(8);
+    }
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod builder;
+pub mod hostile;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,506 @@
+//! Kernel benchmarks: every kernel on every available ISA against scalar, with throughput in
+//! bytes of weights (GEMVs) or of input (element-wise kernels), plus a memory read-bandwidth
+//! probe so that large GEMVs can be reported as a fraction of the roofline.
+//!
+//! `cargo bench --bench kernels -- --warm-up-time 1 --measurement-time 3` (see BENCHMARKS.md).
+//!
+//! After criterion's report a summary, measured in the same process, prints
+//! - every kernel's speed-up over scalar, from the minimum over interleaved runs (scalar and
+//!   SIMD alternate, so a machine shared with other work loads both alike);
+//! - the Q8_0 GEMV on 68 MiB of weights (and, when the last-level cache is larger than that,
+//!   on 2x the cache size) against the read bandwidth of a buffer of the same order, also
+//!   interleaved.
+//!
+//! Under `cargo test --all-targets` (no `--bench` argument) criterion runs every benchmark once,
+//! the buffers are small and there is no summary.
+
+use std::hint::black_box;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use mhmoe::kernels::{Act, Isa, Kernels, Scalar, ALL_ISAS};
+use mhmoe::model::Matrix;
+use mhmoe::quant::{GgmlType, QK};
+
+/// `$f::<K>($args..)` with the kernel set `K` of `$isa`.
+macro_rules! with_kernels {
+    ($isa:expr, $f:ident ( $($arg:expr),* )) => {{
+        #[allow(unreachable_patterns)]
+        match $isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => $f::<mhmoe::kernels::x86::Avx2>($($arg),*),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => $f::<mhmoe::kernels::aarch64::Neon>($($arg),*),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDotprod => $f::<mhmoe::kernels::aarch64::NeonDotprod>($($arg),*),
+            _ => $f::<Scalar>($($arg),*),
+        }
+    }};
+}
+
+fn bench_mode() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
+/// Scalar and every available SIMD kernel set.
+fn isas() -> Vec<Isa> {
+    ALL_ISAS.into_iter().filter(|i| i.is_available()).collect()
+}
+
+/// SplitMix64.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    fn floats(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.unit()).collect()
+    }
+}
+
+/// Random weights of `ty` (any bytes for the quants; scales about 0.01).
+fn weights(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
+    let n = rows * cols;
+    let mut out = Vec::with_capacity(ty.row_bytes(cols) * rows);
+    match ty {
+        GgmlType::F32 => (0..n).for_each(|_| out.extend(rng.unit().to_le_bytes())),
+        GgmlType::F16 => {
+            (0..n).for_each(|_| out.extend(half::f16::from_f32(rng.unit()).to_bits().to_le_bytes()))
+        }
+        GgmlType::BF16 => {
+            (0..n).for_each(|_| out.extend(((rng.unit().to_bits() >> 16) as u16).to_le_bytes()))
+        }
+        GgmlType::Q8_0 | GgmlType::Q4_0 => {
+            let qbytes = ty.type_size() - 2;
+            let mut quants = [0u8; 32];
+            for _ in 0..n / QK {
+                let d = half::f16::from_f32(0.01 + 0.001 * rng.unit());
+                out.extend(d.to_bits().to_le_bytes());
+                for c in quants.chunks_exact_mut(8) {
+                    c.copy_from_slice(&rng.next().to_le_bytes());
+                }
+                out.extend(&quants[..qbytes]);
+            }
+        }
+    }
+    out
+}
+
+/// A matrix and an activation prepared for it (quantized by the scalar specification).
+struct Gemv {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    w: Vec<u8>,
+    x: Vec<f32>,
+    q: Vec<i8>,
+    d: Vec<f32>,
+}
+
+impl Gemv {
+    fn new(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize, items: usize) -> Gemv {
+        let w = weights(rng, ty, rows, cols);
+        let x = rng.floats(items * cols);
+        let mut q = vec![0i8; x.len()];
+        let mut d = vec![0.0f32; x.len() / QK];
+        Scalar::quantize_q8_0(&x, &mut q, &mut d);
+        Gemv {
+            ty,
+            rows,
+            cols,
+            w,
+            x,
+            q,
+            d,
+        }
+    }
+    fn matrix(&self) -> Matrix<'_> {
+        Matrix {
+            ty: self.ty,
+            rows: self.rows,
+            cols: self.cols,
+            data: &self.w,
+        }
+    }
+    fn act(&self) -> Act<'_> {
+        Act {
+            x: &self.x,
+            q: &self.q,
+            d: &self.d,
+        }
+    }
+}
+
+type Run = Box<dyn FnMut()>;
+
+/// One benchmark: a kernel on one input, run on every ISA.
+struct Case {
+    group: &'static str,
+    name: String,
+    bytes: u64,
+    runs: Vec<(Isa, Run)>,
+}
+
+impl Case {
+    fn new(group: &'static str, name: String, bytes: u64, make: impl Fn(Isa) -> Run) -> Case {
+        let runs = isas().into_iter().map(|i| (i, make(i))).collect();
+        Case {
+            group,
+            name,
+            bytes,
+            runs,
+        }
+    }
+}
+
+fn gemv_run<K: Kernels>(g: Rc<Gemv>) -> Run {
+    let mut out = vec![0.0f32; g.rows];
+    Box::new(move || K::gemv(black_box(&g.matrix()), black_box(&g.act()), &mut out))
+}
+
+fn group_run<K: Kernels>(g: Rc<Gemv>, members: &'static [u32], in_div: usize) -> Run {
+    let mut out = vec![0.0f32; g.x.len() / g.cols * in_div * g.rows];
+    Box::new(move || {
+        let (w, a) = (g.matrix(), g.act());
+        K::gemv_group(black_box(&w), black_box(&a), members, in_div, &mut out)
+    })
+}
+
+fn quantize_run<K: Kernels>(x: Rc<Vec<f32>>) -> Run {
+    let mut q = vec![0i8; x.len()];
+    let mut d = vec![0.0f32; x.len() / QK];
+    Box::new(move || K::quantize_q8_0(black_box(&x), &mut q, &mut d))
+}
+
+fn rmsnorm_run<K: Kernels>(x: Rc<Vec<f32>>) -> Run {
+    let w: Vec<u8> = x.iter().flat_map(|v| (1.0 + v).to_le_bytes()).collect();
+    let mut out = vec![0.0f32; x.len()];
+    Box::new(move || K::rmsnorm(&mut out, black_box(&x), &w, 1e-5))
+}
+
+fn silu_run<K: Kernels>(x: Rc<Vec<f32>>) -> Run {
+    let mut g = vec![0.0f32; x.len()];
+    Box::new(move || {
+        g.copy_from_slice(&x);
+        K::silu_mul(black_box(&mut g), &x)
+    })
+}
+
+fn softmax_run<K: Kernels>(x: Rc<Vec<f32>>) -> Run {
+    let mut v = vec![0.0f32; x.len()];
+    Box::new(move || {
+        v.copy_from_slice(&x);
+        black_box(K::softmax(black_box(&mut v)));
+    })
+}
+
+fn axpy_run<K: Kernels>(x: Rc<Vec<f32>>) -> Run {
+    let mut out = vec![0.0f32; x.len()];
+    Box::new(move || K::axpy(&mut out, black_box(1e-3), &x))
+}
+
+fn dot_run<K: Kernels>(x: Rc<Vec<f32>>) -> Run {
+    Box::new(move || {
+        black_box(K::dot_f32(black_box(&x), &x));
+    })
+}
+
+fn top_k_run<K: Kernels>(p: Rc<Vec<f32>>) -> Run {
+    let (mut idx, mut val) = ([0u32; 8], [0.0f32; 8]);
+    Box::new(move || K::top_k(black_box(&p), &mut idx, &mut val))
+}
+
+/// Every kernel on cache-resident inputs.
+fn cases() -> Vec<Case> {
+    let mut rng = Rng(1);
+    let mut v = Vec::new();
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+    ] {
+        // 256x1024 weights: 272 KiB as Q8_0 (L2-resident), 1 MiB as F32.
+        let g = Rc::new(Gemv::new(&mut rng, ty, 256, 1024, 1));
+        let name = format!("{}_256x1024", ty.name().to_lowercase());
+        v.push(Case::new("gemv", name, g.w.len() as u64, |i| {
+            with_kernels!(i, gemv_run(g.clone()))
+        }));
+    }
+    // Layer-sized Q8_0 matrices of a d = 2048 model (4.3 and 12 MiB: larger than L2).
+    for (rows, cols) in [(2048, 2048), (5632, 2048)] {
+        let g = Rc::new(Gemv::new(&mut rng, GgmlType::Q8_0, rows, cols, 1));
+        v.push(Case::new(
+            "gemv",
+            format!("q8_0_{rows}x{cols}"),
+            g.w.len() as u64,
+            |i| with_kernels!(i, gemv_run(g.clone())),
+        ));
+    }
+    // MH-MoE expert groups: 3 of the 8 (h=4, k=2) sub-token pairs chose this expert.
+    // m = 256, F = 512 (gate/up); and the demo model's m = 32 (one block per row).
+    const MEMBERS: &[u32] = &[0, 3, 6];
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0] {
+        for (rows, cols) in [(512, 256), (128, 32)] {
+            let g = Rc::new(Gemv::new(&mut rng, ty, rows, cols, 4));
+            let name = format!("{}_{rows}x{cols}_3of8", ty.name().to_lowercase());
+            v.push(Case::new("gemv_group", name, g.w.len() as u64, |i| {
+                with_kernels!(i, group_run(g.clone(), MEMBERS, 2))
+            }));
+        }
+    }
+    let n = 4096;
+    let x = Rc::new(rng.floats(n));
+    let bytes = (n * 4) as u64;
+    let ew = "elementwise";
+    v.push(Case::new(ew, format!("quantize_q8_0_{n}"), bytes, |i| {
+        with_kernels!(i, quantize_run(x.clone()))
+    }));
+    v.push(Case::new(ew, format!("rmsnorm_{n}"), bytes, |i| {
+        with_kernels!(i, rmsnorm_run(x.clone()))
+    }));
+    v.push(Case::new(ew, format!("silu_mul_{n}"), bytes, |i| {
+        with_kernels!(i, silu_run(x.clone()))
+    }));
+    let scores: Rc<Vec<f32>> = Rc::new(rng.floats(1024).iter().map(|v| v * 10.0).collect());
+    v.push(Case::new(ew, "softmax_1024".into(), 4096, |i| {
+        with_kernels!(i, softmax_run(scores.clone()))
+    }));
+    // Attention-sized vectors (head width 128).
+    let h = Rc::new(rng.floats(128));
+    v.push(Case::new(ew, "axpy_128".into(), 512, |i| {
+        with_kernels!(i, axpy_run(h.clone()))
+    }));
+    v.push(Case::new(ew, "dot_f32_128".into(), 512, |i| {
+        with_kernels!(i, dot_run(h.clone()))
+    }));
+    let p: Rc<Vec<f32>> = Rc::new(rng.floats(64).iter().map(|v| v.abs()).collect());
+    v.push(Case::new(ew, "top_k_8_of_64".into(), 256, |i| {
+        with_kernels!(i, top_k_run(p.clone()))
+    }));
+    v
+}
+
+/// Sums a u64 buffer as eight concurrent sequential streams (its eighths): as many
+/// hardware-prefetch streams as the 8-row quantized GEMV reads, so the probe is a fair roofline
+/// for it. One core.
+fn read_sum(buf: &[u64]) -> u64 {
+    let part = buf.len() / 8 / 8 * 8;
+    let parts: [&[u64]; 8] = core::array::from_fn(|i| &buf[i * part..(i + 1) * part]);
+    let mut acc = [[0u64; 2]; 8];
+    for i in (0..part).step_by(8) {
+        for (a, p) in acc.iter_mut().zip(&parts) {
+            let c = &p[i..i + 8];
+            a[0] = a[0].wrapping_add(c[0] ^ c[2] ^ c[4] ^ c[6]);
+            a[1] = a[1].wrapping_add(c[1] ^ c[3] ^ c[5] ^ c[7]);
+        }
+    }
+    acc.iter().flatten().fold(0, |s, &a| s.wrapping_add(a))
+}
+
+/// The single-stream version of [`read_sum`] (reported for comparison).
+fn read_sum_one_stream(buf: &[u64]) -> u64 {
+    let mut acc = [0u64; 8];
+    for c in buf.chunks_exact(8) {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = a.wrapping_add(v);
+        }
+    }
+    acc.iter().fold(0, |s, &a| s.wrapping_add(a))
+}
+
+/// MiB of the bandwidth probe and the large GEMV's shape (small under `cargo test`).
+fn large_sizes() -> (usize, (usize, usize)) {
+    if bench_mode() {
+        (256, (8192, 8192)) // 68 MiB of Q8_0 weights
+    } else {
+        (4, (64, 1024))
+    }
+}
+
+fn criterion_benches(c: &mut Criterion, cases: &mut [Case]) {
+    let (mb, (rows, cols)) = large_sizes();
+    {
+        let buf: Vec<u64> = (0..mb * (1 << 20) / 8).map(|i| i as u64).collect();
+        let mut g = c.benchmark_group("bandwidth");
+        g.throughput(Throughput::Bytes((buf.len() * 8) as u64));
+        g.bench_function(format!("read_8_streams_{mb}MiB"), |b| {
+            b.iter(|| read_sum(black_box(&buf)))
+        });
+        g.bench_function(format!("read_1_stream_{mb}MiB"), |b| {
+            b.iter(|| read_sum_one_stream(black_box(&buf)))
+        });
+        g.finish();
+    }
+    for case in cases.iter_mut() {
+        let mut g = c.benchmark_group(case.group);
+        g.throughput(Throughput::Bytes(case.bytes));
+        for (isa, run) in case.runs.iter_mut() {
+            g.bench_function(format!("{}/{}", case.name, isa.name()), |b| {
+                b.iter(&mut *run)
+            });
+        }
+        g.finish();
+    }
+    let large = Rc::new(Gemv::new(&mut Rng(2), GgmlType::Q8_0, rows, cols, 1));
+    let mut g = c.benchmark_group("gemv");
+    g.throughput(Throughput::Bytes(large.w.len() as u64));
+    for isa in isas() {
+        let mut run = with_kernels!(isa, gemv_run(large.clone()));
+        g.bench_function(format!("q8_0_{rows}x{cols}/{}", isa.name()), |b| {
+            b.iter(&mut run)
+        });
+    }
+    g.finish();
+}
+
+/// Minimum time of each closure over `rounds` rounds in which all of them run one after the
+/// other, so that they all see the same machine load.
+fn interleaved(rounds: usize, fs: &mut [&mut dyn FnMut()]) -> Vec<Duration> {
+    let mut best = vec![Duration::MAX; fs.len()];
+    for f in fs.iter_mut() {
+        f(); // warm-up
+    }
+    for _ in 0..rounds {
+        for (b, f) in best.iter_mut().zip(fs.iter_mut()) {
+            let t = Instant::now();
+            f();
+            *b = (*b).min(t.elapsed());
+        }
+    }
+    best
+}
+
+fn fmt_time(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us >= 1000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else if us >= 1.0 {
+        format!("{us:.2} us")
+    } else {
+        format!("{:.1} ns", us * 1000.0)
+    }
+}
+
+/// Every case: scalar vs each ISA, minimum of interleaved runs (about 0.2 s per case).
+fn speedup_table(cases: &mut [Case]) {
+    println!("\n| kernel | bytes | ISA | time | GB/s | vs scalar |");
+    println!("|---|---|---|---|---|---|");
+    for case in cases.iter_mut() {
+        let probe = Instant::now();
+        for (_, run) in case.runs.iter_mut() {
+            run();
+        }
+        let per_round = probe.elapsed().max(Duration::from_nanos(50));
+        let rounds = (0.2 / per_round.as_secs_f64()).clamp(5.0, 20_000.0) as usize;
+        let mut fs: Vec<&mut dyn FnMut()> = case
+            .runs
+            .iter_mut()
+            .map(|(_, r)| &mut **r as &mut dyn FnMut())
+            .collect();
+        let times = interleaved(rounds, &mut fs);
+        for ((isa, _), t) in case.runs.iter().zip(&times) {
+            println!(
+                "| {}/{} | {} | {} | {} | {:.2} | {:.2}x |",
+                case.group,
+                case.name,
+                case.bytes,
+                isa.name(),
+                fmt_time(*t),
+                case.bytes as f64 / t.as_secs_f64() / 1e9,
+                times[0].as_secs_f64() / t.as_secs_f64()
+            );
+        }
+    }
+}
+
+/// The large Q8_0 GEMV against the read bandwidth of a `probe_mb` MiB buffer, interleaved.
+fn roofline(probe_mb: usize, rows: usize, cols: usize, rounds: usize) {
+    let buf: Vec<u64> = (0..probe_mb * (1 << 20) / 8).map(|i| i as u64).collect();
+    let g = Rc::new(Gemv::new(&mut Rng(3), GgmlType::Q8_0, rows, cols, 1));
+    let isas = isas();
+    let mut runs: Vec<Run> = isas
+        .iter()
+        .map(|&i| with_kernels!(i, gemv_run(g.clone())))
+        .collect();
+    let mut one = || {
+        black_box(read_sum_one_stream(black_box(&buf)));
+    };
+    let mut eight = || {
+        black_box(read_sum(black_box(&buf)));
+    };
+    let mut fs: Vec<&mut dyn FnMut()> = vec![&mut one, &mut eight];
+    fs.extend(runs.iter_mut().map(|r| &mut **r as &mut dyn FnMut()));
+    let t = interleaved(rounds, &mut fs);
+    let gbs = |bytes: usize, t: Duration| bytes as f64 / t.as_secs_f64() / 1e9;
+    let bw = gbs(buf.len() * 8, t[1]);
+    println!(
+        "\nread bandwidth, {probe_mb} MiB buffer: {bw:.2} GB/s with 8 streams, {:.2} GB/s with one",
+        gbs(buf.len() * 8, t[0])
+    );
+    for (isa, t) in isas.iter().zip(&t[2..]) {
+        let r = gbs(g.w.len(), *t);
+        println!(
+            "Q8_0 GEMV {rows}x{cols} ({} MiB) on {}: {r:.2} GB/s = {:.0}% of the read bandwidth",
+            g.w.len() >> 20,
+            isa.name(),
+            100.0 * r / bw
+        );
+    }
+}
+
+/// The largest cache size Linux reports for CPU 0, in MiB (0 if unknown).
+fn last_level_cache_mb() -> usize {
+    (0..8)
+        .filter_map(|i| {
+            std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu0/cache/index{i}/size"))
+                .ok()
+        })
+        .filter_map(|s| {
+            let s = s.trim().to_owned();
+            let (num, kib) = match (s.strip_suffix('K'), s.strip_suffix('M')) {
+                (Some(n), _) => (n.to_owned(), 1usize),
+                (_, Some(n)) => (n.to_owned(), 1024),
+                _ => (s.clone(), 0),
+            };
+            num.parse::<usize>().ok().map(|v| v * kib / 1024)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    let mut cases = cases();
+    criterion_benches(&mut c, &mut cases);
+    c.final_summary();
+    if !bench_mode() {
+        return;
+    }
+    println!("\n== summary: minimum of interleaved runs in this process ==");
+    speedup_table(&mut cases);
+    drop(cases);
+    let (mb, (rows, cols)) = large_sizes();
+    roofline(mb, rows, cols, 10);
+    // The same bytes in a d = 2048 model's row length (2 KiB rows): see BENCHMARKS.md.
+    roofline(mb, rows * cols / 2048, 2048, 10);
+    let llc = last_level_cache_mb();
+    if llc * 2 > mb {
+        // Both larger than the last-level cache, so that they stream from DRAM.
+        let big = (2 * llc).next_power_of_two();
+        let cols = 16384;
+        let rows = big * (1 << 20) / (cols / QK * 34);
+        println!("\n(last-level cache {llc} MiB: repeating with {big} MiB)");
+        roofline(big, rows, cols, 4);
+    }
+}
