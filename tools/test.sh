@@ -51,6 +51,8 @@ step "clippy-no_std" cargo clippy --lib --no-default-features --target thumbv7em
 step "clippy-cortex-m-dsp" cargo clippy --lib --no-default-features --features cortex-m-dsp --target thumbv7em-none-eabihf -- -D warnings
 step "clippy-helium" env RUSTFLAGS="-C target-cpu=cortex-m55" cargo clippy --lib --no-default-features --features helium --target thumbv8m.main-none-eabihf -- -D warnings
 step "fmt" cargo fmt --check
+step "miri" bash tools/miri.sh
+step "fuzz-bounded" bash tools/fuzz.sh
 
 echo
 if [ "$failed" -ne 0 ]; then
