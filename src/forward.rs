@@ -227,17 +227,16 @@ pub(crate) fn forward_with<'s, K: Kernels, const N: usize>(
 }
 
 /// `out = rmsnorm(x) * w`, failing if the sum of squares of `x` is not finite: an overflowing
-/// sum would make the scale 0 and silently turn a finite token into zeros. The sum is the same
-/// [`Kernels::dot_f32`] RMSNorm computes (FORMAT.md), so exactly the inputs whose scale would
-/// not be finite and positive are rejected.
+/// sum would make the scale 0 and silently turn a finite token into zeros. The kernel returns
+/// the mean of squares it used, so the check costs nothing and rejects exactly the inputs whose
+/// scale would not be finite and positive.
 #[inline]
 fn norm<K: Kernels>(out: &mut [f32], x: &[f32], w: &[u8], eps: f32) -> Result<()> {
-    if !K::dot_f32(x, x).is_finite() {
+    if !K::rmsnorm(out, x, w, eps).is_finite() {
         return Err(Error::NonFinite {
             what: "activations (RMSNorm sum of squares)",
         });
     }
-    K::rmsnorm(out, x, w, eps);
     Ok(())
 }
 

@@ -538,8 +538,14 @@ fn check_rmsnorm<K: Kernels>(isa: Isa) {
             let w = le_bytes(&rng.floats(n, 2.0));
             let mut got = vec![0.0; n];
             let mut want = vec![0.0; n];
-            K::rmsnorm(&mut got, &x, &w, 1e-5);
-            Scalar::rmsnorm(&mut want, &x, &w, 1e-5);
+            let ss_got = K::rmsnorm(&mut got, &x, &w, 1e-5);
+            let ss_want = Scalar::rmsnorm(&mut want, &x, &w, 1e-5);
+            assert_same_slice(
+                isa,
+                &format!("rmsnorm mean of squares n={n} case={case}"),
+                &[ss_got],
+                &[ss_want],
+            );
             assert_same_slice(isa, &format!("rmsnorm n={n} case={case}"), &got, &want);
         }
     }

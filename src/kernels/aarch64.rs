@@ -127,7 +127,7 @@ impl Kernels for Neon {
     }
 
     #[inline(always)]
-    fn rmsnorm(out: &mut [f32], x: &[f32], w: &[u8], eps: f32) {
+    fn rmsnorm(out: &mut [f32], x: &[f32], w: &[u8], eps: f32) -> f32 {
         neon!(imp::rmsnorm(out, x, w, eps))
     }
 
@@ -222,7 +222,7 @@ impl Kernels for NeonDotprod {
     }
 
     #[inline(always)]
-    fn rmsnorm(out: &mut [f32], x: &[f32], w: &[u8], eps: f32) {
+    fn rmsnorm(out: &mut [f32], x: &[f32], w: &[u8], eps: f32) -> f32 {
         Neon::rmsnorm(out, x, w, eps)
     }
 
@@ -915,7 +915,7 @@ mod imp {
     }
 
     #[target_feature(enable = "neon")]
-    pub(super) fn rmsnorm(out: &mut [f32], x: &[f32], w: &[u8], eps: f32) {
+    pub(super) fn rmsnorm(out: &mut [f32], x: &[f32], w: &[u8], eps: f32) -> f32 {
         let n = x.len();
         let ss = dot_f32(x, x) / n as f32;
         let scale = 1.0 / libm::sqrtf(ss + eps);
@@ -934,6 +934,7 @@ mod imp {
         for (i, (o, &v)) in ot.iter_mut().zip(xt).enumerate() {
             *o = (v * scale) * le_f32(wt, i);
         }
+        ss
     }
 
     /// libm's `expf` (FreeBSD `e_expf.c`) on four lanes: the same operations in the same

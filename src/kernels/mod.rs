@@ -213,7 +213,7 @@ pub trait Kernels {
 
     /// RMSNorm with weight.
     #[inline(always)]
-    fn rmsnorm(out: &mut [f32], x: &[f32], w: &[u8], eps: f32) {
+    fn rmsnorm(out: &mut [f32], x: &[f32], w: &[u8], eps: f32) -> f32 {
         scalar::rmsnorm(out, x, w, eps)
     }
 

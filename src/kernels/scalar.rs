@@ -131,13 +131,16 @@ pub fn dot_q4_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
 
 /// `out = rmsnorm(x) * w`: `out[i] = (x[i] * (1 / sqrt(mean(x^2) + eps))) * w[i]`, where the
 /// sum of squares is [`dot_f32`] of `x` with itself. `w` is the little-endian f32 weight bytes.
-pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[u8], eps: f32) {
+/// Returns the mean of squares (not finite when the sum overflowed or `x` had a NaN or
+/// infinity, which callers report).
+pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[u8], eps: f32) -> f32 {
     let n = x.len();
     let ss = dot_f32(x, x) / n as f32;
     let scale = 1.0 / libm::sqrtf(ss + eps);
     for ((o, &v), c) in out.iter_mut().zip(x).zip(w.chunks_exact(4)) {
         *o = (v * scale) * f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
     }
+    ss
 }
 
 /// In-place softmax: subtract the maximum, `exp`, sequential sum, divide. Returns the sum
