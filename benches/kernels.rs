@@ -19,24 +19,15 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use mhmoe::kernels::{Act, Isa, Kernels, Scalar, ALL_ISAS};
+use mhmoe::kernels::{Act, Isa, Kernels, Out, Scalar, ALL_ISAS};
 use mhmoe::model::Matrix;
 use mhmoe::quant::{GgmlType, QK};
 
 /// `$f::<K>($args..)` with the kernel set `K` of `$isa`.
 macro_rules! with_kernels {
-    ($isa:expr, $f:ident ( $($arg:expr),* )) => {{
-        #[allow(unreachable_patterns)]
-        match $isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => $f::<mhmoe::kernels::x86::Avx2>($($arg),*),
-            #[cfg(target_arch = "aarch64")]
-            Isa::Neon => $f::<mhmoe::kernels::aarch64::Neon>($($arg),*),
-            #[cfg(target_arch = "aarch64")]
-            Isa::NeonDotprod => $f::<mhmoe::kernels::aarch64::NeonDotprod>($($arg),*),
-            _ => $f::<Scalar>($($arg),*),
-        }
-    }};
+    ($isa:expr, $f:ident ( $($arg:expr),* )) => {
+        mhmoe::with_isa!($isa, K => $f::<K>($($arg),*), _ => $f::<Scalar>($($arg),*))
+    };
 }
 
 fn bench_mode() -> bool {
@@ -171,7 +162,13 @@ fn group_run<K: Kernels>(g: Rc<Gemv>, members: &'static [u32], in_div: usize) ->
     let mut out = vec![0.0f32; g.x.len() / g.cols * in_div * g.rows];
     Box::new(move || {
         let (w, a) = (g.matrix(), g.act());
-        K::gemv_group(black_box(&w), black_box(&a), members, in_div, &mut out)
+        K::gemv_group(
+            black_box(&w),
+            black_box(&a),
+            members,
+            in_div,
+            &mut Out::new(&mut out, w.rows),
+        )
     })
 }
 

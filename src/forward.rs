@@ -6,7 +6,7 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::kernels::scalar::{add_bias, rope};
-use crate::kernels::{Act, Isa, Kernels, Scalar};
+use crate::kernels::{Act, Isa, Kernels, Out, Scalar};
 use crate::model::{Ffn, Matrix, Model, Moe, Router, SwiGlu};
 use crate::quant::QK;
 use crate::state::{router_red_width, Plan, State};
@@ -41,21 +41,7 @@ pub fn forward_on<'s, const N: usize>(
             reason: "the requested instruction set is not available on this CPU or build",
         });
     }
-    #[allow(unused_imports)] // no ISA module on some targets (e.g. riscv32)
-    use crate::kernels as k;
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => forward_with::<k::x86::Avx2, N>(model, s, token),
-        #[cfg(target_arch = "aarch64")]
-        Isa::Neon => forward_with::<k::aarch64::Neon, N>(model, s, token),
-        #[cfg(target_arch = "aarch64")]
-        Isa::NeonDotprod => forward_with::<k::aarch64::NeonDotprod, N>(model, s, token),
-        #[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
-        Isa::CortexMDsp => forward_with::<k::arm_dsp::CortexMDsp, N>(model, s, token),
-        #[cfg(all(target_arch = "arm", feature = "helium"))]
-        Isa::Helium => forward_with::<k::arm_mve::Helium, N>(model, s, token),
-        _ => forward_with::<Scalar, N>(model, s, token),
-    }
+    crate::with_isa!(isa, K => forward_with::<K, N>(model, s, token), _ => forward_with::<Scalar, N>(model, s, token))
 }
 
 /// `out[r] = row_r(w) . x` for every row, counting the bytes read.
@@ -317,7 +303,13 @@ fn gemv_group<K: Kernels>(
     out: &mut [f32],
     bytes: &mut u64,
 ) {
-    K::gemv_group(w, &Act { x, q, d }, members, in_div, out);
+    K::gemv_group(
+        w,
+        &Act { x, q, d },
+        members,
+        in_div,
+        &mut Out::new(out, w.rows),
+    );
     *bytes += w.data.len() as u64;
 }
 

@@ -16,7 +16,7 @@ use std::io::Write;
 use std::sync::Mutex;
 
 use mhmoe::file::{ModelBytes, StateBuffer};
-use mhmoe::kernels::{Act, Isa, Kernels, Scalar, ALL_ISAS};
+use mhmoe::kernels::{Act, Isa, Kernels, Out, Scalar, ALL_ISAS};
 use mhmoe::model::Matrix;
 use mhmoe::quant::{GgmlType, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK};
 
@@ -28,41 +28,9 @@ use mhmoe::quant::{GgmlType, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK};
 /// test binary has no kernel set for it (which [`every_available_isa_is_exercised`] rejects
 /// for an available ISA).
 macro_rules! with_kernels {
-    ($isa:expr, $check:ident) => {{
-        #[allow(unreachable_patterns)]
-        match $isa {
-            Isa::Scalar => {
-                $check::<Scalar>(Isa::Scalar);
-                true
-            }
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => {
-                $check::<mhmoe::kernels::x86::Avx2>(Isa::Avx2);
-                true
-            }
-            #[cfg(target_arch = "aarch64")]
-            Isa::Neon => {
-                $check::<mhmoe::kernels::aarch64::Neon>(Isa::Neon);
-                true
-            }
-            #[cfg(target_arch = "aarch64")]
-            Isa::NeonDotprod => {
-                $check::<mhmoe::kernels::aarch64::NeonDotprod>(Isa::NeonDotprod);
-                true
-            }
-            #[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
-            Isa::CortexMDsp => {
-                $check::<mhmoe::kernels::arm_dsp::CortexMDsp>(Isa::CortexMDsp);
-                true
-            }
-            #[cfg(all(target_arch = "arm", feature = "helium"))]
-            Isa::Helium => {
-                $check::<mhmoe::kernels::arm_mve::Helium>(Isa::Helium);
-                true
-            }
-            _ => false,
-        }
-    }};
+    ($isa:expr, $check:ident) => {
+        mhmoe::with_isa!($isa, K => { $check::<K>($isa); true }, _ => false)
+    };
 }
 
 /// Runs a check on every available ISA (loudly skipping the others) after enforcing
@@ -96,6 +64,9 @@ fn skip(isa: Isa) {
     }
     let reason = match isa {
         Isa::Avx2 if cfg!(target_arch = "x86_64") => "the CPU lacks AVX2 or F16C",
+        Isa::Avx512 if cfg!(target_arch = "x86_64") => {
+            "the CPU lacks AVX-512 F/BW/VL/VNNI (or AVX2/F16C)"
+        }
         Isa::NeonDotprod if cfg!(target_arch = "aarch64") => {
             "the CPU lacks the dot-product extension"
         }
@@ -125,7 +96,7 @@ fn required_isas() -> Vec<Isa> {
 fn runs_here(isa: Isa) -> bool {
     match isa {
         Isa::Scalar => true,
-        Isa::Avx2 => cfg!(target_arch = "x86_64"),
+        Isa::Avx2 | Isa::Avx512 => cfg!(target_arch = "x86_64"),
         Isa::Neon | Isa::NeonDotprod => cfg!(target_arch = "aarch64"),
         Isa::CortexMDsp | Isa::Helium => cfg!(target_arch = "arm"),
     }
@@ -852,8 +823,8 @@ fn check_gemv_group<K: Kernels>(isa: Isa) {
             let members: Vec<u32> = (0..pairs as u32).filter(|_| rng.below(3) != 0).collect();
             let mut got = vec![0.0; pairs * rows];
             let mut want = vec![0.0; pairs * rows];
-            K::gemv_group(&w, &batch, &members, in_div, &mut got);
-            Scalar::gemv_group(&w, &batch, &members, in_div, &mut want);
+            K::gemv_group(&w, &batch, &members, in_div, &mut Out::new(&mut got, rows));
+            Scalar::gemv_group(&w, &batch, &members, in_div, &mut Out::new(&mut want, rows));
             assert_same_slice(
                 isa,
                 &format!("gemv_group {} {rows}x{cols}", ty.name()),

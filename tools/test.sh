@@ -30,7 +30,13 @@ bash tools/install-firmware.sh
 export MHMOE_REQUIRE_FIRMWARE="${MHMOE_REQUIRE_FIRMWARE:-1}"
 # Instruction sets whose conformance tests must run here; a skip of one of them fails.
 if [ "$(uname -m)" = x86_64 ]; then
-    export MHMOE_REQUIRE_ISAS="${MHMOE_REQUIRE_ISAS:-avx2,cortex-m-dsp,helium}"
+    required=avx2
+    # AVX-512 is required wherever the CPU has every extension its kernels use.
+    if grep -qw avx512f /proc/cpuinfo && grep -qw avx512bw /proc/cpuinfo &&
+        grep -qw avx512vl /proc/cpuinfo && grep -qw avx512_vnni /proc/cpuinfo; then
+        required=avx2,avx512
+    fi
+    export MHMOE_REQUIRE_ISAS="${MHMOE_REQUIRE_ISAS:-$required,cortex-m-dsp,helium}"
 else
     export MHMOE_REQUIRE_ISAS="${MHMOE_REQUIRE_ISAS:-cortex-m-dsp,helium}"
 fi

@@ -17,7 +17,7 @@
 
 #[cfg(all(target_feature = "neon", target_endian = "little"))]
 use super::{scalar, Act};
-use super::{Isa, Kernels};
+use super::{Isa, Kernels, Out};
 #[cfg(all(target_feature = "neon", target_endian = "little"))]
 use crate::model::Matrix;
 #[cfg(all(target_feature = "neon", target_endian = "little"))]
@@ -150,7 +150,7 @@ impl Kernels for Neon {
         batch: &Act<'_>,
         members: &[u32],
         in_div: usize,
-        out: &mut [f32],
+        out: &mut Out<'_>,
     ) {
         neon!(imp::gemv_group(w, batch, members, in_div, out))
     }
@@ -249,7 +249,7 @@ impl Kernels for NeonDotprod {
         batch: &Act<'_>,
         members: &[u32],
         in_div: usize,
-        out: &mut [f32],
+        out: &mut Out<'_>,
     ) {
         if w.ty.is_quantized() {
             with_sdot!(
@@ -271,7 +271,7 @@ mod sdot {
     use core::arch::asm;
 
     use super::imp;
-    use crate::kernels::Act;
+    use crate::kernels::{Act, Out};
     use crate::model::Matrix;
     use crate::quant::{GgmlType, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK};
 
@@ -336,7 +336,7 @@ mod sdot {
         batch: &Act<'_>,
         members: &[u32],
         in_div: usize,
-        out: &mut [f32],
+        out: &mut Out<'_>,
     ) {
         match w.ty {
             GgmlType::Q8_0 => {
@@ -358,7 +358,7 @@ mod imp {
     use core::arch::asm;
 
     use super::{scalar, Act};
-    use crate::kernels::{Kernels, Scalar};
+    use crate::kernels::{Kernels, Out, Scalar};
     use crate::model::Matrix;
     use crate::quant::{round_to_f16, GgmlType, QK};
 
@@ -690,7 +690,7 @@ mod imp {
         batch: &Act<'_>,
         members: &[u32],
         in_div: usize,
-        out: &mut [f32],
+        out: &mut Out<'_>,
         block: impl Fn(&[u8; B], &[i8; QK]) -> int32x4_t + Copy,
     ) {
         let rows = w.rows;
@@ -705,7 +705,7 @@ mod imp {
             for &p in members {
                 let p = p as usize;
                 gemv_quant(&sub, &batch.item(w.cols, p / in_div), &mut res, block);
-                out[p * rows + r0..p * rows + r0 + n].copy_from_slice(&res[..n]);
+                out.set_rows(p, r0, &res[..n]);
             }
         }
     }
@@ -727,7 +727,7 @@ mod imp {
         batch: &Act<'_>,
         members: &[u32],
         in_div: usize,
-        out: &mut [f32],
+        out: &mut Out<'_>,
     ) {
         match w.ty {
             GgmlType::Q8_0 => {
@@ -862,13 +862,17 @@ mod imp {
         batch: &Act<'_>,
         members: &[u32],
         in_div: usize,
-        out: &mut [f32],
+        out: &mut Out<'_>,
     ) {
         for r in 0..w.rows {
             let row = w.row(r);
             for &p in members {
                 let p = p as usize;
-                out[p * w.rows + r] = dot_float_row(w.ty, row, &batch.item(w.cols, p / in_div));
+                out.set(
+                    p,
+                    r,
+                    dot_float_row(w.ty, row, &batch.item(w.cols, p / in_div)),
+                );
             }
         }
     }

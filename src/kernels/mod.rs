@@ -16,6 +16,8 @@ pub mod arm_dsp;
 pub mod arm_mve;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_avx512;
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
@@ -29,22 +31,25 @@ use crate::quant::{bf16_to_f32, f16_to_f32, GgmlType, QK};
 pub enum Isa {
     /// Portable scalar code (the specification).
     Scalar = 0,
-    /// x86-64 AVX2 + FMA-free float paths.
+    /// x86-64 AVX2 + F16C (no FMA: fusing would change the rounding).
     Avx2 = 1,
+    /// x86-64 AVX-512 (F, BW, VL) with VNNI integer dot products, + F16C.
+    Avx512 = 2,
     /// aarch64 NEON.
-    Neon = 2,
+    Neon = 3,
     /// aarch64 NEON with the dot-product extension (SDOT).
-    NeonDotprod = 3,
+    NeonDotprod = 4,
     /// Cortex-M4/M7/M33 DSP extension (SMLAD family).
-    CortexMDsp = 4,
+    CortexMDsp = 5,
     /// Cortex-M55 Helium (MVE).
-    Helium = 5,
+    Helium = 6,
 }
 
-/// Every ISA, in order.
-pub const ALL_ISAS: [Isa; 6] = [
+/// Every ISA, in order (the discriminant is the index; [`Isa::detect`] takes the last available).
+pub const ALL_ISAS: [Isa; 7] = [
     Isa::Scalar,
     Isa::Avx2,
+    Isa::Avx512,
     Isa::Neon,
     Isa::NeonDotprod,
     Isa::CortexMDsp,
@@ -60,6 +65,7 @@ impl Isa {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
             Isa::Neon => "neon",
             Isa::NeonDotprod => "neon-dotprod",
             Isa::CortexMDsp => "cortex-m-dsp",
@@ -73,6 +79,8 @@ impl Isa {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => x86::Avx2::available(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => x86_avx512::Avx512::available(),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => aarch64::Neon::available(),
             #[cfg(target_arch = "aarch64")]
@@ -121,6 +129,154 @@ impl Isa {
         }
         Ok(())
     }
+}
+
+/// Evaluates `$body` with the type alias `$K` bound to the kernel set of `$isa`, or `$other`
+/// when this build has no kernel set for it. The one place that maps an [`Isa`] to its type:
+/// the forward pass, the conformance tests and the benchmarks all go through it.
+///
+/// The `cfg`s are evaluated in the calling crate, so this is for this package's own code,
+/// tests, benches and examples (same target and features), not for other crates.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! with_isa {
+    ($isa:expr, $K:ident => $body:expr, _ => $other:expr) => {{
+        #[allow(unreachable_patterns, unused_imports)]
+        match $isa {
+            $crate::kernels::Isa::Scalar => {
+                type $K = $crate::kernels::Scalar;
+                $body
+            }
+            #[cfg(target_arch = "x86_64")]
+            $crate::kernels::Isa::Avx2 => {
+                type $K = $crate::kernels::x86::Avx2;
+                $body
+            }
+            #[cfg(target_arch = "x86_64")]
+            $crate::kernels::Isa::Avx512 => {
+                type $K = $crate::kernels::x86_avx512::Avx512;
+                $body
+            }
+            #[cfg(target_arch = "aarch64")]
+            $crate::kernels::Isa::Neon => {
+                type $K = $crate::kernels::aarch64::Neon;
+                $body
+            }
+            #[cfg(target_arch = "aarch64")]
+            $crate::kernels::Isa::NeonDotprod => {
+                type $K = $crate::kernels::aarch64::NeonDotprod;
+                $body
+            }
+            #[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
+            $crate::kernels::Isa::CortexMDsp => {
+                type $K = $crate::kernels::arm_dsp::CortexMDsp;
+                $body
+            }
+            #[cfg(all(target_arch = "arm", feature = "helium"))]
+            $crate::kernels::Isa::Helium => {
+                type $K = $crate::kernels::arm_mve::Helium;
+                $body
+            }
+            _ => $other,
+        }
+    }};
+}
+
+/// Where a matrix product over a range of rows writes: item `p`'s row `r` (counted from the
+/// start of the range) goes to `buf[p * stride + start + r]`, for `r < rows`.
+///
+/// Item-major outputs of different row ranges interleave in memory, so threads that split a
+/// product by rows cannot each hold a `&mut [f32]` of their part. An `Out` holds exactly the
+/// elements of its row range: [`Out::split_rows`] divides one into disjoint row ranges, and
+/// every write is bounds-checked against both the range and the buffer.
+#[derive(Debug)]
+pub struct Out<'a> {
+    ptr: core::ptr::NonNull<f32>,
+    len: usize,
+    stride: usize,
+    start: usize,
+    rows: usize,
+    _buf: core::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: an `Out` is a unique borrow of the elements of its row range (no two `Out`s made by
+// `split_rows` share an element), like a `&mut [f32]`, which is `Send` and `Sync`.
+unsafe impl Send for Out<'_> {}
+// SAFETY: as above; `&Out` allows no writes.
+unsafe impl Sync for Out<'_> {}
+
+impl<'a> Out<'a> {
+    /// All `stride` rows of `buf`, item `p` at `buf[p * stride..]`.
+    pub fn new(buf: &'a mut [f32], stride: usize) -> Out<'a> {
+        Out {
+            ptr: core::ptr::NonNull::from(&mut *buf).cast(),
+            len: buf.len(),
+            stride,
+            start: 0,
+            rows: stride,
+            _buf: core::marker::PhantomData,
+        }
+    }
+
+    /// Number of rows this output covers.
+    #[inline(always)]
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Splits off rows `[at, rows)` as a second output; `self` keeps `[0, at)` (`at` is clamped
+    /// to the row count).
+    pub fn split_rows(&mut self, at: usize) -> Out<'a> {
+        let at = at.min(self.rows);
+        let tail = Out {
+            start: self.start + at,
+            rows: self.rows - at,
+            ..*self
+        };
+        self.rows = at;
+        tail
+    }
+
+    /// The index of item `p`'s row `r` in the buffer, if it is this output's.
+    #[inline(always)]
+    fn index(&self, p: usize, r: usize, n: usize) -> usize {
+        let i = p
+            .checked_mul(self.stride)
+            .and_then(|v| v.checked_add(self.start + r));
+        match i {
+            Some(i) if r + n <= self.rows && i + n <= self.len => i,
+            _ => out_of_range(p, r, n),
+        }
+    }
+
+    /// Writes item `p`'s row `r`.
+    #[inline(always)]
+    pub fn set(&mut self, p: usize, r: usize, v: f32) {
+        let i = self.index(p, r, 1);
+        // SAFETY: `index` checked that element `i` is inside the buffer and in this output's
+        // row range, which no other `Out` can write.
+        unsafe { self.ptr.as_ptr().add(i).write(v) }
+    }
+
+    /// Writes item `p`'s rows `r..r + v.len()`.
+    #[inline(always)]
+    pub fn set_rows(&mut self, p: usize, r: usize, v: &[f32]) {
+        let i = self.index(p, r, v.len());
+        // SAFETY: as in `set`, for the `v.len()` elements from `i`, which do not overlap `v`
+        // (it is a shared borrow, this output an exclusive one).
+        unsafe {
+            core::ptr::copy_nonoverlapping(v.as_ptr(), self.ptr.as_ptr().add(i), v.len());
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn out_of_range(p: usize, r: usize, n: usize) -> ! {
+    panic!(
+        "matrix product output out of range: item {p}, rows {r}..{}",
+        r + n
+    )
 }
 
 /// A prepared matrix-vector input: the f32 activation and, when some consumer is quantized,
@@ -274,22 +430,27 @@ pub trait Kernels {
         }
     }
 
-    /// Matrix `w` applied to the members of one expert group, reading each weight row once:
-    /// member `p` takes item `p / in_div` of `batch` (items `w.cols` wide, see [`Act::item`])
-    /// and writes `out[p * w.rows + r]` for every row `r`.
+    /// Matrix `w` applied to several inputs (a batch of tokens, or the members of one expert
+    /// group), reading each weight row once: member `p` takes item `p / in_div` of `batch`
+    /// (items `w.cols` wide, see [`Act::item`]) and writes its row `r` with `out.set(p, r, ..)`
+    /// for every row `r < w.rows` (`out` covers exactly `w.rows` rows).
     #[inline]
     fn gemv_group(
         w: &Matrix<'_>,
         batch: &Act<'_>,
         members: &[u32],
         in_div: usize,
-        out: &mut [f32],
+        out: &mut Out<'_>,
     ) {
         for r in 0..w.rows {
             let row = w.row(r);
             for &p in members {
                 let p = p as usize;
-                out[p * w.rows + r] = Self::dot_row(w.ty, row, &batch.item(w.cols, p / in_div));
+                out.set(
+                    p,
+                    r,
+                    Self::dot_row(w.ty, row, &batch.item(w.cols, p / in_div)),
+                );
             }
         }
     }

@@ -27,7 +27,7 @@
 //! (a cached CPUID bit under `std`, a compile-time constant without it) before calling them and
 //! fall back to the scalar kernel otherwise, so they are sound to call on any x86-64 CPU.
 
-use super::{scalar, Act, Isa, Kernels, Scalar};
+use super::{scalar, Act, Isa, Kernels, Out, Scalar};
 use crate::model::Matrix;
 use crate::quant::GgmlType;
 
@@ -162,7 +162,7 @@ impl Kernels for Avx2 {
         batch: &Act<'_>,
         members: &[u32],
         in_div: usize,
-        out: &mut [f32],
+        out: &mut Out<'_>,
     ) {
         if w.ty == GgmlType::Q8_0 && has_i8_min(batch.q) {
             return Scalar::gemv_group(w, batch, members, in_div, out);
@@ -179,7 +179,7 @@ impl Kernels for Avx2 {
 mod imp {
     use core::arch::x86_64::*;
 
-    use super::super::{Act, Kernels};
+    use super::super::{Act, Kernels, Out};
     use crate::kernels::scalar;
     use crate::model::Matrix;
     use crate::quant::{round_to_f16, GgmlType, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK};
@@ -712,7 +712,7 @@ mod imp {
         batch: &Act<'_>,
         members: &[u32],
         in_div: usize,
-        out: &mut [f32],
+        out: &mut Out<'_>,
     ) {
         if w.ty.is_quantized() {
             // Eight rows at a time for every member: the eight rows stay in L1 while each
@@ -739,7 +739,7 @@ mod imp {
                             block_q4(b, x)
                         }),
                     }
-                    out[p * rows + r0..p * rows + r0 + n].copy_from_slice(&res[..n]);
+                    out.set_rows(p, r0, &res[..n]);
                 }
             }
             return;
@@ -749,7 +749,7 @@ mod imp {
             for &p in members {
                 let p = p as usize;
                 let a = batch.item(w.cols, p / in_div);
-                out[p * w.rows + r] = dot_row(w.ty, row, &a);
+                out.set(p, r, dot_row(w.ty, row, &a));
             }
         }
     }
