@@ -196,8 +196,20 @@ pub enum Error {
         /// Which rule was broken.
         reason: &'static str,
     },
-    /// Encoding produced no tokens or a prompt was empty where one is required.
+    /// Encoding produced no tokens, or a prompt (or a batch of tokens) was empty where one is
+    /// required.
     EmptyPrompt,
+    /// A batch has more tokens than the state was made for.
+    BatchTooLarge {
+        /// Tokens in the batch.
+        len: usize,
+        /// The state's batch capacity.
+        capacity: usize,
+    },
+    /// A batch capacity of 0 was requested for a state.
+    BadBatchCapacity,
+    /// A thread count of 0 was requested.
+    BadThreadCount,
     /// Sampler parameters out of range.
     BadSamplerParams {
         /// Which rule was broken.
@@ -305,6 +317,12 @@ impl fmt::Display for Error {
             ),
             BadTokenizer { reason } => write!(f, "tokenizer: {reason}"),
             EmptyPrompt => write!(f, "the prompt is empty"),
+            BatchTooLarge { len, capacity } => write!(
+                f,
+                "a batch of {len} tokens is larger than the state's batch capacity {capacity}"
+            ),
+            BadBatchCapacity => write!(f, "a state's batch capacity must be at least 1"),
+            BadThreadCount => write!(f, "the thread count must be at least 1"),
             BadSamplerParams { reason } => write!(f, "sampler: {reason}"),
             NonFinite { what } => write!(f, "non-finite value in {what}"),
             #[cfg(feature = "std")]

@@ -53,6 +53,7 @@ impl ModelBytes {
 pub struct StateBuffer {
     words: Vec<u128>,
     len: usize,
+    batch: usize,
 }
 
 impl StateBuffer {
@@ -61,7 +62,17 @@ impl StateBuffer {
     /// A model can ask for more memory than there is (a long `context_length`, say): if the
     /// allocation fails the result is [`Error::BufferTooSmall`] with `got: 0`, not an abort.
     pub fn for_model<const N: usize>(model: &Model<'_, N>, ctx: usize) -> Result<Self> {
-        let len = State::bytes_needed(model, ctx)?;
+        Self::for_batch(model, ctx, 1)
+    }
+
+    /// Allocates exactly [`State::bytes_needed_batch`] bytes, for states whose forward passes
+    /// take up to `batch` tokens ([`crate::forward_batch`]).
+    pub fn for_batch<const N: usize>(
+        model: &Model<'_, N>,
+        ctx: usize,
+        batch: usize,
+    ) -> Result<Self> {
+        let len = State::bytes_needed_batch(model, ctx, batch)?;
         let n = len.div_ceil(16);
         let mut words = Vec::new();
         words
@@ -72,10 +83,10 @@ impl StateBuffer {
                 got: 0,
             })?;
         words.resize(n, 0u128);
-        Ok(StateBuffer { words, len })
+        Ok(StateBuffer { words, len, batch })
     }
 
-    /// Carves a [`State`] out of this buffer.
+    /// Carves a [`State`] out of this buffer, with the batch capacity it was allocated for.
     pub fn state<'b, const N: usize>(
         &'b mut self,
         model: &Model<'_, N>,
@@ -87,6 +98,6 @@ impl StateBuffer {
         // can touch the words meanwhile.
         let bytes =
             unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), len) };
-        State::new(model, ctx, bytes)
+        State::new_batch(model, ctx, self.batch, bytes)
     }
 }

@@ -1,18 +1,27 @@
-//! The forward pass of one token, top to bottom (FORMAT.md, "Forward pass").
+//! The forward pass, top to bottom (FORMAT.md, "Forward pass").
 //!
-//! [`forward`] picks the instruction set once ([`Isa::active`]) and runs `forward_with`
-//! monomorphized for it.
+//! One implementation runs a batch of `n >= 1` consecutive tokens: every matrix product takes
+//! all of the batch's inputs at once (each weight row is read once per batch), the sub-tokens
+//! of the whole batch are grouped by expert, and attention is causal inside the batch. A token
+//! gets exactly the same bits whatever batch it is in, because every per-token operation is
+//! the same and no reduction spans tokens.
+//!
+//! [`Exec`] picks the instruction set (monomorphizing the pass for it) and the [`Parallel`]
+//! executor that splits matrix products by rows and attention by heads.
+
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::kernels::scalar::{add_bias, rope};
 use crate::kernels::{Act, Isa, Kernels, Out, Scalar};
-use crate::model::{Ffn, Matrix, Model, Moe, Router, SwiGlu};
+use crate::model::{Ffn, Layer, Matrix, Model, Moe, Router, SwiGlu};
+use crate::parallel::{for_chunks, for_row_ranges, Parallel, Serial};
 use crate::quant::QK;
 use crate::state::{router_red_width, Plan, State};
 
 /// Runs one token through the model at the state's next position and returns the logits,
-/// using the active instruction set ([`Isa::active`]).
+/// on the active instruction set ([`Isa::active`]) and the calling thread.
 ///
 /// Errors: [`Error::TokenOutOfRange`], [`Error::ContextFull`] when every position of the state
 /// is used (call [`State::reset`] to start over), [`Error::InvalidConfig`] when the state was
@@ -26,7 +35,7 @@ pub fn forward<'s, const N: usize>(
     s: &'s mut State<'_>,
     token: u32,
 ) -> Result<&'s [f32]> {
-    forward_on(Isa::active(), model, s, token)
+    Exec::serial().forward(model, s, token)
 }
 
 /// [`forward`] on a given instruction set; fails if it is not available here.
@@ -36,180 +45,375 @@ pub fn forward_on<'s, const N: usize>(
     s: &'s mut State<'_>,
     token: u32,
 ) -> Result<&'s [f32]> {
-    if !isa.is_available() {
-        return Err(Error::InvalidConfig {
-            reason: "the requested instruction set is not available on this CPU or build",
-        });
-    }
-    crate::with_isa!(isa, K => forward_with::<K, N>(model, s, token), _ => forward_with::<Scalar, N>(model, s, token))
+    Exec::serial().with_isa(isa)?.forward(model, s, token)
 }
 
-/// `out[r] = row_r(w) . x` for every row, counting the bytes read.
-#[inline]
-fn gemv<K: Kernels>(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32], bytes: &mut u64) {
-    K::gemv(w, a, out);
-    *bytes += w.data.len() as u64;
-}
-
-/// `out = down(silu(gate x) * up x)` for one input prepared in `a`.
-#[allow(clippy::too_many_arguments)]
-fn swiglu<K: Kernels>(
-    f: &SwiGlu<'_>,
-    a: &Act<'_>,
-    hb: &mut [f32],
-    hb2: &mut [f32],
-    hq: &mut [i8],
-    hd: &mut [f32],
-    out: &mut [f32],
-    bytes: &mut u64,
-) {
-    let n = f.gate.rows;
-    gemv::<K>(&f.gate, a, hb, bytes);
-    gemv::<K>(&f.up, a, hb2, bytes);
-    K::silu_mul(&mut hb[..n], &hb2[..n]);
-    let h = K::prepare(&hb[..n], &[f.down.ty], hq, hd);
-    gemv::<K>(&f.down, &h, out, bytes);
-}
-
-/// The forward pass with kernels `K`. Crate-private: callers go through [`forward_on`], which
-/// checks that the ISA is available (ISA kernels may use instructions the CPU lacks).
-pub(crate) fn forward_with<'s, K: Kernels, const N: usize>(
+/// Runs `tokens` (e.g. a prompt) through the model at the state's next positions in one pass
+/// and returns the logits of the last one: the same bits as [`forward`] on each token in turn,
+/// reading each weight once per batch instead of once per token. See [`Exec::forward_batch`].
+pub fn forward_batch<'s, const N: usize>(
     model: &Model<'_, N>,
     s: &'s mut State<'_>,
-    token: u32,
+    tokens: &[u32],
+) -> Result<&'s [f32]> {
+    Exec::serial().forward_batch(model, s, tokens)
+}
+
+/// How a forward pass runs: its instruction set and the executor that splits its work.
+///
+/// ```
+/// # fn main() -> Result<(), mhmoe::Error> {
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/models/d_q8_0_h2_k2_gqa.gguf");
+/// # let file = mhmoe::file::ModelBytes::read(path)?;
+/// # let model = file.model()?;
+/// let pool = mhmoe::parallel::ThreadPool::new(2)?;
+/// let exec = mhmoe::Exec::new(&pool);
+/// let mut buf = mhmoe::file::StateBuffer::for_batch(&model, 64, 16)?;
+/// let mut state = buf.state(&model, 64)?;
+/// exec.forward_batch(&model, &mut state, &[1, 2, 3, 4])?; // a prompt, in one pass
+/// let logits = exec.forward(&model, &mut state, 5)?;     // then token by token
+/// # assert_eq!(logits.len(), model.config.vocab_size);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Copy)]
+pub struct Exec<'p> {
+    isa: Isa,
+    par: &'p dyn Parallel,
+}
+
+impl core::fmt::Debug for Exec<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Exec")
+            .field("isa", &self.isa)
+            .field("threads", &self.par.threads())
+            .finish()
+    }
+}
+
+static SERIAL: Serial = Serial;
+
+impl Exec<'static> {
+    /// The active instruction set on the calling thread alone.
+    pub fn serial() -> Self {
+        Exec {
+            isa: Isa::active(),
+            par: &SERIAL,
+        }
+    }
+}
+
+impl<'p> Exec<'p> {
+    /// The active instruction set, with work split by `par` (e.g. a
+    /// [`ThreadPool`](crate::parallel::ThreadPool)). Results are the same bits for every
+    /// executor and thread count.
+    pub fn new(par: &'p dyn Parallel) -> Self {
+        Exec {
+            isa: Isa::active(),
+            par,
+        }
+    }
+
+    /// The same, on instruction set `isa`; fails if it is not available here.
+    pub fn with_isa(self, isa: Isa) -> Result<Self> {
+        if !isa.is_available() {
+            return Err(Error::InvalidConfig {
+                reason: "the requested instruction set is not available on this CPU or build",
+            });
+        }
+        Ok(Exec { isa, ..self })
+    }
+
+    /// The instruction set.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// [`forward`] with this instruction set and executor.
+    pub fn forward<'s, const N: usize>(
+        &self,
+        model: &Model<'_, N>,
+        s: &'s mut State<'_>,
+        token: u32,
+    ) -> Result<&'s [f32]> {
+        self.forward_batch(model, s, core::slice::from_ref(&token))
+    }
+
+    /// Runs `tokens` at the state's next positions in one pass and returns the logits of the
+    /// last one; the KV cache then holds every token, and [`State::routing_of`] gives each
+    /// token's routing. The logits and the KV cache are bit-identical to running the tokens one
+    /// by one with [`forward`].
+    ///
+    /// Errors, all leaving the state's position unchanged: [`Error::EmptyPrompt`] for no
+    /// tokens, [`Error::BatchTooLarge`] for more than [`State::batch_capacity`] tokens,
+    /// [`Error::ContextFull`] when they do not all fit in the remaining context, and the
+    /// errors of [`forward`].
+    pub fn forward_batch<'s, const N: usize>(
+        &self,
+        model: &Model<'_, N>,
+        s: &'s mut State<'_>,
+        tokens: &[u32],
+    ) -> Result<&'s [f32]> {
+        let par = self.par;
+        crate::with_isa!(
+            self.isa,
+            K => run::<K, N>(par, model, s, tokens),
+            _ => run::<Scalar, N>(par, model, s, tokens)
+        )
+    }
+}
+
+/// Matrices smaller than this (bytes times inputs) are not split over threads: the hand-off
+/// would cost more than it saves.
+const PAR_MIN_WORK: usize = 1 << 17;
+
+/// Row ranges handed to threads start at multiples of this (the kernels' row tiles).
+const ROW_ALIGN: usize = 16;
+
+/// The run-time context of one pass: the executor and the weight bytes read so far.
+struct Pass<'p> {
+    par: &'p dyn Parallel,
+    bytes: u64,
+}
+
+impl Pass<'_> {
+    /// `out[p * w.rows + r] = row_r(w) . input(p / in_div)` for every member `p` and row `r`,
+    /// reading `w` once and splitting its rows over the threads when it is large enough.
+    fn mm<K: Kernels>(
+        &mut self,
+        w: &Matrix<'_>,
+        inputs: &Act<'_>,
+        members: &[u32],
+        in_div: usize,
+        out: &mut [f32],
+    ) {
+        self.bytes += w.data.len() as u64;
+        let work = w.data.len().saturating_mul(members.len());
+        let parts = if work >= PAR_MIN_WORK {
+            self.par.threads()
+        } else {
+            1
+        };
+        for_row_ranges(
+            self.par,
+            parts,
+            ROW_ALIGN,
+            &mut Out::new(out, w.rows),
+            &|r0, r1, o| {
+                let w = w.rows_range(r0, r1);
+                match members {
+                    [p] => {
+                        let p = *p as usize;
+                        K::gemv(&w, &inputs.item(w.cols, p / in_div), o.item(p))
+                    }
+                    _ => K::gemv_group(&w, inputs, members, in_div, o),
+                }
+            },
+        );
+    }
+
+    /// [`Pass::mm`] on the first `n` inputs, one output each.
+    fn mm_batch<K: Kernels>(
+        &mut self,
+        w: &Matrix<'_>,
+        inputs: &Act<'_>,
+        members: &mut [u32],
+        n: usize,
+        out: &mut [f32],
+    ) {
+        self.mm::<K>(w, inputs, first(members, n), 1, out)
+    }
+}
+
+/// `members[..n] = 0, 1, .., n - 1`.
+fn first(members: &mut [u32], n: usize) -> &[u32] {
+    let m = &mut members[..n];
+    for (i, v) in m.iter_mut().enumerate() {
+        *v = i as u32;
+    }
+    m
+}
+
+/// The forward pass of `tokens` with kernels `K`.
+fn run<'s, K: Kernels, const N: usize>(
+    par: &dyn Parallel,
+    model: &Model<'_, N>,
+    st: &'s mut State<'_>,
+    tokens: &[u32],
 ) -> Result<&'s [f32]> {
     let c: &Config = &model.config;
-    if token as usize >= c.vocab_size {
+    if Plan::new(
+        c,
+        st.ctx,
+        st.plan.batch(),
+        router_red_width(model.layers(), c),
+    )? != st.plan
+    {
+        return Err(Error::InvalidConfig {
+            reason: "the state was made for a different model",
+        });
+    }
+    let n = tokens.len();
+    if n == 0 {
+        return Err(Error::EmptyPrompt);
+    }
+    if n > st.plan.batch() {
+        return Err(Error::BatchTooLarge {
+            len: n,
+            capacity: st.plan.batch(),
+        });
+    }
+    if let Some(&token) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
         return Err(Error::TokenOutOfRange {
             token,
             vocab_size: c.vocab_size,
         });
     }
-    if Plan::new(c, s.ctx, router_red_width(model.layers(), c))? != s.plan {
-        return Err(Error::InvalidConfig {
-            reason: "the state was made for a different model",
-        });
-    }
-    let pos = s.pos;
-    if pos >= s.ctx {
+    let pos0 = st.pos;
+    if pos0 + n > st.ctx {
         return Err(Error::ContextFull {
-            context_length: s.ctx,
+            context_length: st.ctx,
         });
     }
+    let d = c.dim;
+    let mut pass = Pass { par, bytes: 0 };
+
+    for (t, &token) in tokens.iter().enumerate() {
+        model
+            .token_embd
+            .dequantize_row(token as usize, &mut st.s.x[t * d..(t + 1) * d]);
+        pass.bytes += model.token_embd.row_bytes() as u64;
+        rope_tables(c, pos0 + t, &mut st.attn.rope[t * c.head_dim..]);
+    }
+
+    for (l, layer) in model.layers().iter().enumerate() {
+        attention::<K>(&mut pass, c, l, layer, st, pos0, n)?;
+        norm_batch::<K>(st.s.x, st.s.xb, d, n, layer.ffn_norm, c.norm_eps)?;
+        match &layer.ffn {
+            Ffn::Dense(f) => dense_ffn::<K>(&mut pass, d, f, st, n),
+            Ffn::Moe(moe) => moe_layer::<K>(&mut pass, c, l, moe, st, n)?,
+        }
+        for (x, &v) in st.s.x[..n * d].iter_mut().zip(st.s.xb2.iter()) {
+            *x += v;
+        }
+    }
+
+    // Logits of the last token only.
+    let last = &st.s.x[(n - 1) * d..n * d];
+    norm::<K>(&mut st.s.xb[..d], last, model.output_norm, c.norm_eps)?;
+    let q = &mut st.quant;
+    let a = K::prepare(&st.s.xb[..d], &[model.output.ty], q.in_q, q.in_d);
+    pass.mm_batch::<K>(&model.output, &a, st.ffn.members, 1, st.logits);
+    st.weight_bytes = pass.bytes;
+    st.last_batch = n;
+    if !st.logits.iter().all(|v| v.is_finite()) {
+        return Err(Error::NonFinite { what: "logits" });
+    }
+    st.pos = pos0 + n;
+    Ok(st.logits)
+}
+
+/// RoPE tables of position `pos`: `cos` then `sin` of the `hd / 2` frequencies.
+fn rope_tables(c: &Config, pos: usize, out: &mut [f32]) {
+    let (hd, half) = (c.head_dim, c.head_dim / 2);
+    let (cos, sin) = out[..hd].split_at_mut(half);
+    for j in 0..half {
+        let freq = libm::powf(c.rope_base, -((2 * j) as f32) / hd as f32);
+        let theta = pos as f32 * freq;
+        cos[j] = libm::cosf(theta);
+        sin[j] = libm::sinf(theta);
+    }
+}
+
+/// Attention of layer `l` for the `n` tokens of the batch, added to the residual stream.
+fn attention<K: Kernels>(
+    pass: &mut Pass<'_>,
+    c: &Config,
+    l: usize,
+    layer: &Layer<'_>,
+    st: &mut State<'_>,
+    pos0: usize,
+    n: usize,
+) -> Result<()> {
     let (d, hd, kvd) = (c.dim, c.head_dim, c.kv_dim());
     let q_dim = c.n_heads * hd;
     let half = hd / 2;
-    let mut bytes = 0u64;
-
-    model.token_embd.dequantize_row(token as usize, s.x);
-    bytes += model.token_embd.row_bytes() as u64;
-
-    // RoPE tables for this position, shared by every layer and head.
-    {
-        let (cos, sin) = s.rope.split_at_mut(half);
-        for j in 0..half {
-            let freq = libm::powf(c.rope_base, -((2 * j) as f32) / hd as f32);
-            let theta = pos as f32 * freq;
-            cos[j] = libm::cosf(theta);
-            sin[j] = libm::sinf(theta);
-        }
+    let (s, q, members) = (&mut st.s, &mut st.quant, &mut *st.ffn.members);
+    norm_batch::<K>(s.x, s.xb, d, n, layer.attn_norm, c.norm_eps)?;
+    let a = K::prepare(
+        &s.xb[..n * d],
+        &[layer.wq.ty, layer.wk.ty, layer.wv.ty],
+        q.in_q,
+        q.in_d,
+    );
+    // Keys and values go straight to their cache slots: positions pos0..pos0 + n.
+    let slots = (l * st.ctx + pos0) * kvd..(l * st.ctx + pos0 + n) * kvd;
+    pass.mm_batch::<K>(&layer.wq, &a, members, n, &mut s.q[..n * q_dim]);
+    pass.mm_batch::<K>(&layer.wk, &a, members, n, &mut st.kv.key[slots.clone()]);
+    pass.mm_batch::<K>(&layer.wv, &a, members, n, &mut st.kv.value[slots.clone()]);
+    for t in 0..n {
+        let (cos, sin) = st.attn.rope[t * hd..(t + 1) * hd].split_at(half);
+        rope(&mut s.q[t * q_dim..(t + 1) * q_dim], hd, cos, sin);
+        let k = &mut st.kv.key[slots.start + t * kvd..slots.start + (t + 1) * kvd];
+        rope(k, hd, cos, sin);
     }
+
+    // Token t attends positions 0..=pos0 + t, head by head (heads split over threads).
     let inv_sqrt_hd = 1.0 / libm::sqrtf(hd as f32);
     let group = c.n_heads / c.n_kv_heads;
-
-    for (l, layer) in model.layers().iter().enumerate() {
-        // ---- attention ----
-        norm::<K>(&mut s.xb[..d], &s.x[..d], layer.attn_norm, c.norm_eps)?;
-        let a = K::prepare(
-            &s.xb[..d],
-            &[layer.wq.ty, layer.wk.ty, layer.wv.ty],
-            s.in_q,
-            s.in_d,
+    let layer_base = l * st.ctx * kvd;
+    let (keys, values) = (&*st.kv.key, &*st.kv.value);
+    let finite = AtomicBool::new(true);
+    for t in 0..n {
+        let len = pos0 + t + 1;
+        let qt = &s.q[t * q_dim..(t + 1) * q_dim];
+        let work = c.n_heads * len * hd;
+        let parts = if work >= PAR_MIN_WORK / 4 {
+            pass.par.threads()
+        } else {
+            1
+        };
+        for_chunks(
+            pass.par,
+            parts,
+            c.n_heads,
+            (&mut *st.attn.att, st.ctx),
+            (&mut s.xb2[t * q_dim..(t + 1) * q_dim], hd),
+            &|h, att, out| {
+                let qh = &qt[h * hd..(h + 1) * hd];
+                let kv_off = layer_base + (h / group) * hd;
+                let att = &mut att[..len];
+                let mut ok = true;
+                for (p, a) in att.iter_mut().enumerate() {
+                    let k = &keys[kv_off + p * kvd..kv_off + p * kvd + hd];
+                    *a = K::dot_f32(qh, k) * inv_sqrt_hd;
+                    ok &= a.is_finite();
+                }
+                // A -inf score would silently get the weight 0.
+                if !ok {
+                    finite.store(false, Ordering::Relaxed);
+                    return;
+                }
+                K::softmax(att);
+                out.fill(0.0);
+                for (p, &w) in att.iter().enumerate() {
+                    K::axpy(out, w, &values[kv_off + p * kvd..kv_off + p * kvd + hd]);
+                }
+            },
         );
-        let slot = (l * s.ctx + pos) * kvd;
-        gemv::<K>(&layer.wq, &a, s.q, &mut bytes);
-        gemv::<K>(
-            &layer.wk,
-            &a,
-            &mut s.key_cache[slot..slot + kvd],
-            &mut bytes,
-        );
-        gemv::<K>(
-            &layer.wv,
-            &a,
-            &mut s.value_cache[slot..slot + kvd],
-            &mut bytes,
-        );
-        let (cos, sin) = s.rope.split_at(half);
-        rope(&mut s.q[..q_dim], hd, cos, sin);
-        rope(&mut s.key_cache[slot..slot + kvd], hd, cos, sin);
-
-        let layer_base = l * s.ctx * kvd;
-        for h in 0..c.n_heads {
-            let qh = &s.q[h * hd..(h + 1) * hd];
-            let kv_off = layer_base + (h / group) * hd;
-            let att = &mut s.att[h * s.ctx..h * s.ctx + pos + 1];
-            let mut finite = true;
-            for (p, a) in att.iter_mut().enumerate() {
-                let k = &s.key_cache[kv_off + p * kvd..kv_off + p * kvd + hd];
-                *a = K::dot_f32(qh, k) * inv_sqrt_hd;
-                finite &= a.is_finite();
-            }
-            // A -inf score would silently get the weight 0.
-            if !finite {
-                return Err(Error::NonFinite {
-                    what: "attention scores",
-                });
-            }
-            K::softmax(att);
-            let out = &mut s.xb2[h * hd..(h + 1) * hd];
-            out.fill(0.0);
-            for (p, &w) in att.iter().enumerate() {
-                K::axpy(
-                    out,
-                    w,
-                    &s.value_cache[kv_off + p * kvd..kv_off + p * kvd + hd],
-                );
-            }
-        }
-        let a = K::prepare(&s.xb2[..q_dim], &[layer.wo.ty], s.in_q, s.in_d);
-        gemv::<K>(&layer.wo, &a, s.xb, &mut bytes);
-        for (x, &v) in s.x[..d].iter_mut().zip(s.xb.iter()) {
-            *x += v;
-        }
-
-        // ---- feed-forward ----
-        norm::<K>(&mut s.xb[..d], &s.x[..d], layer.ffn_norm, c.norm_eps)?;
-        match &layer.ffn {
-            Ffn::Dense(f) => {
-                let a = K::prepare(&s.xb[..d], &[f.gate.ty, f.up.ty], s.in_q, s.in_d);
-                swiglu::<K>(
-                    f,
-                    &a,
-                    s.hb,
-                    s.hb2,
-                    s.hid_q,
-                    s.hid_d,
-                    &mut s.xb2[..d],
-                    &mut bytes,
-                );
-            }
-            Ffn::Moe(moe) => moe_layer::<K>(c, l, moe, s, &mut bytes)?,
-        }
-        for (x, &v) in s.x[..d].iter_mut().zip(s.xb2.iter()) {
-            *x += v;
+        if !finite.load(Ordering::Relaxed) {
+            return Err(Error::NonFinite {
+                what: "attention scores",
+            });
         }
     }
 
-    norm::<K>(&mut s.xb[..d], &s.x[..d], model.output_norm, c.norm_eps)?;
-    let a = K::prepare(&s.xb[..d], &[model.output.ty], s.in_q, s.in_d);
-    gemv::<K>(&model.output, &a, s.logits, &mut bytes);
-    s.weight_bytes = bytes;
-    if !s.logits.iter().all(|v| v.is_finite()) {
-        return Err(Error::NonFinite { what: "logits" });
+    let a = K::prepare(&s.xb2[..n * q_dim], &[layer.wo.ty], q.in_q, q.in_d);
+    pass.mm_batch::<K>(&layer.wo, &a, members, n, &mut s.xb[..n * d]);
+    for (x, &v) in s.x[..n * d].iter_mut().zip(s.xb.iter()) {
+        *x += v;
     }
-    s.pos = pos + 1;
-    Ok(s.logits)
+    Ok(())
 }
 
 /// `out = rmsnorm(x) * w`, failing if the sum of squares of `x` is not finite: an overflowing
@@ -226,34 +430,92 @@ fn norm<K: Kernels>(out: &mut [f32], x: &[f32], w: &[u8], eps: f32) -> Result<()
     Ok(())
 }
 
-/// Routes all `h` sub-tokens (prepared as a batch in `subs`), reading the router weights once:
-/// logits into `probs` (`[h][E]`), softmax per sub-token, top-k into `idx`/`gates`
-/// (`[h][k]`, renormalized if configured).
+/// [`norm`] of each of the first `n` `d`-wide tokens of `x` into `out`.
+fn norm_batch<K: Kernels>(
+    x: &[f32],
+    out: &mut [f32],
+    d: usize,
+    n: usize,
+    w: &[u8],
+    eps: f32,
+) -> Result<()> {
+    for (o, x) in out[..n * d].chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        norm::<K>(o, x, w, eps)?;
+    }
+    Ok(())
+}
+
+/// Hidden-activation scratch of a SwiGLU block: gate and up outputs, their Q8_0 form, and
+/// the member indices of the products.
+struct Hidden<'a> {
+    gate: &'a mut [f32],
+    up: &'a mut [f32],
+    q: &'a mut [i8],
+    d: &'a mut [f32],
+    members: &'a mut [u32],
+}
+
+/// `out = down(silu(gate x) * up x)` for the `n` inputs of `a` (`out` is `[n][down.rows]`).
+fn swiglu<K: Kernels>(
+    pass: &mut Pass<'_>,
+    f: &SwiGlu<'_>,
+    a: &Act<'_>,
+    n: usize,
+    hid: Hidden<'_>,
+    out: &mut [f32],
+) {
+    let hidden = f.gate.rows;
+    let (gate, up) = (&mut hid.gate[..n * hidden], &mut hid.up[..n * hidden]);
+    pass.mm_batch::<K>(&f.gate, a, hid.members, n, gate);
+    pass.mm_batch::<K>(&f.up, a, hid.members, n, up);
+    K::silu_mul(gate, up);
+    let h = K::prepare(gate, &[f.down.ty], hid.q, hid.d);
+    pass.mm_batch::<K>(&f.down, &h, hid.members, n, out);
+}
+
+/// A dense SwiGLU layer on the normed tokens in `xb`; the result goes to `xb2`.
+fn dense_ffn<K: Kernels>(
+    pass: &mut Pass<'_>,
+    d: usize,
+    f: &SwiGlu<'_>,
+    st: &mut State<'_>,
+    n: usize,
+) {
+    let (s, q, ffn) = (&mut st.s, &mut st.quant, &mut st.ffn);
+    let a = K::prepare(&s.xb[..n * d], &[f.gate.ty, f.up.ty], q.in_q, q.in_d);
+    let hid = Hidden {
+        gate: ffn.hb,
+        up: ffn.hb2,
+        q: q.hid_q,
+        d: q.hid_d,
+        members: ffn.members,
+    };
+    swiglu::<K>(pass, f, &a, n, hid, &mut s.xb2[..n * d]);
+}
+
+/// Routes all `n * h` sub-tokens of the batch (prepared in `subs`), reading the router
+/// weights once: logits into `probs` (`[n*h][E]`), softmax per sub-token, top-k into
+/// `idx`/`gates` (`[n*h][k]`, renormalized if configured).
 #[allow(clippy::too_many_arguments)]
 fn route<K: Kernels>(
+    pass: &mut Pass<'_>,
     c: &Config,
     router: &Router<'_>,
     subs: &Act<'_>,
-    members: &mut [u32],
-    probs: &mut [f32],
-    red: &mut [f32],
-    row: &mut [f32],
+    n_subs: usize,
+    scratch: (&mut [f32], &mut [f32], &mut [f32], &mut [u32]),
     idx: &mut [u32],
     gates: &mut [f32],
-    bytes: &mut u64,
 ) -> Result<()> {
-    let (h, e_n, k) = (c.moe_heads, c.n_experts, c.top_k);
-    let members = &mut members[..h];
-    for (j, m) in members.iter_mut().enumerate() {
-        *m = j as u32;
-    }
-    let probs = &mut probs[..h * e_n];
+    let (e_n, k) = (c.n_experts, c.top_k);
+    let (probs, red, row, members) = scratch;
+    let probs = &mut probs[..n_subs * e_n];
     match router {
-        Router::Softmax(w) => gemv_group::<K>(w, members, 1, subs.x, subs.q, subs.d, probs, bytes),
+        Router::Softmax(w) => pass.mm_batch::<K>(w, subs, members, n_subs, probs),
         Router::XMoe { reduce, experts } => {
             let r = reduce.rows;
-            let z = &mut red[..h * r];
-            gemv_group::<K>(reduce, members, 1, subs.x, subs.q, subs.d, z, bytes);
+            let z = &mut red[..n_subs * r];
+            pass.mm_batch::<K>(reduce, subs, members, n_subs, z);
             // logits_e = z . (W_e / max(||W_e||, 1e-4)), as (z . W_e) * (1 / norm); each
             // expert embedding is widened once and used for every sub-token.
             let row = &mut row[..r];
@@ -265,14 +527,14 @@ fn route<K: Kernels>(
                     return Err(Error::NonFinite { what: "router" });
                 }
                 let inv = 1.0 / libm::sqrtf(sq).max(1e-4);
-                for j in 0..h {
+                for j in 0..n_subs {
                     probs[j * e_n + e] = K::dot_f32(&z[j * r..(j + 1) * r], row) * inv;
                 }
             }
-            *bytes += experts.data.len() as u64;
+            pass.bytes += experts.data.len() as u64;
         }
     }
-    for j in 0..h {
+    for j in 0..n_subs {
         let p = &mut probs[j * e_n..(j + 1) * e_n];
         // A -inf logit would silently become a probability of 0: all must be finite.
         if !p.iter().all(|v| v.is_finite()) || !K::softmax(p).is_finite() {
@@ -290,52 +552,33 @@ fn route<K: Kernels>(
     Ok(())
 }
 
-/// Expert matrix `w` applied to every member of one expert group, reading each weight row once
-/// ([`Kernels::gemv_group`]), counting the bytes read.
-#[allow(clippy::too_many_arguments)]
-fn gemv_group<K: Kernels>(
-    w: &Matrix<'_>,
-    members: &[u32],
-    in_div: usize,
-    x: &[f32],
-    q: &[i8],
-    d: &[f32],
-    out: &mut [f32],
-    bytes: &mut u64,
-) {
-    K::gemv_group(
-        w,
-        &Act { x, q, d },
-        members,
-        in_div,
-        &mut Out::new(out, w.rows),
-    );
-    *bytes += w.data.len() as u64;
-}
-
-/// One MH-MoE layer on the normed token in `s.xb`; the result goes to `s.xb2[..d]`.
+/// One MH-MoE layer on the `n` normed tokens in `xb`; the result goes to `xb2[..n * d]`.
 ///
-/// Experts are grouped: all sub-tokens routed to one expert are computed together, so each
-/// chosen expert's weights are read once per token. Each sub-token's expert outputs are then
-/// summed in its own choice order, so the result is the same as computing them one by one.
+/// Experts are grouped over the whole batch: all sub-tokens routed to one expert are computed
+/// together, so each chosen expert's weights are read once per batch. Each sub-token's expert
+/// outputs are then summed in its own choice order, so the result is the same as computing
+/// them one by one.
 fn moe_layer<K: Kernels>(
+    pass: &mut Pass<'_>,
     c: &Config,
     layer: usize,
     moe: &Moe<'_>,
-    s: &mut State<'_>,
-    bytes: &mut u64,
+    st: &mut State<'_>,
+    n: usize,
 ) -> Result<()> {
     let (d, m, k, h) = (c.dim, c.sub_dim(), c.top_k, c.moe_heads);
-    let pairs = h * k;
-    let f = c.expert_ff_dim;
+    let (pairs, f) = (n * h * k, c.expert_ff_dim);
+    let (s, q, ffn) = (&mut st.s, &mut st.quant, &mut st.ffn);
 
-    // 1. head linear (h > 1), else the token itself.
+    // 1. head linear (h > 1), else the tokens themselves.
     if let Some((w, b)) = &moe.head {
-        let a = K::prepare(&s.xb[..d], &[w.ty], s.in_q, s.in_d);
-        gemv::<K>(w, &a, s.xh, bytes);
-        add_bias(&mut s.xh[..d], b);
+        let a = K::prepare(&s.xb[..n * d], &[w.ty], q.in_q, q.in_d);
+        pass.mm_batch::<K>(w, &a, ffn.members, n, &mut ffn.xh[..n * d]);
+        for xh in ffn.xh[..n * d].chunks_exact_mut(d) {
+            add_bias(xh, b);
+        }
     } else {
-        s.xh[..d].copy_from_slice(&s.xb[..d]);
+        ffn.xh[..n * d].copy_from_slice(&s.xb[..n * d]);
     }
 
     // 2-3. route every sub-token. The sub-tokens are contiguous m-wide slices of xh, and m is a
@@ -346,107 +589,99 @@ fn moe_layer<K: Kernels>(
         Router::XMoe { reduce, .. } => reduce.ty,
     };
     let types = [router_ty, moe.gate.all.ty, moe.up.all.ty];
-    let subs = K::prepare(&s.xh[..d], &types, s.in_q, s.in_d);
-    let routes = layer * pairs..(layer + 1) * pairs;
-    let (all_idx, all_gates) = (&mut s.topk_idx[routes.clone()], &mut s.topk_w[routes]);
-    route::<K>(
-        c,
-        &moe.router,
-        &subs,
-        s.members,
-        s.router,
-        s.router_red,
-        s.sub_out,
-        all_idx,
-        all_gates,
-        bytes,
-    )?;
+    let subs = K::prepare(&ffn.xh[..n * d], &types, q.in_q, q.in_d);
+    let base = layer * st.plan.batch() * h * k;
+    let (idx, gates) = (
+        &mut st.routes.idx[base..base + pairs],
+        &mut st.routes.gates[base..base + pairs],
+    );
+    let scratch = (
+        &mut *ffn.router,
+        &mut *ffn.router_red,
+        &mut *ffn.sub_out,
+        &mut *ffn.members,
+    );
+    route::<K>(pass, c, &moe.router, &subs, n * h, scratch, idx, gates)?;
 
-    // 4. every chosen expert once, on all of its sub-tokens.
-    let (gate_out, up_out) = (&mut s.hb[..pairs * f], &mut s.hb2[..pairs * f]);
-    let y = &mut s.sub_out[..pairs * m];
+    // 4. every chosen expert once, on all of its sub-tokens in the batch (pair p = sub-token
+    // p / k's choice p % k).
+    let (gate_out, up_out) = (&mut ffn.hb[..pairs * f], &mut ffn.hb2[..pairs * f]);
+    let y = &mut ffn.sub_out[..pairs * m];
     for e in 0..c.n_experts {
-        let mut n = 0;
-        for (p, &ix) in all_idx.iter().enumerate() {
+        let mut count = 0;
+        for (p, &ix) in idx.iter().enumerate() {
             if ix as usize == e {
-                s.members[n] = p as u32;
-                n += 1;
+                ffn.members[count] = p as u32;
+                count += 1;
             }
         }
-        if n == 0 {
+        if count == 0 {
             continue;
         }
-        let members = &s.members[..n];
-        gemv_group::<K>(
-            &moe.gate.get(e),
-            members,
-            k,
-            subs.x,
-            subs.q,
-            subs.d,
-            gate_out,
-            bytes,
-        );
-        gemv_group::<K>(
-            &moe.up.get(e),
-            members,
-            k,
-            subs.x,
-            subs.q,
-            subs.d,
-            up_out,
-            bytes,
-        );
+        let members = &ffn.members[..count];
+        pass.mm::<K>(&moe.gate.get(e), &subs, members, k, gate_out);
+        pass.mm::<K>(&moe.up.get(e), &subs, members, k, up_out);
+        let down = moe.down.get(e);
         for &p in members {
             let r = p as usize * f..(p as usize + 1) * f;
-            K::silu_mul(&mut gate_out[r.clone()], &up_out[r]);
-        }
-        // Quantize each member's hidden vector in place in the hidden buffers (blocks never
-        // straddle members: F is a multiple of 32 whenever `down` is quantized).
-        let down = moe.down.get(e);
-        if down.ty.is_quantized() {
-            for &p in members {
-                let (r, rb) = (p as usize * f..(p as usize + 1) * f, p as usize * f / QK);
-                K::quantize_q8_0(
-                    &gate_out[r.clone()],
-                    &mut s.hid_q[r],
-                    &mut s.hid_d[rb..rb + f / QK],
-                );
+            K::silu_mul(&mut gate_out[r.clone()], &up_out[r.clone()]);
+            // Quantize each member's hidden vector (blocks never straddle members: F is a
+            // multiple of 32 whenever `down` is quantized).
+            if down.ty.is_quantized() {
+                let rb = p as usize * f / QK..(p as usize + 1) * f / QK;
+                K::quantize_q8_0(&gate_out[r.clone()], &mut q.hid_q[r], &mut q.hid_d[rb]);
             }
         }
-        let (hq, hd): (&[i8], &[f32]) = if down.ty.is_quantized() {
-            (&s.hid_q[..pairs * f], &s.hid_d[..pairs * f / QK])
-        } else {
-            (&[], &[])
+        let hidden = Act {
+            x: gate_out,
+            q: if down.ty.is_quantized() {
+                &q.hid_q[..pairs * f]
+            } else {
+                &[]
+            },
+            d: if down.ty.is_quantized() {
+                &q.hid_d[..pairs * f / QK]
+            } else {
+                &[]
+            },
         };
-        gemv_group::<K>(&down, members, 1, gate_out, hq, hd, y, bytes);
+        pass.mm::<K>(&down, &hidden, members, 1, y);
     }
 
     // 5. each sub-token's gate-weighted sum, in its choice order.
-    for j in 0..h {
-        let o = &mut s.moe_out[j * m..(j + 1) * m];
+    for (j, o) in ffn.moe_out[..n * d].chunks_exact_mut(m).enumerate() {
         o.fill(0.0);
         for i in 0..k {
             let p = j * k + i;
-            K::axpy(o, all_gates[p], &y[p * m..(p + 1) * m]);
+            K::axpy(o, gates[p], &y[p * m..(p + 1) * m]);
         }
     }
 
     // 6. merge linear (h > 1), else the concatenation itself.
-    let out = &mut s.xb2[..d];
+    let out = &mut s.xb2[..n * d];
     if let Some((w, b)) = &moe.merge {
-        let a = K::prepare(&s.moe_out[..d], &[w.ty], s.in_q, s.in_d);
-        gemv::<K>(w, &a, out, bytes);
-        add_bias(out, b);
+        let a = K::prepare(&ffn.moe_out[..n * d], &[w.ty], q.in_q, q.in_d);
+        pass.mm_batch::<K>(w, &a, ffn.members, n, out);
+        for o in out.chunks_exact_mut(d) {
+            add_bias(o, b);
+        }
     } else {
-        out.copy_from_slice(&s.moe_out[..d]);
+        out.copy_from_slice(&ffn.moe_out[..n * d]);
     }
 
-    // Optional shared expert on the full normed token, added to the output.
+    // Optional shared expert on the full normed tokens, added to the output.
     if let Some(sh) = &moe.shared {
-        let a = K::prepare(&s.xb[..d], &[sh.gate.ty, sh.up.ty], s.in_q, s.in_d);
-        let so = &mut s.sub_out[..d];
-        swiglu::<K>(sh, &a, s.hb, s.hb2, s.hid_q, s.hid_d, so, bytes);
+        let types = [sh.gate.ty, sh.up.ty];
+        let a = K::prepare(&s.xb[..n * d], &types, q.in_q, q.in_d);
+        let hid = Hidden {
+            gate: ffn.hb,
+            up: ffn.hb2,
+            q: q.hid_q,
+            d: q.hid_d,
+            members: ffn.members,
+        };
+        let so = &mut ffn.sub_out[..n * d];
+        swiglu::<K>(pass, sh, &a, n, hid, so);
         for (o, &v) in out.iter_mut().zip(so.iter()) {
             *o += v;
         }

@@ -14,6 +14,7 @@ pub mod forward;
 pub mod gguf;
 pub mod kernels;
 pub mod model;
+pub mod parallel;
 pub mod quant;
 pub mod sampler;
 pub mod state;
@@ -21,7 +22,7 @@ pub mod tokenizer;
 
 pub use config::Config;
 pub use error::{Error, Result};
-pub use forward::{forward, forward_on};
+pub use forward::{forward, forward_batch, forward_on, Exec};
 pub use kernels::Isa;
 pub use model::Model;
 pub use state::{AlignedBuffer, State};

@@ -34,6 +34,18 @@ impl<'a> Matrix<'a> {
             .unwrap_or(&[])
     }
 
+    /// Rows `r0..r1` as a matrix of their own (clamped to the rows there are).
+    pub fn rows_range(&self, r0: usize, r1: usize) -> Matrix<'a> {
+        let r1 = r1.min(self.rows);
+        let r0 = r0.min(r1);
+        let rb = self.row_bytes();
+        Matrix {
+            rows: r1 - r0,
+            data: self.data.get(r0 * rb..r1 * rb).unwrap_or(&[]),
+            ..*self
+        }
+    }
+
     /// Dequantizes row `r` into `out[..cols]`. A shorter `out` gets the whole blocks that fit;
     /// an out-of-range row writes nothing.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {

@@ -35,33 +35,39 @@ pub(crate) struct Plan {
     kv_dim: usize,
     n_heads: usize,
     half_head: usize,
-    /// Hidden activations: dense FFN, shared expert, or all `h * k` expert pairs of a token.
+    /// Hidden activations of one token: dense FFN, shared expert, or all `h * k` expert pairs.
     hidden: usize,
-    /// Expert outputs of all pairs (`k * d`), at least `d`.
+    /// Expert outputs of all pairs of one token (`k * d`), at least `d`.
     expert_out: usize,
     max_in: usize,
     n_experts: usize,
     router_red: usize,
-    /// Routing decisions of every layer: `n_layers * h * k`.
-    routes: usize,
     pairs: usize,
     heads: usize,
     vocab: usize,
     ctx: usize,
     n_layers: usize,
+    /// Tokens one forward pass can take at once; every per-token buffer is this many deep.
+    batch: usize,
 }
 
 fn round16(n: usize) -> Option<usize> {
     n.checked_add(15).map(|v| v & !15)
 }
 
+/// Number of buffers a state is carved into.
+const BUFFERS: usize = 23;
+
 impl Plan {
-    pub(crate) fn new(c: &Config, ctx: usize, router_red: usize) -> Result<Plan> {
+    pub(crate) fn new(c: &Config, ctx: usize, batch: usize, router_red: usize) -> Result<Plan> {
         if ctx == 0 || ctx > c.context_length {
             return Err(Error::BadContextLength {
                 requested: ctx,
                 max: c.context_length,
             });
+        }
+        if batch == 0 {
+            return Err(Error::BadBatchCapacity);
         }
         let overflow = Error::Overflow {
             what: "state size",
@@ -82,7 +88,7 @@ impl Plan {
             .max(c.dim);
         // Widest input of a single matrix product (quantized activations need this many).
         let max_in = c.dim.max(q_dim).max(router_red);
-        Ok(Plan {
+        let plan = Plan {
             dim: c.dim,
             q_dim,
             kv_dim: c.kv_dim(),
@@ -93,47 +99,51 @@ impl Plan {
             max_in,
             n_experts: c.n_experts,
             router_red,
-            routes: c.n_layers.checked_mul(pairs).ok_or(overflow)?,
             pairs,
             heads: c.moe_heads,
             vocab: c.vocab_size,
             ctx,
             n_layers: c.n_layers,
-        })
+            batch,
+        };
+        plan.bytes().ok_or(overflow)?;
+        Ok(plan)
     }
 
     /// (element count, element size) of each buffer, in carving order.
-    fn buffers(&self) -> Option<[(usize, usize); 23]> {
+    fn buffers(&self) -> Option<[(usize, usize); BUFFERS]> {
         let kv = self
             .n_layers
             .checked_mul(self.ctx)?
             .checked_mul(self.kv_dim)?;
         let in_blocks = self.max_in.div_ceil(QK);
         let hid_blocks = self.hidden.div_ceil(QK);
+        // Per-token sizes, times the batch capacity.
+        let b = |n: usize| n.checked_mul(self.batch);
         Some([
-            (self.dim, 4),                                 // x
-            (self.dim, 4),                                 // xb
-            (self.dim.max(self.q_dim), 4),                 // xb2
-            (self.q_dim, 4),                               // q
-            (self.n_heads.checked_mul(self.ctx)?, 4),      // att
-            (self.hidden, 4),                              // hb
-            (self.hidden, 4),                              // hb2
-            (self.dim, 4),                                 // xh (head output)
-            (self.dim, 4),                                 // moe_out
-            (self.expert_out, 4),                          // expert outputs
-            (self.n_experts.checked_mul(self.heads)?, 4),  // router probabilities [h][E]
-            (self.router_red.checked_mul(self.heads)?, 4), // x-moe reduced sub-tokens [h][r]
-            (self.routes, 4),                              // chosen experts, every layer
-            (self.routes, 4),                              // their gates
-            (self.pairs, 4),                               // members of one expert group
-            (self.vocab, 4),                               // logits
-            (self.half_head * 2, 4),                       // rope cos and sin
-            (in_blocks * QK, 1),                           // Q8_0 input values
-            (in_blocks, 4),                                // their scales
-            (hid_blocks * QK, 1),                          // Q8_0 hidden values
-            (hid_blocks, 4),                               // their scales
-            (kv, 4),                                       // key cache
-            (kv, 4),                                       // value cache
+            (b(self.dim)?, 4),                                 // x
+            (b(self.dim)?, 4),                                 // xb
+            (b(self.dim.max(self.q_dim))?, 4),                 // xb2
+            (b(self.q_dim)?, 4),                               // q
+            (self.n_heads.checked_mul(self.ctx)?, 4),          // attention scores
+            (b(self.half_head * 2)?, 4),                       // rope cos and sin
+            (b(in_blocks * QK)?, 1),                           // Q8_0 input values
+            (b(in_blocks)?, 4),                                // their scales
+            (b(hid_blocks * QK)?, 1),                          // Q8_0 hidden values
+            (b(hid_blocks)?, 4),                               // their scales
+            (b(self.hidden)?, 4),                              // hidden (gate)
+            (b(self.hidden)?, 4),                              // hidden (up)
+            (b(self.dim)?, 4),                                 // xh (head output)
+            (b(self.dim)?, 4),                                 // moe_out
+            (b(self.expert_out)?, 4),                          // expert outputs
+            (b(self.n_experts.checked_mul(self.heads)?)?, 4),  // router probabilities
+            (b(self.router_red.checked_mul(self.heads)?)?, 4), // x-moe reduced sub-tokens
+            (b(self.pairs)?, 4),                               // members of one group
+            (b(self.n_layers.checked_mul(self.pairs)?)?, 4),   // chosen experts
+            (b(self.n_layers.checked_mul(self.pairs)?)?, 4),   // their gates
+            (self.vocab, 4),                                   // logits
+            (kv, 4),                                           // key cache
+            (kv, 4),                                           // value cache
         ])
     }
 
@@ -147,30 +157,56 @@ impl Plan {
     pub(crate) fn pairs(&self) -> usize {
         self.pairs
     }
+
+    /// Batch capacity.
+    pub(crate) fn batch(&self) -> usize {
+        self.batch
+    }
 }
 
-/// Everything a forward pass writes. Field shapes are noted per field.
+/// The residual stream and the per-token activations of a batch (`[batch][..]` each).
 #[derive(Debug)]
-pub struct State<'b> {
-    /// Next position to fill (number of tokens processed).
-    pub(crate) pos: usize,
-    /// The layout this state was carved with; the forward pass checks it matches the model.
-    pub(crate) plan: Plan,
+pub(crate) struct Stream<'b> {
     /// Residual stream `[d]`.
     pub(crate) x: &'b mut [f32],
-    /// Normed input `[d]`.
+    /// Normed input `[d]`; also the attention output projection.
     pub(crate) xb: &'b mut [f32],
-    /// Attention output / FFN output `[max(d, nh*hd)]`.
+    /// Attention heads' output / FFN output `[max(d, nh*hd)]`.
     pub(crate) xb2: &'b mut [f32],
     /// Query `[nh*hd]`.
     pub(crate) q: &'b mut [f32],
-    /// Attention scores `[nh][ctx]`.
+}
+
+/// Attention scratch.
+#[derive(Debug)]
+pub(crate) struct Attention<'b> {
+    /// Scores `[nh][ctx]` of the token being attended.
     pub(crate) att: &'b mut [f32],
-    /// FFN hidden `[max(FF, F, Fs)]`.
+    /// RoPE cos then sin `[hd/2]` each, per token of the batch.
+    pub(crate) rope: &'b mut [f32],
+}
+
+/// Q8_0 forms of matrix-product inputs (`[batch][..]`).
+#[derive(Debug)]
+pub(crate) struct Quantized<'b> {
+    /// Values of a layer input `[max input width]`.
+    pub(crate) in_q: &'b mut [i8],
+    /// Their block scales.
+    pub(crate) in_d: &'b mut [f32],
+    /// Values of hidden activations `[max hidden]`.
+    pub(crate) hid_q: &'b mut [i8],
+    /// Their block scales.
+    pub(crate) hid_d: &'b mut [f32],
+}
+
+/// Feed-forward and MH-MoE scratch (`[batch][..]`).
+#[derive(Debug)]
+pub(crate) struct FfnScratch<'b> {
+    /// Hidden (gate, then silu(gate) * up) `[max(FF, h*k*F, Fs)]`.
     pub(crate) hb: &'b mut [f32],
-    /// FFN hidden (up) `[max(FF, F, Fs)]`.
+    /// Hidden (up).
     pub(crate) hb2: &'b mut [f32],
-    /// MH-MoE head output `[d]`.
+    /// MH-MoE head output `[d]` (the sub-tokens, contiguous).
     pub(crate) xh: &'b mut [f32],
     /// Concatenated sub-token outputs `[d]`.
     pub(crate) moe_out: &'b mut [f32],
@@ -180,30 +216,47 @@ pub struct State<'b> {
     pub(crate) router: &'b mut [f32],
     /// X-MoE reduced sub-tokens `[h][r]`.
     pub(crate) router_red: &'b mut [f32],
-    /// Chosen experts `[layer][h][k]`.
-    pub(crate) topk_idx: &'b mut [u32],
-    /// Their gates `[layer][h][k]`.
-    pub(crate) topk_w: &'b mut [f32],
-    /// Pairs routed to one expert `[h*k]`.
+    /// Indices of the inputs of one matrix product (a batch, or one expert's pairs) `[h*k]`.
     pub(crate) members: &'b mut [u32],
-    /// Output logits `[V]`.
+}
+
+/// Routing decisions of the last forward pass: `[layer][batch][h][k]`.
+#[derive(Debug)]
+pub(crate) struct Routes<'b> {
+    /// Chosen experts.
+    pub(crate) idx: &'b mut [u32],
+    /// Their gates.
+    pub(crate) gates: &'b mut [f32],
+}
+
+/// The KV cache, `[layer][pos][kv_dim]` each.
+#[derive(Debug)]
+pub(crate) struct KvCache<'b> {
+    /// Keys (RoPE applied).
+    pub(crate) key: &'b mut [f32],
+    /// Values.
+    pub(crate) value: &'b mut [f32],
+}
+
+/// Everything a forward pass writes, carved from one caller-provided buffer.
+#[derive(Debug)]
+pub struct State<'b> {
+    /// Next position to fill (number of tokens processed).
+    pub(crate) pos: usize,
+    /// The layout this state was carved with; the forward pass checks it matches the model.
+    pub(crate) plan: Plan,
+    /// Tokens in the last forward pass (its routing is kept).
+    pub(crate) last_batch: usize,
+    pub(crate) s: Stream<'b>,
+    pub(crate) attn: Attention<'b>,
+    pub(crate) quant: Quantized<'b>,
+    pub(crate) ffn: FfnScratch<'b>,
+    pub(crate) routes: Routes<'b>,
+    /// Output logits `[V]` of the last token of the last forward pass.
     pub(crate) logits: &'b mut [f32],
-    /// RoPE cos then sin for the current position `[hd/2]` each.
-    pub(crate) rope: &'b mut [f32],
-    /// Q8_0 values of a layer input `[max input width]`.
-    pub(crate) in_q: &'b mut [i8],
-    /// Their block scales.
-    pub(crate) in_d: &'b mut [f32],
-    /// Q8_0 values of hidden activations `[max hidden]`.
-    pub(crate) hid_q: &'b mut [i8],
-    /// Their block scales.
-    pub(crate) hid_d: &'b mut [f32],
+    pub(crate) kv: KvCache<'b>,
     /// Bytes of weights read by the last forward pass.
     pub(crate) weight_bytes: u64,
-    /// Key cache `[layer][pos][kv_dim]`.
-    pub(crate) key_cache: &'b mut [f32],
-    /// Value cache `[layer][pos][kv_dim]`.
-    pub(crate) value_cache: &'b mut [f32],
     pub(crate) ctx: usize,
 }
 
@@ -251,13 +304,25 @@ impl<'b> State<'b> {
     /// Required alignment of the buffer's start, in bytes.
     pub const ALIGN: usize = 16;
 
-    /// Exact bytes of buffer needed for `model` with a context of `ctx` positions.
+    /// Exact bytes of buffer needed for `model` with a context of `ctx` positions and a batch
+    /// capacity of 1 (one token per forward pass).
     pub fn bytes_needed<const N: usize>(
         model: &crate::model::Model<'_, N>,
         ctx: usize,
     ) -> Result<usize> {
+        Self::bytes_needed_batch(model, ctx, 1)
+    }
+
+    /// Exact bytes of buffer needed for `model`, `ctx` positions and forward passes of up to
+    /// `batch` tokens ([`crate::forward_batch`]). The KV cache, attention scores and logits do
+    /// not grow with `batch`; the activations and scratch do.
+    pub fn bytes_needed_batch<const N: usize>(
+        model: &crate::model::Model<'_, N>,
+        ctx: usize,
+        batch: usize,
+    ) -> Result<usize> {
         let c = &model.config;
-        Plan::new(c, ctx, router_red_width(model.layers(), c))?
+        Plan::new(c, ctx, batch, router_red_width(model.layers(), c))?
             .bytes()
             .ok_or(Error::Overflow {
                 what: "state size",
@@ -265,19 +330,32 @@ impl<'b> State<'b> {
             })
     }
 
-    /// Carves the state for `model` and `ctx` positions out of `buf`, which must be at least
-    /// [`State::bytes_needed`] bytes and start at a multiple of [`State::ALIGN`].
+    /// Carves the state for `model` and `ctx` positions (batch capacity 1) out of `buf`, which
+    /// must be at least [`State::bytes_needed`] bytes and start at a multiple of
+    /// [`State::ALIGN`].
     pub fn new<const N: usize>(
         model: &crate::model::Model<'_, N>,
         ctx: usize,
         buf: &'b mut [u8],
     ) -> Result<Self> {
+        Self::new_batch(model, ctx, 1, buf)
+    }
+
+    /// Carves a state for forward passes of up to `batch` tokens out of `buf`, which must be at
+    /// least [`State::bytes_needed_batch`] bytes and start at a multiple of [`State::ALIGN`].
+    pub fn new_batch<const N: usize>(
+        model: &crate::model::Model<'_, N>,
+        ctx: usize,
+        batch: usize,
+        buf: &'b mut [u8],
+    ) -> Result<Self> {
         let c = &model.config;
-        let plan = Plan::new(c, ctx, router_red_width(model.layers(), c))?;
-        let needed = plan.bytes().ok_or(Error::Overflow {
+        let plan = Plan::new(c, ctx, batch, router_red_width(model.layers(), c))?;
+        let overflow = Error::Overflow {
             what: "state size",
             offset: 0,
-        })?;
+        };
+        let needed = plan.bytes().ok_or(overflow.clone())?;
         if buf.len() < needed {
             return Err(Error::BufferTooSmall {
                 what: "state",
@@ -288,43 +366,58 @@ impl<'b> State<'b> {
         if !(buf.as_ptr() as usize).is_multiple_of(Self::ALIGN) {
             return Err(Error::BufferMisaligned { align: Self::ALIGN });
         }
-        let [x, xb, xb2, q, att, hb, hb2, xh, mo, so, ro, rr, ti, tw, mb, lg, rp, iq, id, hq, hd, kc, vc] =
-            plan.buffers().ok_or(Error::Overflow {
-                what: "state size",
-                offset: 0,
-            })?;
+        let [x, xb, xb2, q, att, rp, iq, id, hq, hd, hb, hb2, xh, mo, so, ro, rr, mb, ti, tw, lg, kc, vc] =
+            plan.buffers().ok_or(overflow)?;
         let mut b = &mut buf[..needed];
         let mut state = State {
             pos: 0,
             plan,
-            x: carve(&mut b, x.0),
-            xb: carve(&mut b, xb.0),
-            xb2: carve(&mut b, xb2.0),
-            q: carve(&mut b, q.0),
-            att: carve(&mut b, att.0),
-            hb: carve(&mut b, hb.0),
-            hb2: carve(&mut b, hb2.0),
-            xh: carve(&mut b, xh.0),
-            moe_out: carve(&mut b, mo.0),
-            sub_out: carve(&mut b, so.0),
-            router: carve(&mut b, ro.0),
-            router_red: carve(&mut b, rr.0),
-            topk_idx: carve(&mut b, ti.0),
-            topk_w: carve(&mut b, tw.0),
-            members: carve(&mut b, mb.0),
+            last_batch: 0,
+            s: Stream {
+                x: carve(&mut b, x.0),
+                xb: carve(&mut b, xb.0),
+                xb2: carve(&mut b, xb2.0),
+                q: carve(&mut b, q.0),
+            },
+            attn: Attention {
+                att: carve(&mut b, att.0),
+                rope: carve(&mut b, rp.0),
+            },
+            quant: Quantized {
+                in_q: carve(&mut b, iq.0),
+                in_d: carve(&mut b, id.0),
+                hid_q: carve(&mut b, hq.0),
+                hid_d: carve(&mut b, hd.0),
+            },
+            ffn: FfnScratch {
+                hb: carve(&mut b, hb.0),
+                hb2: carve(&mut b, hb2.0),
+                xh: carve(&mut b, xh.0),
+                moe_out: carve(&mut b, mo.0),
+                sub_out: carve(&mut b, so.0),
+                router: carve(&mut b, ro.0),
+                router_red: carve(&mut b, rr.0),
+                members: carve(&mut b, mb.0),
+            },
+            routes: Routes {
+                idx: carve(&mut b, ti.0),
+                gates: carve(&mut b, tw.0),
+            },
             logits: carve(&mut b, lg.0),
-            rope: carve(&mut b, rp.0),
-            in_q: carve(&mut b, iq.0),
-            in_d: carve(&mut b, id.0),
-            hid_q: carve(&mut b, hq.0),
-            hid_d: carve(&mut b, hd.0),
+            kv: KvCache {
+                key: carve(&mut b, kc.0),
+                value: carve(&mut b, vc.0),
+            },
             weight_bytes: 0,
-            key_cache: carve(&mut b, kc.0),
-            value_cache: carve(&mut b, vc.0),
             ctx,
         };
         state.reset();
         Ok(state)
+    }
+
+    /// The most tokens one forward pass can take ([`State::new_batch`]).
+    pub fn batch_capacity(&self) -> usize {
+        self.plan.batch()
     }
 
     /// Number of positions filled so far.
@@ -341,6 +434,7 @@ impl<'b> State<'b> {
     /// the next forward pass, so sampling them is an error rather than a stale or zero token.
     pub fn reset(&mut self) {
         self.pos = 0;
+        self.last_batch = 0;
         self.logits.fill(f32::NAN);
     }
 
@@ -349,20 +443,36 @@ impl<'b> State<'b> {
         self.weight_bytes
     }
 
-    /// Routing of layer `layer` in the last forward pass: the chosen experts and their gates,
-    /// `k` per sub-token, sub-token-major (`h * k` each). `None` for dense layers and out of
-    /// range layers; stale (from an earlier token) if the last forward pass failed.
+    /// Routing of layer `layer` for the last token of the last forward pass: the chosen
+    /// experts and their gates, `k` per sub-token, sub-token-major (`h * k` each). `None` for
+    /// dense and out of range layers, and before the first forward pass; stale (from an
+    /// earlier pass) if the last forward pass failed.
     pub fn routing<const N: usize>(
         &self,
         model: &crate::model::Model<'_, N>,
         layer: usize,
     ) -> Option<(&[u32], &[f32])> {
+        self.routing_of(model, layer, self.last_batch.checked_sub(1)?)
+    }
+
+    /// Routing of layer `layer` for token `t` of the last forward pass (`t` below the number
+    /// of tokens it took), as [`State::routing`].
+    pub fn routing_of<const N: usize>(
+        &self,
+        model: &crate::model::Model<'_, N>,
+        layer: usize,
+        t: usize,
+    ) -> Option<(&[u32], &[f32])> {
         if layer >= model.config.n_layers || !model.config.is_moe_layer(layer) {
             return None;
         }
+        if t >= self.last_batch {
+            return None;
+        }
         let p = self.plan.pairs();
-        let r = layer * p..(layer + 1) * p;
-        Some((self.topk_idx.get(r.clone())?, self.topk_w.get(r)?))
+        let start = (layer * self.plan.batch() + t) * p;
+        let r = start..start + p;
+        Some((self.routes.idx.get(r.clone())?, self.routes.gates.get(r)?))
     }
 
     /// Logits of the last forward pass: NaN before the first one (and after [`State::reset`]),

@@ -237,6 +237,31 @@ impl<'a> Out<'a> {
         tail
     }
 
+    /// Rows `r0..r1` of this output (clamped to its rows), as a second output over the same
+    /// buffer.
+    ///
+    /// # Safety
+    /// While the result is alive, nothing else may write its elements: `self` and any other
+    /// output made from it must not write rows `r0..r1` (give every thread a disjoint range).
+    pub unsafe fn sub_rows(&self, r0: usize, r1: usize) -> Out<'a> {
+        let r1 = r1.min(self.rows);
+        let r0 = r0.min(r1);
+        Out {
+            start: self.start + r0,
+            rows: r1 - r0,
+            ..*self
+        }
+    }
+
+    /// Item `p`'s rows of this output as one slice (they are consecutive in the buffer).
+    #[inline]
+    pub fn item(&mut self, p: usize) -> &mut [f32] {
+        let i = self.index(p, 0, self.rows);
+        // SAFETY: `index` checked that the `rows` elements from `i` are inside the buffer and
+        // are this output's, which `&mut self` borrows exclusively for the slice's lifetime.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr().add(i), self.rows) }
+    }
+
     /// The index of item `p`'s row `r` in the buffer, if it is this output's.
     #[inline(always)]
     fn index(&self, p: usize, r: usize, n: usize) -> usize {

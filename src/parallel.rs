@@ -1,0 +1,374 @@
+//! Splitting one forward pass over threads, without giving up bit-identical results.
+//!
+//! The forward pass hands independent pieces of work to a [`Parallel`] executor: the row
+//! ranges of one matrix product, or the heads of one token's attention. Every piece writes its
+//! own outputs and no float reduction is ever split, so the result is the same bits for every
+//! thread count. [`Serial`] runs the pieces one after the other (the `no_std` default); under
+//! `std`, [`ThreadPool`] runs them on persistent threads.
+
+use crate::kernels::Out;
+
+/// Runs numbered tasks, possibly concurrently.
+pub trait Parallel: Sync {
+    /// How many threads run tasks (1 for [`Serial`]). The forward pass splits a piece of work
+    /// into at most this many tasks.
+    fn threads(&self) -> usize;
+
+    /// Runs `task(0)`, .., `task(n - 1)`, each exactly once and in any order or concurrently,
+    /// and returns when all have finished.
+    fn run(&self, n: usize, task: &(dyn Fn(usize) + Sync));
+}
+
+/// Runs every task on the calling thread, in order.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Serial;
+
+impl Parallel for Serial {
+    fn threads(&self) -> usize {
+        1
+    }
+
+    fn run(&self, n: usize, task: &(dyn Fn(usize) + Sync)) {
+        for i in 0..n {
+            task(i);
+        }
+    }
+}
+
+/// Splits `out` (covering `rows` rows) into `parts` contiguous row ranges whose starts are
+/// multiples of `align` (except that the ranges cover all rows), and runs `task(range_start,
+/// range_end, part)` for each, through `par`. Fewer parts are used when there are too few rows.
+pub(crate) fn for_row_ranges(
+    par: &dyn Parallel,
+    parts: usize,
+    align: usize,
+    out: &mut Out<'_>,
+    task: &(dyn Fn(usize, usize, &mut Out<'_>) + Sync),
+) {
+    let rows = out.rows();
+    let per = rows.div_ceil(parts.max(1)).next_multiple_of(align.max(1));
+    let parts = rows.div_ceil(per.max(1)).max(1);
+    if parts == 1 {
+        task(0, rows, out);
+        return;
+    }
+    let whole = SharedOut(out);
+    par.run(parts, &|i| {
+        let (r0, r1) = (i * per, ((i + 1) * per).min(rows));
+        // SAFETY: the ranges `[i * per, (i + 1) * per)` of distinct `i` are disjoint, `run`
+        // calls each `i` once, and `out` stays exclusively borrowed until `run` returns.
+        let mut part = unsafe { whole.part(r0, r1) };
+        task(r0, r1, &mut part);
+    });
+}
+
+/// Runs `task(i, chunk_a_i, chunk_b_i)` for the `n` consecutive chunks of `a` (`len_a` long) and
+/// `b` (`len_b` long), through `par` in `parts` groups of consecutive `i`.
+pub(crate) fn for_chunks<A: Send, B: Send>(
+    par: &dyn Parallel,
+    parts: usize,
+    n: usize,
+    a: (&mut [A], usize),
+    b: (&mut [B], usize),
+    task: &(dyn Fn(usize, &mut [A], &mut [B]) + Sync),
+) {
+    let ((a, la), (b, lb)) = (a, b);
+    let (a, b) = (&mut a[..n * la], &mut b[..n * lb]);
+    let parts = parts.clamp(1, n.max(1));
+    if parts == 1 {
+        for (i, (ca, cb)) in a.chunks_mut(la).zip(b.chunks_mut(lb)).enumerate() {
+            task(i, ca, cb);
+        }
+        return;
+    }
+    let per = n.div_ceil(parts);
+    let (pa, pb) = (SharedSlice::new(a), SharedSlice::new(b));
+    par.run(n.div_ceil(per), &|g| {
+        for i in g * per..((g + 1) * per).min(n) {
+            // SAFETY: chunk `i` of each slice is handed to exactly one task (each `g` runs once
+            // and the groups of `i` are disjoint); both slices stay borrowed until `run` ends.
+            let (ca, cb) = unsafe { (pa.chunk(i * la, la), pb.chunk(i * lb, lb)) };
+            task(i, ca, cb);
+        }
+    });
+}
+
+/// A `&mut Out` shared by the tasks of one `run`, each taking a disjoint row range.
+struct SharedOut<'r, 'a>(&'r mut Out<'a>);
+
+// SAFETY: tasks only take disjoint parts (see `part`), which is what `Out: Send` allows.
+unsafe impl Sync for SharedOut<'_, '_> {}
+
+impl<'a> SharedOut<'_, 'a> {
+    /// Rows `r0..r1` of the output.
+    ///
+    /// # Safety
+    /// No two parts that are alive at the same time may overlap.
+    unsafe fn part(&self, r0: usize, r1: usize) -> Out<'a> {
+        // SAFETY: `Out::sub_rows` only narrows the range; the caller keeps live parts disjoint.
+        unsafe { self.0.sub_rows(r0, r1) }
+    }
+}
+
+/// A `&mut [T]` shared by the tasks of one `run`, each taking disjoint chunks.
+struct SharedSlice<T> {
+    ptr: *mut T,
+    len: usize,
+}
+
+// SAFETY: tasks only take disjoint chunks, which is what `T: Send` allows.
+unsafe impl<T: Send> Sync for SharedSlice<T> {}
+
+impl<T> SharedSlice<T> {
+    fn new(s: &mut [T]) -> Self {
+        SharedSlice {
+            ptr: s.as_mut_ptr(),
+            len: s.len(),
+        }
+    }
+
+    /// Elements `start..start + n`.
+    ///
+    /// # Safety
+    /// The slice must still be exclusively borrowed for the caller, and no two chunks alive at
+    /// the same time may overlap.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn chunk(&self, start: usize, n: usize) -> &mut [T] {
+        assert!(
+            start <= self.len && n <= self.len - start,
+            "chunk out of range"
+        );
+        // SAFETY: in bounds (checked above); exclusivity is the caller's promise.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.add(start), n) }
+    }
+}
+
+#[cfg(feature = "std")]
+pub use pool::ThreadPool;
+
+#[cfg(feature = "std")]
+mod pool {
+    //! A persistent pool of worker threads with a low-latency hand-off.
+    //!
+    //! Why not rayon: one token of a small model is tens of matrix products of a few
+    //! microseconds each, so the hand-off must cost well under a microsecond when the workers
+    //! are busy; rayon's `join`/`scope` pay for work stealing and a sleep protocol on every
+    //! call, and its global pool is shared with the rest of the program. Here the calling
+    //! thread takes part, the workers spin on an epoch counter for a short while before they
+    //! sleep, and the split is static (each piece's bounds depend only on the thread count),
+    //! which is what keeps the results bit-identical.
+
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::thread::JoinHandle;
+    use std::vec::Vec;
+
+    use super::Parallel;
+    use crate::error::{Error, Result};
+
+    /// How many times a worker polls for new work before it sleeps.
+    const SPINS: u32 = 1 << 16;
+
+    /// The job of one epoch: a borrowed task, as a raw fat pointer, and its task count.
+    #[derive(Clone, Copy)]
+    struct Job {
+        task: *const (dyn Fn(usize) + Sync),
+        n: usize,
+    }
+
+    struct Shared {
+        /// Bumped (after `job` is written) to start a job.
+        epoch: AtomicU64,
+        job: Mutex<Option<Job>>,
+        /// The next task index to take.
+        next: AtomicUsize,
+        /// Workers that have finished the current epoch's job.
+        done: AtomicUsize,
+        /// A task panicked.
+        panicked: AtomicBool,
+        stop: AtomicBool,
+        sleep: Mutex<()>,
+        wake: Condvar,
+    }
+
+    // SAFETY: `Job::task` points to a `Sync` closure that `ThreadPool::run` keeps alive until
+    // every worker has reported `done` for the epoch; it is only called, never freed, here.
+    unsafe impl Send for Job {}
+
+    /// A fixed set of worker threads that runs the forward pass's pieces with the calling
+    /// thread. Dropping it stops and joins the workers.
+    pub struct ThreadPool {
+        shared: Arc<Shared>,
+        workers: Vec<JoinHandle<()>>,
+        /// Serializes `run` calls from different threads.
+        running: Mutex<()>,
+    }
+
+    impl core::fmt::Debug for ThreadPool {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.debug_struct("ThreadPool")
+                .field("threads", &self.threads())
+                .finish()
+        }
+    }
+
+    impl ThreadPool {
+        /// A pool of `threads` threads in all: the caller of [`Parallel::run`] and
+        /// `threads - 1` workers. Errors: [`Error::BadThreadCount`] for 0, [`Error::Io`] if a
+        /// thread cannot be spawned.
+        pub fn new(threads: usize) -> Result<ThreadPool> {
+            if threads == 0 {
+                return Err(Error::BadThreadCount);
+            }
+            let shared = Arc::new(Shared {
+                epoch: AtomicU64::new(0),
+                job: Mutex::new(None),
+                next: AtomicUsize::new(0),
+                done: AtomicUsize::new(0),
+                panicked: AtomicBool::new(false),
+                stop: AtomicBool::new(false),
+                sleep: Mutex::new(()),
+                wake: Condvar::new(),
+            });
+            let mut pool = ThreadPool {
+                shared,
+                workers: Vec::new(),
+                running: Mutex::new(()),
+            };
+            for i in 1..threads {
+                let shared = Arc::clone(&pool.shared);
+                let handle = std::thread::Builder::new()
+                    .name(std::format!("mhmoe-{i}"))
+                    .spawn(move || worker(&shared))
+                    .map_err(Error::from)?;
+                pool.workers.push(handle);
+            }
+            Ok(pool)
+        }
+
+        /// A pool with one thread per physical core (the default for desktop use).
+        pub fn with_physical_cores() -> Result<ThreadPool> {
+            ThreadPool::new(physical_cores())
+        }
+    }
+
+    /// The number of physical cores (hyper-threads of one core count once), at least 1.
+    pub fn physical_cores() -> usize {
+        num_cpus::get_physical().max(1)
+    }
+
+    impl Parallel for ThreadPool {
+        fn threads(&self) -> usize {
+            self.workers.len() + 1
+        }
+
+        fn run(&self, n: usize, task: &(dyn Fn(usize) + Sync)) {
+            if n <= 1 || self.workers.is_empty() {
+                for i in 0..n {
+                    task(i);
+                }
+                return;
+            }
+            let _one_at_a_time = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            let s = &*self.shared;
+            // SAFETY (of the lifetime erasure): the workers call `task` only between the epoch
+            // bump below and their `done` report, and this function does not return before
+            // every worker has reported `done`, so the borrow outlives every call.
+            let erased: *const (dyn Fn(usize) + Sync + 'static) =
+                unsafe { core::mem::transmute(task as *const (dyn Fn(usize) + Sync + '_)) };
+            *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(Job { task: erased, n });
+            s.next.store(0, Ordering::Relaxed);
+            s.done.store(0, Ordering::Relaxed);
+            s.epoch.fetch_add(1, Ordering::Release);
+            {
+                let _g = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
+                s.wake.notify_all();
+            }
+            let caught =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| take_tasks(s, task, n)));
+            let workers = self.workers.len();
+            let mut spins = 0u32;
+            while s.done.load(Ordering::Acquire) < workers {
+                spins += 1;
+                if spins < SPINS {
+                    core::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+            *s.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            if let Err(p) = caught {
+                std::panic::resume_unwind(p);
+            }
+            if s.panicked.swap(false, Ordering::Relaxed) {
+                panic!("a task panicked on a worker thread");
+            }
+        }
+    }
+
+    fn take_tasks(s: &Shared, task: &(dyn Fn(usize) + Sync), n: usize) {
+        loop {
+            let i = s.next.fetch_add(1, Ordering::Relaxed);
+            if i >= n {
+                break;
+            }
+            task(i);
+        }
+    }
+
+    fn worker(s: &Shared) {
+        let mut seen = 0u64;
+        loop {
+            // Wait for a new epoch: spin, then sleep.
+            let mut spins = 0u32;
+            loop {
+                if s.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                let e = s.epoch.load(Ordering::Acquire);
+                if e != seen {
+                    seen = e;
+                    break;
+                }
+                spins += 1;
+                if spins < SPINS {
+                    core::hint::spin_loop();
+                    continue;
+                }
+                let g = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
+                if s.epoch.load(Ordering::Acquire) == seen && !s.stop.load(Ordering::Acquire) {
+                    drop(s.wake.wait(g).unwrap_or_else(|e| e.into_inner()));
+                }
+                spins = 0;
+            }
+            let job = *s.job.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(job) = job {
+                // SAFETY: see `Job`: the task is alive until this worker reports `done`.
+                let task = unsafe { &*job.task };
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    take_tasks(s, task, job.n)
+                }));
+                if r.is_err() {
+                    s.panicked.store(true, Ordering::Relaxed);
+                }
+            }
+            s.done.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    impl Drop for ThreadPool {
+        fn drop(&mut self) {
+            self.shared.stop.store(true, Ordering::Release);
+            {
+                let _g = self.shared.sleep.lock().unwrap_or_else(|e| e.into_inner());
+                self.shared.wake.notify_all();
+            }
+            for w in self.workers.drain(..) {
+                let _ = w.join();
+            }
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+pub use pool::physical_cores;
