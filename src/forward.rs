@@ -80,6 +80,7 @@ pub fn forward_batch<'s, const N: usize>(
 pub struct Exec<'p> {
     isa: Isa,
     par: &'p dyn Parallel,
+    min_split: usize,
 }
 
 impl core::fmt::Debug for Exec<'_> {
@@ -87,6 +88,7 @@ impl core::fmt::Debug for Exec<'_> {
         f.debug_struct("Exec")
             .field("isa", &self.isa)
             .field("threads", &self.par.threads())
+            .field("min_split", &self.min_split)
             .finish()
     }
 }
@@ -99,6 +101,7 @@ impl Exec<'static> {
         Exec {
             isa: Isa::active(),
             par: &SERIAL,
+            min_split: MIN_SPLIT,
         }
     }
 }
@@ -111,6 +114,7 @@ impl<'p> Exec<'p> {
         Exec {
             isa: Isa::active(),
             par,
+            min_split: MIN_SPLIT,
         }
     }
 
@@ -122,6 +126,17 @@ impl<'p> Exec<'p> {
             });
         }
         Ok(Exec { isa, ..self })
+    }
+
+    /// The same, splitting a matrix product over the threads only when its weight bytes times
+    /// its number of inputs reach `work` (default [`MIN_SPLIT`]; attention uses a quarter of it,
+    /// counted in multiply-adds). Smaller products run on the calling thread, where the
+    /// hand-off would cost more than it saves. Results do not depend on it.
+    pub fn with_min_split(self, work: usize) -> Self {
+        Exec {
+            min_split: work,
+            ..self
+        }
     }
 
     /// The instruction set.
@@ -154,18 +169,21 @@ impl<'p> Exec<'p> {
         s: &'s mut State<'_>,
         tokens: &[u32],
     ) -> Result<&'s [f32]> {
-        let par = self.par;
+        let pass = Pass {
+            par: self.par,
+            min_split: self.min_split,
+            bytes: 0,
+        };
         crate::with_isa!(
             self.isa,
-            K => run::<K, N>(par, model, s, tokens),
-            _ => run::<Scalar, N>(par, model, s, tokens)
+            K => run::<K, N>(pass, model, s, tokens),
+            _ => run::<Scalar, N>(pass, model, s, tokens)
         )
     }
 }
 
-/// Matrices smaller than this (bytes times inputs) are not split over threads: the hand-off
-/// would cost more than it saves.
-const PAR_MIN_WORK: usize = 1 << 17;
+/// The default of [`Exec::with_min_split`].
+pub const MIN_SPLIT: usize = 1 << 17;
 
 /// Row ranges handed to threads start at multiples of this (the kernels' row tiles).
 const ROW_ALIGN: usize = 16;
@@ -173,6 +191,8 @@ const ROW_ALIGN: usize = 16;
 /// The run-time context of one pass: the executor and the weight bytes read so far.
 struct Pass<'p> {
     par: &'p dyn Parallel,
+    /// See [`Exec::with_min_split`].
+    min_split: usize,
     bytes: u64,
 }
 
@@ -189,7 +209,7 @@ impl Pass<'_> {
     ) {
         self.bytes += w.data.len() as u64;
         let work = w.data.len().saturating_mul(members.len());
-        let parts = if work >= PAR_MIN_WORK {
+        let parts = if work >= self.min_split {
             self.par.threads()
         } else {
             1
@@ -236,7 +256,7 @@ fn first(members: &mut [u32], n: usize) -> &[u32] {
 
 /// The forward pass of `tokens` with kernels `K`.
 fn run<'s, K: Kernels, const N: usize>(
-    par: &dyn Parallel,
+    mut pass: Pass<'_>,
     model: &Model<'_, N>,
     st: &'s mut State<'_>,
     tokens: &[u32],
@@ -276,7 +296,6 @@ fn run<'s, K: Kernels, const N: usize>(
         });
     }
     let d = c.dim;
-    let mut pass = Pass { par, bytes: 0 };
 
     for (t, &token) in tokens.iter().enumerate() {
         model
@@ -368,7 +387,7 @@ fn attention<K: Kernels>(
         let len = pos0 + t + 1;
         let qt = &s.q[t * q_dim..(t + 1) * q_dim];
         let work = c.n_heads * len * hd;
-        let parts = if work >= PAR_MIN_WORK / 4 {
+        let parts = if work >= pass.min_split / 4 {
             pass.par.threads()
         } else {
             1

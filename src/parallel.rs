@@ -62,6 +62,9 @@ pub(crate) fn for_row_ranges(
     });
 }
 
+/// A task over chunk `i` of two slices.
+pub(crate) type ChunkTask<'t, A, B> = dyn Fn(usize, &mut [A], &mut [B]) + Sync + 't;
+
 /// Runs `task(i, chunk_a_i, chunk_b_i)` for the `n` consecutive chunks of `a` (`len_a` long) and
 /// `b` (`len_b` long), through `par` in `parts` groups of consecutive `i`.
 pub(crate) fn for_chunks<A: Send, B: Send>(
@@ -70,7 +73,7 @@ pub(crate) fn for_chunks<A: Send, B: Send>(
     n: usize,
     a: (&mut [A], usize),
     b: (&mut [B], usize),
-    task: &(dyn Fn(usize, &mut [A], &mut [B]) + Sync),
+    task: &ChunkTask<'_, A, B>,
 ) {
     let ((a, la), (b, lb)) = (a, b);
     let (a, b) = (&mut a[..n * la], &mut b[..n * lb]);

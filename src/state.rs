@@ -475,6 +475,12 @@ impl<'b> State<'b> {
         Some((self.routes.idx.get(r.clone())?, self.routes.gates.get(r)?))
     }
 
+    /// The KV cache, keys then values, each `[layer][position][kv_dim]` over the state's whole
+    /// context (positions at and after [`State::pos`] hold stale or zero data).
+    pub fn kv_cache(&self) -> (&[f32], &[f32]) {
+        (self.kv.key, self.kv.value)
+    }
+
     /// Logits of the last forward pass: NaN before the first one (and after [`State::reset`]),
     /// so a sampler given them fails with [`Error::NonFinite`] instead of picking token 0 for an
     /// empty prompt. After a failed forward pass they may hold NaN too.
