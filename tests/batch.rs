@@ -154,7 +154,8 @@ fn bad_batches_and_thread_counts_are_errors_that_change_nothing() {
     let before = state.logits().to_vec();
     let (k0, v0) = (state.kv_cache().0.to_vec(), state.kv_cache().1.to_vec());
 
-    let bad: [(&[u32], fn(&Error) -> bool); 4] = [
+    type Check = fn(&Error) -> bool;
+    let bad: [(&[u32], Check); 4] = [
         (&[], |e| matches!(e, Error::EmptyPrompt)),
         (&[1, 2, 3, 4, 5], |e| {
             matches!(
