@@ -695,11 +695,12 @@ mod imp {
             && batch.d.len() * QK == batch.q.len();
         if members.len() < TILE_MIN_MEMBERS || stride > TILE_BLOCKS || stride == 0 || !consistent {
             // Rows in chunks per member: each chunk streams once per member from memory and
-            // then from cache.
-            const CHUNK: usize = 256;
+            // then from the L2 cache (one member: long chunks, as the plain GEMV).
+            const CHUNK: usize = 1024;
+            let chunk = if members.len() == 1 { CHUNK } else { CHUNK / 4 };
             let rb = w.row_bytes();
-            for r0 in (0..w.rows).step_by(CHUNK) {
-                let rows = (w.rows - r0).min(CHUNK);
+            for r0 in (0..w.rows).step_by(chunk) {
+                let rows = (w.rows - r0).min(chunk);
                 let sub = Matrix {
                     rows,
                     data: w.data.get(r0 * rb..).unwrap_or(&[]),
