@@ -11,6 +11,12 @@
 //!   on 2x the cache size) against the read bandwidth of a buffer of the same order, also
 //!   interleaved.
 //!
+//! - the roofline table: Q8_0, Q4_0 and F16 GEMVs on ~68 MiB matrices with rows of 1024..8192
+//!   columns, per ISA, against a streaming read of a buffer of the same size;
+//! - the grouped GEMV (a 2816 x 1024 matrix times 1..128 inputs) in GMAC/s per ISA.
+//!
+//! `MHMOE_BENCH_TABLES=1 cargo bench --bench kernels -- none` prints only the last two tables.
+//!
 //! Under `cargo test --all-targets` (no `--bench` argument) criterion runs every benchmark once,
 //! the buffers are small and there is no summary.
 
@@ -458,6 +464,111 @@ fn roofline(probe_mb: usize, rows: usize, cols: usize, rounds: usize) {
     }
 }
 
+/// Bytes of each matrix in the roofline table (>= 64 MB: far larger than the caches here).
+const TABLE_BYTES: usize = 68 << 20;
+
+/// The roofline table: for every ISA x type x row length, the GEMV on ~68 MiB of weights
+/// against a plain streaming read (one sequential stream, and eight) of a buffer of the same
+/// size, all interleaved in one process.
+fn roofline_table(rounds: usize) {
+    println!("\n| type | cols | rows | MiB | ISA | GB/s | % of read bandwidth |");
+    println!("|---|---|---|---|---|---|---|");
+    let isas = isas();
+    let buf: Vec<u64> = (0..TABLE_BYTES / 8).map(|i| i as u64).collect();
+    let mut rng = Rng(4);
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::F16] {
+        for cols in [1024, 2048, 4096, 8192] {
+            let rows = TABLE_BYTES / ty.row_bytes(cols);
+            let g = Rc::new(Gemv::new(&mut rng, ty, rows, cols, 1));
+            let mut runs: Vec<Run> = isas
+                .iter()
+                .map(|&i| with_kernels!(i, gemv_run(g.clone())))
+                .collect();
+            let mut one = || {
+                black_box(read_sum_one_stream(black_box(&buf)));
+            };
+            let mut eight = || {
+                black_box(read_sum(black_box(&buf)));
+            };
+            let mut fs: Vec<&mut dyn FnMut()> = vec![&mut one, &mut eight];
+            fs.extend(runs.iter_mut().map(|r| &mut **r as &mut dyn FnMut()));
+            let t = interleaved(rounds, &mut fs);
+            let gbs = |bytes: usize, t: Duration| bytes as f64 / t.as_secs_f64() / 1e9;
+            let bw = gbs(buf.len() * 8, t[0]).max(gbs(buf.len() * 8, t[1]));
+            println!(
+                "| read probe | | | {} | 1 stream / 8 streams | {:.2} / {:.2} | 100 |",
+                TABLE_BYTES >> 20,
+                gbs(buf.len() * 8, t[0]),
+                gbs(buf.len() * 8, t[1])
+            );
+            for (isa, t) in isas.iter().zip(&t[2..]) {
+                let r = gbs(g.w.len(), *t);
+                println!(
+                    "| {} | {cols} | {rows} | {} | {} | {r:.2} | {:.0} |",
+                    ty.name(),
+                    g.w.len() >> 20,
+                    isa.name(),
+                    100.0 * r / bw
+                );
+            }
+        }
+    }
+}
+
+/// The grouped GEMV as a matrix-matrix product: a 2816 x 1024 matrix times 1, 2, 64 and 128
+/// members (distinct inputs), in multiply-accumulates per second, interleaved over the ISAs;
+/// the plain GEMV of one input for comparison.
+fn gmac_table(rounds: usize) {
+    println!("\n| type | rows x cols | members | ISA | time | GMAC/s | vs scalar |");
+    println!("|---|---|---|---|---|---|---|");
+    static MEMBERS: [u32; 128] = {
+        let mut m = [0u32; 128];
+        let mut i = 0;
+        while i < 128 {
+            m[i] = i as u32;
+            i += 1;
+        }
+        m
+    };
+    let isas = isas();
+    let (rows, cols) = (2816, 1024);
+    let mut rng = Rng(5);
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0] {
+        let g = Rc::new(Gemv::new(&mut rng, ty, rows, cols, 128));
+        for count in [0usize, 1, 2, 64, 128] {
+            // count 0: `gemv` on one input.
+            let mut runs: Vec<Run> = isas
+                .iter()
+                .map(|&i| match count {
+                    0 => with_kernels!(i, gemv_run(g.clone())),
+                    n => with_kernels!(i, group_run(g.clone(), &MEMBERS[..n], 1)),
+                })
+                .collect();
+            let mut fs: Vec<&mut dyn FnMut()> = runs
+                .iter_mut()
+                .map(|r| &mut **r as &mut dyn FnMut())
+                .collect();
+            let t = interleaved(rounds, &mut fs);
+            let macs = (rows * cols * count.max(1)) as f64;
+            for (isa, ti) in isas.iter().zip(&t) {
+                println!(
+                    "| {} | {rows}x{cols} | {} | {} | {} | {:.1} | {:.2}x |",
+                    ty.name(),
+                    if count == 0 {
+                        "gemv".to_string()
+                    } else {
+                        count.to_string()
+                    },
+                    isa.name(),
+                    fmt_time(*ti),
+                    macs / ti.as_secs_f64() / 1e9,
+                    t[0].as_secs_f64() / ti.as_secs_f64()
+                );
+            }
+        }
+    }
+}
+
 /// The largest cache size Linux reports for CPU 0, in MiB (0 if unknown).
 fn last_level_cache_mb() -> usize {
     (0..8)
@@ -487,8 +598,22 @@ fn main() {
         return;
     }
     println!("\n== summary: minimum of interleaved runs in this process ==");
+    // MHMOE_BENCH_TABLES=1: only the roofline and GMAC/s tables (BENCHMARKS.md).
+    if std::env::var_os("MHMOE_BENCH_TABLES").is_some() {
+        drop(cases);
+        let which = std::env::var("MHMOE_BENCH_TABLES").unwrap_or_default();
+        if which != "gmac" {
+            roofline_table(6);
+        }
+        if which != "roofline" {
+            gmac_table(5);
+        }
+        return;
+    }
     speedup_table(&mut cases);
     drop(cases);
+    roofline_table(6);
+    gmac_table(5);
     let (mb, (rows, cols)) = large_sizes();
     roofline(mb, rows, cols, 10);
     // The same bytes in a d = 2048 model's row length (2 KiB rows): see BENCHMARKS.md.

@@ -227,8 +227,11 @@ fn f16_bits(v: f32) -> u16 {
     half::f16::from_f32(v).to_bits()
 }
 
-/// Interesting f16 block scales: ordinary, max finite, zero, smallest subnormal, negative.
-const SCALE_BITS: [u16; 7] = [0x3C00, 0x7BFF, 0x0000, 0x0001, 0xBC00, 0x2E66, 0x03FF];
+/// Interesting f16 block scales: ordinary, max finite, zero, smallest subnormal, negative,
+/// infinities and NaN.
+const SCALE_BITS: [u16; 10] = [
+    0x3C00, 0x7BFF, 0x0000, 0x0001, 0xBC00, 0x2E66, 0x03FF, 0x7C00, 0xFC00, 0x7E00,
+];
 
 /// `n` Q8_0 blocks: random f16 scales (sometimes extreme) and quants from `q`.
 fn q8_row(rng: &mut Rng, n: usize, mut q: impl FnMut(&mut Rng) -> i8) -> Vec<u8> {
@@ -838,6 +841,141 @@ fn check_gemv_group<K: Kernels>(isa: Isa) {
 #[test]
 fn gemv_group_matches_scalar() {
     on_every_isa!(check_gemv_group);
+}
+
+/// A batch of `items` Q8_0 activations of `cols` elements with a chosen flavour: quantized
+/// from random floats, or raw quants (-128 everywhere, random with -128) and extreme scales
+/// (inf, NaN, subnormal, 65504, 0).
+fn stress_batch(
+    rng: &mut Rng,
+    items: usize,
+    cols: usize,
+    flavour: usize,
+) -> (Vec<f32>, Vec<i8>, Vec<f32>) {
+    let x: Vec<f32> = (0..items * cols).map(|_| rng.unit()).collect();
+    let (mut q, mut d) = (vec![0i8; items * cols], vec![0.0f32; items * cols / QK]);
+    Scalar::quantize_q8_0(&x, &mut q, &mut d);
+    match flavour {
+        0 => {}
+        1 => q.iter_mut().for_each(|v| *v = -128),
+        2 => q
+            .iter_mut()
+            .for_each(|v| *v = if rng.below(4) == 0 { -128 } else { rng.i8() }),
+        _ => {
+            q.iter_mut().for_each(|v| *v = rng.i8());
+            d.iter_mut().for_each(|v| {
+                *v = match rng.below(8) {
+                    0 => f32::INFINITY,
+                    1 => f32::NAN,
+                    2 => half::f16::from_bits(1).to_f32(),
+                    3 => 65504.0,
+                    4 => 0.0,
+                    5 => -0.0,
+                    _ => *v,
+                }
+            });
+        }
+    }
+    (x, q, d)
+}
+
+/// Quantized weights with a chosen flavour: random, -128 / nibble 0x00, +127 / nibble 0xFF,
+/// or random with f16 scales that are inf, NaN or subnormal on some blocks.
+fn stress_weights(
+    rng: &mut Rng,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    flavour: usize,
+) -> Vec<u8> {
+    let n = rows * cols / QK;
+    let mut data = match (ty, flavour % 3) {
+        (GgmlType::Q8_0, 0) => q8_row(rng, n, |r| r.i8()),
+        (GgmlType::Q8_0, 1) => q8_row(rng, n, |_| -128),
+        (GgmlType::Q8_0, _) => q8_row(rng, n, |_| 127),
+        (_, 0) => q4_row(rng, n, |r| r.u64() as u8),
+        (_, 1) => q4_row(rng, n, |_| 0x00),
+        _ => q4_row(rng, n, |_| 0xFF),
+    };
+    if flavour >= 3 {
+        let bb = ty.type_size();
+        for blk in data.chunks_mut(bb) {
+            let s: u16 = match rng.below(6) {
+                0 => 0x7C00,
+                1 => 0x7E00,
+                2 => 0x0001,
+                _ => continue,
+            };
+            blk[..2].copy_from_slice(&s.to_le_bytes());
+        }
+    }
+    data
+}
+
+/// The grouped GEMV's tiled paths: many members (37, 130; fewer, too), row counts that are not
+/// a multiple of any row tile, 1..17 blocks per row, -128 activations, extreme scales, Q4_0
+/// nibble extremes; and the GEMV on the same inputs.
+fn check_gemv_group_stress<K: Kernels>(isa: Isa) {
+    let mut rng = Rng::new(13);
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0] {
+        for nb in [1usize, 2, 3, 7, 8, 9, 16, 17] {
+            let cols = nb * QK;
+            for (case, &(rows, count, in_div)) in [
+                (17usize, 130usize, 2usize),
+                (33, 37, 1),
+                (1, 5, 3),
+                (16, 3, 1),
+                (31, 2, 2),
+                (7, 1, 1),
+                (20, 64, 4),
+            ]
+            .iter()
+            .enumerate()
+            {
+                let items = count.div_ceil(in_div) + 2;
+                let pairs = items * in_div;
+                let flavour = (case + nb) % 4;
+                let (x, q, d) = stress_batch(&mut rng, items, cols, flavour);
+                let batch = Act {
+                    x: &x,
+                    q: &q,
+                    d: &d,
+                };
+                let data = stress_weights(&mut rng, ty, rows, cols, case % 6);
+                let w = Matrix {
+                    ty,
+                    rows,
+                    cols,
+                    data: &data,
+                };
+                // `count` distinct members in a scrambled order.
+                let mut members: Vec<u32> = (0..pairs as u32).collect();
+                for i in (1..members.len()).rev() {
+                    members.swap(i, rng.below(i + 1));
+                }
+                members.truncate(count);
+                let mut got = vec![0.0; pairs * rows];
+                let mut want = vec![0.0; pairs * rows];
+                K::gemv_group(&w, &batch, &members, in_div, &mut Out::new(&mut got, rows));
+                Scalar::gemv_group(&w, &batch, &members, in_div, &mut Out::new(&mut want, rows));
+                let what = format!(
+                    "gemv_group {} {rows}x{cols} members={count} in_div={in_div} flavour={flavour}",
+                    ty.name()
+                );
+                assert_same_slice(isa, &what, &got, &want);
+                let a = batch.item(cols, items - 1);
+                let (mut got, mut want) = (vec![0.0; rows], vec![0.0; rows]);
+                K::gemv(&w, &a, &mut got);
+                Scalar::gemv(&w, &a, &mut want);
+                assert_same_slice(isa, &format!("gemv, {what}"), &got, &want);
+            }
+        }
+    }
+}
+
+#[test]
+fn gemv_group_stress_matches_scalar() {
+    on_every_isa!(check_gemv_group_stress);
 }
 
 // ---------------------------------------------------------------------------------------------

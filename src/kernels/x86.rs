@@ -176,7 +176,7 @@ impl Kernels for Avx2 {
 
 /// The AVX2 + F16C kernels. Each is a safe function with `#[target_feature]`: calling one from
 /// code compiled without those features is `unsafe` (the caller checks the CPU).
-mod imp {
+pub(super) mod imp {
     use core::arch::x86_64::*;
 
     use super::super::{Act, Kernels, Out};
@@ -188,14 +188,14 @@ mod imp {
 
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    fn ld8(a: &[f32; 8]) -> __m256 {
+    pub(in crate::kernels) fn ld8(a: &[f32; 8]) -> __m256 {
         // SAFETY: `a` is 8 initialized f32 (32 bytes); `loadu` needs no alignment.
         unsafe { _mm256_loadu_ps(a.as_ptr()) }
     }
 
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    fn st8(a: &mut [f32; 8], v: __m256) {
+    pub(in crate::kernels) fn st8(a: &mut [f32; 8], v: __m256) {
         // SAFETY: `a` is 8 writable f32; `storeu` needs no alignment.
         unsafe { _mm256_storeu_ps(a.as_mut_ptr(), v) }
     }
@@ -255,7 +255,7 @@ mod imp {
     /// [`scalar::reduce8`] on a vector: `(l0+l4, ..)`, `(s0+s2, s1+s3)`, `t0+t1`.
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    fn reduce8(v: __m256) -> f32 {
+    pub(in crate::kernels) fn reduce8(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let t = _mm_add_ps(s, _mm_movehl_ps(s, s));
         _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps::<1>(t, t)))
@@ -264,7 +264,7 @@ mod imp {
     /// Sum of the eight i32 lanes (exact; integer addition is associative).
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    fn hsum_i32(v: __m256i) -> i32 {
+    pub(in crate::kernels) fn hsum_i32(v: __m256i) -> i32 {
         let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
         let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0x4E>(s));
         let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0xB1>(s));
@@ -327,7 +327,7 @@ mod imp {
     /// Every lane's 4-byte word `base[idx[i]..idx[i] + 4]` must be in bounds.
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    unsafe fn gather_f16(base: &[u8], idx: __m256i) -> __m256 {
+    pub(in crate::kernels) unsafe fn gather_f16(base: &[u8], idx: __m256i) -> __m256 {
         // SAFETY: the caller guarantees that every gathered word lies inside `base`.
         let words = unsafe { _mm256_i32gather_epi32::<1>(base.as_ptr().cast(), idx) };
         let lo16 = _mm256_setr_epi8(
@@ -341,7 +341,7 @@ mod imp {
     /// Lane offsets `0, s, 2s, .., 7s`.
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    fn strides(s: usize) -> __m256i {
+    pub(in crate::kernels) fn strides(s: usize) -> __m256i {
         let s = s as i32;
         _mm256_setr_epi32(0, s, 2 * s, 3 * s, 4 * s, 5 * s, 6 * s, 7 * s)
     }
@@ -394,7 +394,7 @@ mod imp {
 
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    pub(super) fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+    pub(in crate::kernels) fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
         let (blocks, _) = row.as_chunks::<Q8_0_BLOCK_BYTES>();
         let (xq, _) = xq.as_chunks::<QK>();
         dot_blocks(blocks, xq, xd, |b, x| block_q8(b, x))
@@ -402,7 +402,7 @@ mod imp {
 
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    pub(super) fn dot_q4_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+    pub(in crate::kernels) fn dot_q4_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
         let (blocks, _) = row.as_chunks::<Q4_0_BLOCK_BYTES>();
         let (xq, _) = xq.as_chunks::<QK>();
         dot_blocks(blocks, xq, xd, |b, x| block_q4(b, x))
@@ -610,25 +610,25 @@ mod imp {
 
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    pub(super) fn dot_f32_row(row: &[u8], x: &[f32]) -> f32 {
+    pub(in crate::kernels) fn dot_f32_row(row: &[u8], x: &[f32]) -> f32 {
         dot_f32_rows::<1>([row], x)[0]
     }
 
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    pub(super) fn dot_f16_row(row: &[u8], x: &[f32]) -> f32 {
+    pub(in crate::kernels) fn dot_f16_row(row: &[u8], x: &[f32]) -> f32 {
         dot_f16_rows::<1>([row], x)[0]
     }
 
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    pub(super) fn dot_bf16_row(row: &[u8], x: &[f32]) -> f32 {
+    pub(in crate::kernels) fn dot_bf16_row(row: &[u8], x: &[f32]) -> f32 {
         dot_bf16_rows::<1>([row], x)[0]
     }
 
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    pub(in crate::kernels) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
         let (a, b) = (&a[..n], &b[..n]);
         let (ac, at) = a.as_chunks::<8>();
@@ -689,7 +689,7 @@ mod imp {
 
     /// `out[r] = row_r(w) . a` (callers exclude -128 in a Q8_0 activation of a Q8_0 matrix).
     #[target_feature(enable = "avx2,f16c")]
-    pub(super) fn gemv(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
+    pub(in crate::kernels) fn gemv(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
         let consistent = w.cols == a.x.len() && w.row_bytes() * w.rows == w.data.len();
         match w.ty {
             GgmlType::Q8_0 => gemv_quant::<Q8_0_BLOCK_BYTES>(w, a, out, |b, x| block_q8(b, x)),
@@ -707,7 +707,7 @@ mod imp {
 
     /// [`Kernels::gemv_group`] with every row dot inlined (same loops as the default).
     #[target_feature(enable = "avx2,f16c")]
-    pub(super) fn gemv_group(
+    pub(in crate::kernels) fn gemv_group(
         w: &Matrix<'_>,
         batch: &Act<'_>,
         members: &[u32],
@@ -758,7 +758,7 @@ mod imp {
 
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    pub(super) fn axpy(out: &mut [f32], a: f32, v: &[f32]) {
+    pub(in crate::kernels) fn axpy(out: &mut [f32], a: f32, v: &[f32]) {
         let n = out.len().min(v.len());
         let (out, v) = (&mut out[..n], &v[..n]);
         let av = _mm256_set1_ps(a);
@@ -777,7 +777,7 @@ mod imp {
     /// order, branches turned into selects, so every lane is bit-identical to `libm::expf`.
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    pub(super) fn expf8(x: __m256) -> __m256 {
+    pub(in crate::kernels) fn expf8(x: __m256) -> __m256 {
         // libm's constants, by their bits.
         const LN2_HI: f32 = f32::from_bits(0x3f31_7200);
         const LN2_LO: f32 = f32::from_bits(0x35bf_be8e);
@@ -837,7 +837,7 @@ mod imp {
     }
 
     #[target_feature(enable = "avx2,f16c")]
-    pub(super) fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    pub(in crate::kernels) fn silu_mul(gate: &mut [f32], up: &[f32]) {
         let n = gate.len().min(up.len());
         let (gate, up) = (&mut gate[..n], &up[..n]);
         let (gc, gt) = gate.as_chunks_mut::<8>();
@@ -856,7 +856,7 @@ mod imp {
     }
 
     #[target_feature(enable = "avx2,f16c")]
-    pub(super) fn softmax(x: &mut [f32]) -> f32 {
+    pub(in crate::kernels) fn softmax(x: &mut [f32]) -> f32 {
         // Max: lane-wise, NaN skipped (as the scalar fold). Only the sign of a zero maximum
         // can depend on the order, and `v - (+0)` and `v - (-0)` have the same exp.
         let (xc, xt) = x.as_chunks_mut::<8>();
@@ -923,7 +923,7 @@ mod imp {
     /// [`crate::quant::quantize_q8_0`]: `amax` lane-wise (NaN skipped, order-free), the scale
     /// scalar, `roundf(x * id)` and the saturating cast lane-wise.
     #[target_feature(enable = "avx2,f16c")]
-    pub(super) fn quantize_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32]) {
+    pub(in crate::kernels) fn quantize_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32]) {
         let (xb, _) = x.as_chunks::<QK>();
         let (qb, _) = q.as_chunks_mut::<QK>();
         let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));

@@ -1,9 +1,37 @@
 //! x86-64 AVX-512 kernels (F, BW, VL, VNNI; F16C for the scales).
 //!
 //! Every kernel gives the bit pattern of its [`super::scalar`] twin (FORMAT.md, "Accumulation
-//! order"). Methods without an override here use the scalar default.
+//! order"). What is new here is the quantized work; the float row dots, the float GEMVs and the
+//! element-wise kernels are the AVX2 ones ([`Avx2`]'s methods are called directly: AVX-512
+//! implies AVX2 + F16C, and the float kernels are bandwidth- or specification-bound).
+//!
+//! Exact integer block sums with `vpdpbusd` (unsigned x signed bytes): the *weight* is the
+//! unsigned operand, `w + 128` (`w ^ 0x80`) for Q8_0 and the raw nibble `q` for Q4_0, so the
+//! dot product gives `sum (w + 128) x = sum w x + 128 sum x` (resp. `sum q x = sum (q - 8) x +
+//! 8 sum x`), and the activation's block sums `sum x`, computed once per activation, correct it.
+//! Every product fits (255 * 128), every sum of a block fits an i32 by far, so this is exact for
+//! every input, -128 in the activation included (no scalar fallback as in AVX2).
+//!
+//! - GEMV (one row at a time, one sequential stream of weights): eight consecutive blocks are
+//!   four 512-bit `vpdpbusd`s whose 64 dword partial sums are reduced to the eight block sums
+//!   in one vector by a shuffle tree (lane `i` holds block `PERM[i]` of the group); they are
+//!   converted, multiplied by the eight `dw * dx` (gathered f16 scales) and added to an
+//!   eight-lane accumulator kept in the same permuted order, which is put back in the canonical
+//!   order for `reduce8` once per row. Blocks past the last full group go through 256-bit
+//!   `vpdpbusd` one at a time.
+//! - Grouped GEMV (a matrix times many inputs): a tile of 16 rows is repacked once (weights
+//!   transposed so that lane `r` of dword vector `k` is row `r`'s bytes `4k..4k+4` of a block,
+//!   made unsigned), then for every member eight `vpdpbusd`s with the activation's dwords
+//!   broadcast give the block's exact sums for the 16 rows at once: no horizontal work at all.
+//!   Several members share each loaded weight vector.
+//!
+//! Safety model as in [`super::x86`]: the kernels are safe `#[target_feature]` functions in the
+//! private `imp` module, called only after [`Avx512::available`]; raw-pointer loads are confined
+//! to small helpers with `// SAFETY:` comments.
 
-use super::{Isa, Kernels};
+use super::x86::Avx2;
+use super::{scalar, Act, Isa, Kernels, Out, Scalar};
+use crate::model::Matrix;
 
 /// AVX-512 kernels (selected at run time under `std`, at build time otherwise).
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +64,725 @@ impl Avx512 {
     }
 }
 
+/// Runs `$fast` (an `imp` call) when the AVX-512 set is present, else `$slow`.
+macro_rules! dispatch {
+    ($fast:expr, $slow:expr) => {
+        if Avx512::available() {
+            // SAFETY: `imp` functions need AVX-512 F/BW/VL/VNNI, AVX2 and F16C, which the CPU
+            // has (checked just above); they access memory only through the slices given.
+            unsafe { $fast }
+        } else {
+            $slow
+        }
+    };
+}
+
 impl Kernels for Avx512 {
     const ISA: Isa = Isa::Avx512;
+
+    #[inline(always)]
+    fn quantize_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32]) {
+        Avx2::quantize_q8_0(x, q, d)
+    }
+
+    #[inline(always)]
+    fn dot_q8_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+        dispatch!(
+            imp::dot_q8_0(row, xq, xd),
+            scalar::dot_q8_0_q8_0(row, xq, xd)
+        )
+    }
+
+    #[inline(always)]
+    fn dot_q4_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+        dispatch!(
+            imp::dot_q4_0(row, xq, xd),
+            scalar::dot_q4_0_q8_0(row, xq, xd)
+        )
+    }
+
+    #[inline(always)]
+    fn dot_f32_row(row: &[u8], x: &[f32]) -> f32 {
+        Avx2::dot_f32_row(row, x)
+    }
+
+    #[inline(always)]
+    fn dot_f16_row(row: &[u8], x: &[f32]) -> f32 {
+        Avx2::dot_f16_row(row, x)
+    }
+
+    #[inline(always)]
+    fn dot_bf16_row(row: &[u8], x: &[f32]) -> f32 {
+        Avx2::dot_bf16_row(row, x)
+    }
+
+    #[inline(always)]
+    fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        Avx2::dot_f32(a, b)
+    }
+
+    #[inline(always)]
+    fn axpy(out: &mut [f32], a: f32, v: &[f32]) {
+        Avx2::axpy(out, a, v)
+    }
+
+    #[inline(always)]
+    fn softmax(x: &mut [f32]) -> f32 {
+        Avx2::softmax(x)
+    }
+
+    #[inline(always)]
+    fn silu_mul(gate: &mut [f32], up: &[f32]) {
+        Avx2::silu_mul(gate, up)
+    }
+
+    fn gemv(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
+        if !w.ty.is_quantized() {
+            return Avx2::gemv(w, a, out);
+        }
+        dispatch!(imp::gemv(w, a, out), Scalar::gemv(w, a, out))
+    }
+
+    fn gemv_group(
+        w: &Matrix<'_>,
+        batch: &Act<'_>,
+        members: &[u32],
+        in_div: usize,
+        out: &mut Out<'_>,
+    ) {
+        if !w.ty.is_quantized() {
+            return Avx2::gemv_group(w, batch, members, in_div, out);
+        }
+        dispatch!(
+            imp::gemv_group(w, batch, members, in_div, out),
+            Scalar::gemv_group(w, batch, members, in_div, out)
+        )
+    }
+}
+
+/// The AVX-512 kernels. Each is a safe function with `#[target_feature]`: calling one from code
+/// compiled without those features is `unsafe` (the caller checks the CPU).
+mod imp {
+    use core::arch::x86_64::*;
+
+    use super::super::x86::imp as avx2;
+    use super::super::{Act, Out};
+    use crate::model::Matrix;
+    use crate::quant::{f16_to_f32, GgmlType, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK};
+
+    // ---- loads (the only raw-pointer accesses) ----
+
+    /// The 32 quants of a Q8_0 block (bytes 2..34).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn q8_quants(b: &[u8; Q8_0_BLOCK_BYTES]) -> __m256i {
+        // SAFETY: bytes 2..34 of the 34-byte block are readable.
+        unsafe { _mm256_loadu_si256(b.as_ptr().add(2).cast()) }
+    }
+
+    /// The 16 nibble bytes of a Q4_0 block (bytes 2..18).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn q4_nibbles(b: &[u8; Q4_0_BLOCK_BYTES]) -> __m128i {
+        // SAFETY: bytes 2..18 of the 18-byte block are readable.
+        unsafe { _mm_loadu_si128(b.as_ptr().add(2).cast()) }
+    }
+
+    /// 32 activation quants.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn ld32_i8(x: &[i8; QK]) -> __m256i {
+        // SAFETY: 32 readable bytes.
+        unsafe { _mm256_loadu_si256(x.as_ptr().cast()) }
+    }
+
+    /// 64 activation quants (two blocks).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn ld64_i8(x: &[[i8; QK]; 2]) -> __m512i {
+        // SAFETY: 64 readable bytes.
+        unsafe { _mm512_loadu_si512(x.as_ptr().cast()) }
+    }
+
+    /// Eight i32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn ld8_i32(x: &[i32; 8]) -> __m256i {
+        // SAFETY: 32 readable bytes.
+        unsafe { _mm256_loadu_si256(x.as_ptr().cast()) }
+    }
+
+    /// Sixteen f32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn ld16(x: &[f32; 16]) -> __m512 {
+        // SAFETY: 64 readable bytes.
+        unsafe { _mm512_loadu_ps(x.as_ptr()) }
+    }
+
+    /// Stores sixteen f32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn st16(x: &mut [f32; 16], v: __m512) {
+        // SAFETY: 64 writable bytes.
+        unsafe { _mm512_storeu_ps(x.as_mut_ptr(), v) }
+    }
+
+    /// Sixteen u32 (a repacked weight vector).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn ld16_u32(x: &[u32; 16]) -> __m512i {
+        // SAFETY: 64 readable bytes.
+        unsafe { _mm512_loadu_si512(x.as_ptr().cast()) }
+    }
+
+    // ---- the block kinds ----
+
+    /// Multiplier of the activation block sum that corrects the unsigned weights: Q8_0 uses
+    /// `w + 128`, Q4_0 the raw nibble `q = w + 8`.
+    const fn bias<const B: usize>() -> i32 {
+        if B == Q8_0_BLOCK_BYTES {
+            128
+        } else {
+            8
+        }
+    }
+
+    /// The unsigned weights of two blocks, element `j` of each 256-bit half pairing with
+    /// activation element `j` of its block.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn pair<const B: usize>(a: &[u8; B], b: &[u8; B]) -> __m512i {
+        let (a, b) = (a.as_slice(), b.as_slice());
+        if B == Q8_0_BLOCK_BYTES {
+            let lo = q8_quants(a.try_into().unwrap_or(&[0; Q8_0_BLOCK_BYTES]));
+            let hi = q8_quants(b.try_into().unwrap_or(&[0; Q8_0_BLOCK_BYTES]));
+            let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+            _mm512_xor_si512(v, _mm512_set1_epi8(-128))
+        } else {
+            let lo = q4_nibbles(a.try_into().unwrap_or(&[0; Q4_0_BLOCK_BYTES]));
+            let hi = q4_nibbles(b.try_into().unwrap_or(&[0; Q4_0_BLOCK_BYTES]));
+            // [raw a, raw a, raw b, raw b], the 2nd and 4th 128-bit lanes shifted to the high
+            // nibbles: low nibbles pair with x[0..16], high nibbles with x[16..32].
+            let v = _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(_mm256_broadcastsi128_si256(lo)),
+                _mm256_broadcastsi128_si256(hi),
+            );
+            let v = _mm512_mask_srli_epi16::<4>(v, 0xFF00_FF00, v);
+            _mm512_and_si512(v, _mm512_set1_epi8(0x0F))
+        }
+    }
+
+    /// The unsigned weights of one block (256 bits).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn single<const B: usize>(a: &[u8; B]) -> __m256i {
+        let a = a.as_slice();
+        if B == Q8_0_BLOCK_BYTES {
+            let v = q8_quants(a.try_into().unwrap_or(&[0; Q8_0_BLOCK_BYTES]));
+            _mm256_xor_si256(v, _mm256_set1_epi8(-128))
+        } else {
+            let raw = q4_nibbles(a.try_into().unwrap_or(&[0; Q4_0_BLOCK_BYTES]));
+            let m = _mm_set1_epi8(0x0F);
+            let lo = _mm_and_si128(raw, m);
+            let hi = _mm_and_si128(_mm_srli_epi16::<4>(raw), m);
+            _mm256_set_m128i(hi, lo)
+        }
+    }
+
+    /// Exact `sum x` of one activation block.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn block_sum(x: &[i8; QK]) -> i32 {
+        let s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(1), ld32_i8(x));
+        avx2::hsum_i32(s)
+    }
+
+    // ---- one row, eight blocks per step ----
+
+    /// Lane `i` of a group's block-sum vector holds block `PERM[i]` of the group.
+    const PERM: [i32; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
+    /// Canonical lane `c` is at position `INV[c]`.
+    const INV: [i32; 8] = [0, 4, 1, 5, 2, 6, 3, 7];
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn perm_idx() -> __m256i {
+        _mm256_setr_epi32(
+            PERM[0], PERM[1], PERM[2], PERM[3], PERM[4], PERM[5], PERM[6], PERM[7],
+        )
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn inv_idx() -> __m256i {
+        _mm256_setr_epi32(
+            INV[0], INV[1], INV[2], INV[3], INV[4], INV[5], INV[6], INV[7],
+        )
+    }
+
+    /// Four vectors of dword partial sums, vector `i` holding blocks `2i` (low 256 bits) and
+    /// `2i + 1` (high) of a group, to the eight block totals in `PERM` order. Exact.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn block_sums(p: [__m512i; 4]) -> __m256i {
+        // Per 128-bit lane k: [A0+A2, A1+A3, B0+B2, B1+B3].
+        let s1 = _mm512_add_epi32(
+            _mm512_unpacklo_epi64(p[0], p[1]),
+            _mm512_unpackhi_epi64(p[0], p[1]),
+        );
+        let s2 = _mm512_add_epi32(
+            _mm512_unpacklo_epi64(p[2], p[3]),
+            _mm512_unpackhi_epi64(p[2], p[3]),
+        );
+        // Per 128-bit lane k: [A_k, B_k, C_k, D_k] (each the lane's total).
+        let (f1, f2) = (_mm512_castsi512_ps(s1), _mm512_castsi512_ps(s2));
+        let z = _mm512_add_epi32(
+            _mm512_castps_si512(_mm512_shuffle_ps::<0x88>(f1, f2)),
+            _mm512_castps_si512(_mm512_shuffle_ps::<0xDD>(f1, f2)),
+        );
+        // Lanes (0, 2, 1, 3), then low + high 256 bits: block halves added.
+        let t = _mm512_shuffle_i64x2::<0xD8>(z, z);
+        _mm256_add_epi32(_mm512_castsi512_si256(t), _mm512_extracti64x4_epi64::<1>(t))
+    }
+
+    /// The eight f16 scales of a group, in `PERM` order.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn group_scales<const B: usize>(g: &[[u8; B]; 8]) -> __m256 {
+        let idx = _mm256_mullo_epi32(perm_idx(), _mm256_set1_epi32(B as i32));
+        // SAFETY: lane i reads bytes B * PERM[i] .. + 4 <= 8 * B, inside the eight blocks.
+        unsafe { avx2::gather_f16(g.as_flattened(), idx) }
+    }
+
+    /// The activation-side data of a group: its quants and, in `PERM` order, the corrections
+    /// `bias * sum x` and the scales `dx`.
+    struct GroupX<'a> {
+        x: &'a [[i8; QK]; 8],
+        corr: __m256i,
+        dx: __m256,
+    }
+
+    /// One group of eight blocks of a row into the permuted accumulator.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn group<const B: usize>(acc: __m256, g: &[[u8; B]; 8], x: &GroupX<'_>) -> __m256 {
+        let (xp, _) = x.x.as_chunks::<2>();
+        let p: [__m512i; 4] = core::array::from_fn(|i| {
+            _mm512_dpbusd_epi32(
+                _mm512_setzero_si512(),
+                pair::<B>(&g[2 * i], &g[2 * i + 1]),
+                ld64_i8(&xp[i]),
+            )
+        });
+        let sumi = _mm256_sub_epi32(block_sums(p), x.corr);
+        let scale = _mm256_mul_ps(group_scales(g), x.dx);
+        _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), scale))
+    }
+
+    /// The activation data of group `g` computed from the quants (when not precomputed).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn group_x<'a, const B: usize>(x: &'a [[i8; QK]; 8], dx: &[f32; 8]) -> GroupX<'a> {
+        let (xp, _) = x.as_chunks::<2>();
+        let p: [__m512i; 4] = core::array::from_fn(|i| {
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), ld64_i8(&xp[i]))
+        });
+        let corr = _mm256_mullo_epi32(block_sums(p), _mm256_set1_epi32(bias::<B>()));
+        let dx = _mm256_permutevar8x32_ps(avx2::ld8(dx), perm_idx());
+        GroupX { x, corr, dx }
+    }
+
+    /// A row of `n` blocks (`n` at most the lengths of `xq` and `xd`), given the activation
+    /// data of each full group; blocks past the last full group one at a time (`sums[b]` =
+    /// `sum x` of block `b`, or computed when `None`).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn row_dot<'a, const B: usize>(
+        row: &[[u8; B]],
+        xq: &'a [[i8; QK]],
+        xd: &[f32],
+        gx: impl Fn(usize) -> GroupX<'a>,
+        tail_sum: impl Fn(usize) -> i32,
+    ) -> f32 {
+        let n = row.len();
+        let (groups, tail) = row.as_chunks::<8>();
+        let mut acc = _mm256_setzero_ps();
+        for (g, blocks) in groups.iter().enumerate() {
+            acc = group::<B>(acc, blocks, &gx(g));
+        }
+        let acc = _mm256_permutevar8x32_ps(acc, inv_idx());
+        if tail.is_empty() {
+            return avx2::reduce8(acc);
+        }
+        let mut lanes = [0.0f32; 8];
+        avx2::st8(&mut lanes, acc);
+        let b0 = n - tail.len();
+        for (i, (blk, l)) in tail.iter().zip(lanes.iter_mut()).enumerate() {
+            let b = b0 + i;
+            let s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), single::<B>(blk), ld32_i8(&xq[b]));
+            let sumi = avx2::hsum_i32(s) - bias::<B>() * tail_sum(b);
+            let dw = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
+            *l += sumi as f32 * (dw * xd[b]);
+        }
+        avx2::reduce8(avx2::ld8(&lanes))
+    }
+
+    /// One quantized row times a Q8_0 activation, everything computed here.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn dot_quant<const B: usize>(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+        let (row, _) = row.as_chunks::<B>();
+        let (xq, _) = xq.as_chunks::<QK>();
+        let n = row.len().min(xq.len()).min(xd.len());
+        let (row, xq, xd) = (&row[..n], &xq[..n], &xd[..n]);
+        let (xg, _) = xq.as_chunks::<8>();
+        let (dg, _) = xd.as_chunks::<8>();
+        row_dot::<B>(
+            row,
+            xq,
+            xd,
+            |g| group_x::<B>(&xg[g], &dg[g]),
+            |b| block_sum(&xq[b]),
+        )
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    pub(super) fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+        dot_quant::<Q8_0_BLOCK_BYTES>(row, xq, xd)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    pub(super) fn dot_q4_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+        dot_quant::<Q4_0_BLOCK_BYTES>(row, xq, xd)
+    }
+
+    // ---- GEMV ----
+
+    /// Blocks of activation data the GEMV precomputes on the stack (longer rows compute it per
+    /// row and group).
+    const PREP_BLOCKS: usize = 1024;
+
+    /// Activation data of every full group (`corr`, `dx` in `PERM` order) and every block's sum.
+    struct Prep {
+        corr: [[i32; 8]; PREP_BLOCKS / 8],
+        dx: [[f32; 8]; PREP_BLOCKS / 8],
+        sums: [i32; PREP_BLOCKS],
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn prep<const B: usize>(p: &mut Prep, xq: &[[i8; QK]], xd: &[f32]) {
+        for (s, x) in p.sums.iter_mut().zip(xq) {
+            *s = block_sum(x);
+        }
+        let (sg, _) = p.sums.as_chunks::<8>();
+        let (dg, _) = xd.as_chunks::<8>();
+        for (((c, d), s), dx) in p.corr.iter_mut().zip(p.dx.iter_mut()).zip(sg).zip(dg) {
+            for i in 0..8 {
+                c[i] = bias::<B>() * s[PERM[i] as usize];
+                d[i] = dx[PERM[i] as usize];
+            }
+        }
+    }
+
+    /// Quantized GEMV (or the rows of one member of a grouped GEMV): one row at a time, so the
+    /// weights are one sequential stream.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn gemv_quant<const B: usize>(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
+        let stride = w.cols / QK;
+        let (blocks, _) = w.data.as_chunks::<B>();
+        let (xq, _) = a.q.as_chunks::<QK>();
+        let n = stride.min(xq.len()).min(a.d.len());
+        let (xq, xd) = (&xq[..n], &a.d[..n]);
+        let out = &mut out[..w.rows];
+        if blocks.len() < w.rows * stride {
+            // Inconsistent matrix (rows past the data are empty, as in the specification).
+            for (r, o) in out.iter_mut().enumerate() {
+                let (row, _) = w.row(r).as_chunks::<B>();
+                *o = dot_quant::<B>(row.as_flattened(), a.q, a.d);
+            }
+            return;
+        }
+        if n <= PREP_BLOCKS {
+            let mut p = Prep {
+                corr: [[0; 8]; PREP_BLOCKS / 8],
+                dx: [[0.0; 8]; PREP_BLOCKS / 8],
+                sums: [0; PREP_BLOCKS],
+            };
+            prep::<B>(&mut p, xq, xd);
+            let (xg, _) = xq.as_chunks::<8>();
+            for (r, o) in out.iter_mut().enumerate() {
+                let row = &blocks[r * stride..r * stride + n];
+                *o = row_dot::<B>(
+                    row,
+                    xq,
+                    xd,
+                    |g| GroupX {
+                        x: &xg[g],
+                        corr: ld8_i32(&p.corr[g]),
+                        dx: avx2::ld8(&p.dx[g]),
+                    },
+                    |b| p.sums[b],
+                );
+            }
+        } else {
+            for (r, o) in out.iter_mut().enumerate() {
+                let row = &blocks[r * stride..r * stride + n];
+                *o = dot_quant::<B>(row.as_flattened(), xq.as_flattened(), xd);
+            }
+        }
+    }
+
+    /// `out[r] = row_r(w) . a` for a quantized `w`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    pub(super) fn gemv(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
+        match w.ty {
+            GgmlType::Q8_0 => gemv_quant::<Q8_0_BLOCK_BYTES>(w, a, out),
+            _ => gemv_quant::<Q4_0_BLOCK_BYTES>(w, a, out),
+        }
+    }
+
+    // ---- grouped GEMV ----
+
+    /// Rows per tile (one per lane of a 512-bit vector).
+    const TR: usize = 16;
+    /// Blocks per row the repacked tile holds (longer rows take the per-member GEMV).
+    const TILE_BLOCKS: usize = 128;
+    /// Members sharing each loaded weight vector.
+    const G: usize = 4;
+    /// Members whose activation sums are precomputed at once.
+    const MB: usize = 64;
+
+    /// A repacked tile: `w[b][k]` lane `r` = row `r`'s unsigned weight bytes `4k..4k+4` of
+    /// block `b`, `d[b]` lane `r` = its scale.
+    struct Tile<const NB: usize> {
+        w: [[[u32; TR]; 8]; NB],
+        d: [[f32; TR]; NB],
+    }
+
+    /// Repacks rows `r0..r0 + rows` (`rows <= TR`; missing lanes get zero weights and scales).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn repack<const B: usize, const NB: usize>(
+        t: &mut Tile<NB>,
+        blocks: &[[u8; B]],
+        stride: usize,
+        r0: usize,
+        rows: usize,
+        n: usize,
+    ) {
+        for b in 0..n {
+            for r in 0..TR {
+                if r < rows {
+                    let blk = &blocks[(r0 + r) * stride + b];
+                    t.d[b][r] = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
+                    let q = &blk[2..];
+                    for k in 0..8 {
+                        t.w[b][k][r] = if B == Q8_0_BLOCK_BYTES {
+                            u32::from_le_bytes([q[4 * k], q[4 * k + 1], q[4 * k + 2], q[4 * k + 3]])
+                                ^ 0x8080_8080
+                        } else {
+                            let j = 4 * (k % 4);
+                            let v = u32::from_le_bytes([q[j], q[j + 1], q[j + 2], q[j + 3]]);
+                            (v >> (4 * (k / 4))) & 0x0F0F_0F0F
+                        };
+                    }
+                } else {
+                    t.d[b][r] = 0.0;
+                    for k in 0..8 {
+                        t.w[b][k][r] = 0;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One activation as the tile kernel reads it.
+    #[derive(Clone, Copy)]
+    struct MemberX<'a> {
+        xq: &'a [[i8; QK]],
+        xd: &'a [f32],
+        corr: &'a [i32],
+    }
+
+    /// `G` members times the repacked tile: the 16-row results of each, `n` blocks per row.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn tile_members<const NB: usize>(
+        t: &Tile<NB>,
+        n: usize,
+        m: [MemberX<'_>; G],
+    ) -> [[f32; TR]; G] {
+        let mut lanes = [[[0.0f32; TR]; 8]; G];
+        for j in 0..8.min(n) {
+            let mut acc = [_mm512_setzero_ps(); G];
+            let mut b = j;
+            while b < n {
+                let mut s = [_mm512_setzero_si512(); G];
+                for k in 0..8 {
+                    let wv = ld16_u32(&t.w[b][k]);
+                    for (si, mi) in s.iter_mut().zip(&m) {
+                        let xb = &mi.xq[b];
+                        let xv = i32::from_le_bytes([
+                            xb[4 * k] as u8,
+                            xb[4 * k + 1] as u8,
+                            xb[4 * k + 2] as u8,
+                            xb[4 * k + 3] as u8,
+                        ]);
+                        *si = _mm512_dpbusd_epi32(*si, wv, _mm512_set1_epi32(xv));
+                    }
+                }
+                let dw = ld16(&t.d[b]);
+                for ((ai, si), mi) in acc.iter_mut().zip(&s).zip(&m) {
+                    let sumi = _mm512_sub_epi32(*si, _mm512_set1_epi32(mi.corr[b]));
+                    let scale = _mm512_mul_ps(dw, _mm512_set1_ps(mi.xd[b]));
+                    *ai = _mm512_add_ps(*ai, _mm512_mul_ps(_mm512_cvtepi32_ps(sumi), scale));
+                }
+                b += 8;
+            }
+            for (l, a) in lanes.iter_mut().zip(&acc) {
+                st16(&mut l[j], *a);
+            }
+        }
+        lanes.map(|l| {
+            let v = |i: usize| ld16(&l[i]);
+            let s0 = _mm512_add_ps(v(0), v(4));
+            let s1 = _mm512_add_ps(v(1), v(5));
+            let s2 = _mm512_add_ps(v(2), v(6));
+            let s3 = _mm512_add_ps(v(3), v(7));
+            let r = _mm512_add_ps(_mm512_add_ps(s0, s2), _mm512_add_ps(s1, s3));
+            let mut o = [0.0f32; TR];
+            st16(&mut o, r);
+            o
+        })
+    }
+
+    /// Members fewer than this take the per-member GEMV (which streams the weights once per
+    /// member at full speed) instead of the tile kernel.
+    const TILE_MIN_MEMBERS: usize = 3;
+
+    /// [`super::super::Kernels::gemv_group`] for a quantized `w`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    pub(super) fn gemv_group(
+        w: &Matrix<'_>,
+        batch: &Act<'_>,
+        members: &[u32],
+        in_div: usize,
+        out: &mut Out<'_>,
+    ) {
+        match w.ty {
+            GgmlType::Q8_0 => group_quant::<Q8_0_BLOCK_BYTES>(w, batch, members, in_div, out),
+            _ => group_quant::<Q4_0_BLOCK_BYTES>(w, batch, members, in_div, out),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn group_quant<const B: usize>(
+        w: &Matrix<'_>,
+        batch: &Act<'_>,
+        members: &[u32],
+        in_div: usize,
+        out: &mut Out<'_>,
+    ) {
+        let stride = w.cols / QK;
+        let (blocks, _) = w.data.as_chunks::<B>();
+        let consistent = w.cols.is_multiple_of(QK)
+            && blocks.len() >= w.rows * stride
+            && batch.q.len() == batch.x.len()
+            && batch.d.len() * QK == batch.q.len();
+        if members.len() < TILE_MIN_MEMBERS || stride > TILE_BLOCKS || stride == 0 || !consistent {
+            // Rows in chunks per member: each chunk streams once per member from memory and
+            // then from the L2 cache (one member: long chunks, as the plain GEMV).
+            const CHUNK: usize = 1024;
+            let chunk = if members.len() == 1 { CHUNK } else { CHUNK / 4 };
+            let rb = w.row_bytes();
+            for r0 in (0..w.rows).step_by(chunk) {
+                let rows = (w.rows - r0).min(chunk);
+                let sub = Matrix {
+                    rows,
+                    data: w.data.get(r0 * rb..).unwrap_or(&[]),
+                    ..*w
+                };
+                let mut res = [0.0f32; CHUNK];
+                for &p in members {
+                    let p = p as usize;
+                    let a = batch.item(w.cols, p / in_div);
+                    gemv_quant::<B>(&sub, &a, &mut res);
+                    out.set_rows(p, r0, &res[..rows]);
+                }
+            }
+            return;
+        }
+        if stride <= 8 {
+            tiled::<B, 8>(w, blocks, batch, members, in_div, out)
+        } else if stride <= 32 {
+            tiled::<B, 32>(w, blocks, batch, members, in_div, out)
+        } else {
+            tiled::<B, TILE_BLOCKS>(w, blocks, batch, members, in_div, out)
+        }
+    }
+
+    /// An activation's quants and scales, by blocks.
+    type XRef<'a> = (&'a [[i8; QK]], &'a [f32]);
+
+    /// The tiled grouped GEMV for rows of at most `NB` blocks (the buffers are sized for it).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn tiled<const B: usize, const NB: usize>(
+        w: &Matrix<'_>,
+        blocks: &[[u8; B]],
+        batch: &Act<'_>,
+        members: &[u32],
+        in_div: usize,
+        out: &mut Out<'_>,
+    ) {
+        let stride = w.cols / QK;
+        let n = stride;
+        let mut tile = Tile::<NB> {
+            w: [[[0; TR]; 8]; NB],
+            d: [[0.0; TR]; NB],
+        };
+        let mut corr = [[0i32; NB]; MB];
+        for chunk in members.chunks(MB) {
+            // The activations of this chunk of members, with their corrections.
+            let xs: [Option<XRef<'_>>; MB] = core::array::from_fn(|i| {
+                chunk.get(i).map(|&p| {
+                    let a = batch.item(w.cols, p as usize / in_div);
+                    (a.q.as_chunks::<QK>().0, a.d)
+                })
+            });
+            for (c, x) in corr.iter_mut().zip(&xs) {
+                if let Some((xq, _)) = x {
+                    for (ci, xb) in c.iter_mut().zip(xq.iter()) {
+                        *ci = bias::<B>() * block_sum(xb);
+                    }
+                }
+            }
+            for r0 in (0..w.rows).step_by(TR) {
+                let rows = (w.rows - r0).min(TR);
+                repack::<B, NB>(&mut tile, blocks, stride, r0, rows, n);
+                let mut i = 0;
+                while i < chunk.len() {
+                    // G members, the last repeated to fill the group.
+                    let idx: [usize; G] = core::array::from_fn(|k| (i + k).min(chunk.len() - 1));
+                    let m: [MemberX<'_>; G] = idx.map(|k| {
+                        let (xq, xd) = xs[k].unwrap_or((&[], &[]));
+                        MemberX {
+                            xq,
+                            xd,
+                            corr: &corr[k],
+                        }
+                    });
+                    let res = tile_members(&tile, n, m);
+                    for (k, r) in idx.iter().zip(&res).take(chunk.len() - i) {
+                        out.set_rows(chunk[*k] as usize, r0, &r[..rows]);
+                    }
+                    i += G;
+                }
+            }
+        }
+    }
 }
