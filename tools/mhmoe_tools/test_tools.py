@@ -570,6 +570,48 @@ class ToLlama(unittest.TestCase):
                     to_llama.convert(str(src), str(Path(tmp) / "l.gguf"))
 
 
+class LlamaCompare(unittest.TestCase):
+    """tools/llama_compare.py's driver with both engines replaced by fakes (no llama.cpp here)."""
+
+    def test_interleaves_and_reports_medians(self):
+        import contextlib
+        import importlib.util
+        import io
+        import json
+        spec = importlib.util.spec_from_file_location("llama_compare", ROOT / "tools" / "llama_compare.py")
+        lc = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(lc)
+        calls = []
+
+        def fake_mhmoe(bench, model, t, a):
+            calls.append(("mhmoe", t))
+            return {"threads": t, "decode_tok_s": 10.0 * t + len(calls), "prompt_tok_s": 100.0 * t,
+                    "bytes_per_token": 5, "bandwidth_gb_s": 1.0, "roofline_pct": 50.0}
+
+        def fake_llama(model, t, a):
+            calls.append(("llama", t))
+            return {"threads": t, "decode_tok_s": 20.0 * t, "prompt_tok_s": 400.0 * t,
+                    "decode_tok_s_wall": 19.0, "prompt_tok_s_wall": 390.0}
+
+        lc.run_mhmoe, lc.run_llama = fake_mhmoe, fake_llama
+        lc.build_bench = lambda: Path("bench")
+        lc.ensure_llama_model = lambda m, l_: Path("llama.gguf")
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
+            self.assertEqual(lc.main(["m.gguf", "--rounds", "3", "--threads", "1,2", "--json"]), 0)
+        self.assertEqual(calls, [("mhmoe", 1), ("llama", 1), ("mhmoe", 2), ("llama", 2)] * 3)
+        rows = [json.loads(x) for x in buf.getvalue().splitlines()]
+        self.assertEqual([r["threads"] for r in rows], [1, 2])
+        # mhmoe decode at 1 thread was 11, 15, 19 (10 + call count): median 15, llama 20
+        self.assertEqual(rows[0]["mhmoe_decode_tok_s"], 15.0)
+        self.assertEqual(rows[0]["ratio_decode_tok_s"], 0.75)
+        self.assertEqual(rows[1]["ratio_prompt_tok_s"], 0.25)
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
+            self.assertEqual(lc.main(["m.gguf", "--rounds", "1", "--threads", "2"]), 0)
+        self.assertIn("| 2 | ", buf.getvalue())
+
+
 def run(verbosity: int = 1) -> int:
     suite = unittest.defaultTestLoader.loadTestsFromModule(sys.modules[__name__])
     result = unittest.TextTestRunner(verbosity=verbosity, stream=sys.stdout).run(suite)
