@@ -119,6 +119,7 @@ def llama_worker(a) -> int:
     perf = L.llama_perf_context(ctx)
     out = {
         "threads": a.threads,
+        "llama_cpp_python": L.__version__,
         "prompt_tok_s": 1e3 * perf.n_p_eval / perf.t_p_eval_ms,
         "decode_tok_s": 1e3 * perf.n_eval / perf.t_eval_ms,
         "n_p_eval": perf.n_p_eval, "n_eval": perf.n_eval,
@@ -203,6 +204,7 @@ def compare(a) -> int:
     llama_model = None if a.skip_llama else ensure_llama_model(model, Path(a.llama_model) if a.llama_model else None)
     bench = None if a.skip_mhmoe else build_bench()
     res = {t: {"mhmoe": [], "llama": []} for t in threads}
+    load_before = os.getloadavg()[0]
     for r in range(a.rounds):
         for t in threads:
             if bench:
@@ -214,10 +216,13 @@ def compare(a) -> int:
                   f"mhmoe decode {fmt(last['mhmoe'].get('decode_tok_s'))} prompt {fmt(last['mhmoe'].get('prompt_tok_s'))} | "
                   f"llama.cpp decode {fmt(last['llama'].get('decode_tok_s'))} prompt {fmt(last['llama'].get('prompt_tok_s'))} tok/s",
                   file=sys.stderr)
+    load_after = os.getloadavg()[0]
     summary = []
     for t in threads:
         m, l_ = res[t]["mhmoe"], res[t]["llama"]
-        row = {"threads": t, "rounds": a.rounds, "prompt": a.prompt, "decode": a.decode}
+        row = {"threads": t, "rounds": a.rounds, "prompt": a.prompt, "decode": a.decode,
+               "loadavg_1min_before": load_before, "loadavg_1min_after": load_after,
+               "llama_cpp_python": next((r["llama_cpp_python"] for r in l_ if "llama_cpp_python" in r), None)}
         for key in ("decode_tok_s", "prompt_tok_s"):
             row[f"mhmoe_{key}"] = median(m, key)
             row[f"llama_{key}"] = median(l_, key)
@@ -233,7 +238,8 @@ def compare(a) -> int:
             print(json.dumps(row))
         return 0
     print(f"Model {model.name}; medians of {a.rounds} interleaved rounds; prompt {a.prompt} tokens "
-          f"(one batch), decode {a.decode} tokens; tok/s.\n")
+          f"(one batch), decode {a.decode} tokens; tok/s; 1-minute load average "
+          f"{load_before:.1f} before, {load_after:.1f} after (the machine has {os.cpu_count()} CPUs).\n")
     print("| threads | decode mhmoe | decode llama.cpp | ratio | prompt mhmoe | prompt llama.cpp | ratio | mhmoe GB/s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in summary:
