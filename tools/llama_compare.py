@@ -202,7 +202,7 @@ def compare(a) -> int:
     model = Path(a.model).resolve()
     threads = [int(t) for t in a.threads.split(",")]
     llama_model = None if a.skip_llama else ensure_llama_model(model, Path(a.llama_model) if a.llama_model else None)
-    bench = None if a.skip_mhmoe else build_bench()
+    bench = None if a.skip_mhmoe else (Path(a.bench) if a.bench else build_bench())
     res = {t: {"mhmoe": [], "llama": []} for t in threads}
     load_before = os.getloadavg()[0]
     for r in range(a.rounds):
@@ -217,6 +217,12 @@ def compare(a) -> int:
                   f"llama.cpp decode {fmt(last['llama'].get('decode_tok_s'))} prompt {fmt(last['llama'].get('prompt_tok_s'))} tok/s",
                   file=sys.stderr)
     load_after = os.getloadavg()[0]
+    try:
+        from mhmoe_tools.gen_model import active_bytes, plan_of_file
+        bpt = active_bytes(plan_of_file(model))["total"]
+    except Exception as e:  # noqa: BLE001  (a fake model path in tests, an unusual type)
+        print(f"bytes per token unknown: {e}", file=sys.stderr)
+        bpt = None
     summary = []
     for t in threads:
         m, l_ = res[t]["mhmoe"], res[t]["llama"]
@@ -232,6 +238,10 @@ def compare(a) -> int:
             row[f"llama_{key}"] = median(l_, key)
         for key in ("bytes_per_token", "bandwidth_gb_s", "roofline_pct"):
             row[f"mhmoe_{key}"] = median(m, key)
+        # the same weights: the gen_model count of bytes a token reads gives llama.cpp's rate
+        row["bytes_per_token"] = bpt
+        row["llama_bandwidth_gb_s"] = (row["llama_decode_tok_s"] * bpt / 1e9
+                                       if bpt and row["llama_decode_tok_s"] else None)
         summary.append(row)
     if a.json:
         for row in summary:
@@ -240,13 +250,16 @@ def compare(a) -> int:
     print(f"Model {model.name}; medians of {a.rounds} interleaved rounds; prompt {a.prompt} tokens "
           f"(one batch), decode {a.decode} tokens; tok/s; 1-minute load average "
           f"{load_before:.1f} before, {load_after:.1f} after (the machine has {os.cpu_count()} CPUs).\n")
-    print("| threads | decode mhmoe | decode llama.cpp | ratio | prompt mhmoe | prompt llama.cpp | ratio | mhmoe GB/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    if bpt:
+        print(f"Weights read per decoded token (tools/mhmoe_tools/gen_model.py count): {bpt / 1e6:.1f} MB.\n")
+    print("| threads | decode mhmoe | decode llama.cpp | ratio | prompt mhmoe | prompt llama.cpp | ratio "
+          "| mhmoe GB/s | llama.cpp GB/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in summary:
         print(f"| {r['threads']} | {fmt(r['mhmoe_decode_tok_s'])} | {fmt(r['llama_decode_tok_s'])} | "
               f"{fmt(r['ratio_decode_tok_s'], 2)} | {fmt(r['mhmoe_prompt_tok_s'])} | "
               f"{fmt(r['llama_prompt_tok_s'])} | {fmt(r['ratio_prompt_tok_s'], 2)} | "
-              f"{fmt(r['mhmoe_bandwidth_gb_s'], 2)} |")
+              f"{fmt(r['mhmoe_bandwidth_gb_s'], 2)} | {fmt(r['llama_bandwidth_gb_s'], 2)} |")
     return 0
 
 
@@ -291,6 +304,7 @@ def main(argv=None) -> int:
     ap.add_argument("--llama-python", default=DEFAULT_LLAMA_PY,
                     help="Python with llama_cpp installed (default $MHMOE_LLAMA_PYTHON or %(default)s)")
     ap.add_argument("--llama-model", help="converted model (default MODEL.llama.gguf, made if missing)")
+    ap.add_argument("--bench", help="mhmoe bench binary to run (default: build this checkout's --example bench)")
     ap.add_argument("--skip-mhmoe", action="store_true")
     ap.add_argument("--skip-llama", action="store_true")
     ap.add_argument("--check", action="store_true", help="compare greedy tokens/logits with the reference")

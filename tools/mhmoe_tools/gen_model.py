@@ -124,6 +124,30 @@ def plan(config: MhmoeConfig, vocab_size: int, qtype="Q8_0", router_type="F32", 
     return Plan(config, vocab_size, tied, shapes, types)
 
 
+def plan_of_file(path) -> Plan:
+    """The Plan (shapes, types) of an existing mhmoe file, e.g. to compute its `active_bytes`."""
+    r = gguf.GGUFReader(str(path))
+    arch = r.get_field("general.architecture").contents()
+    if arch != "mhmoe":
+        raise ValueError(f"{path}: architecture {arch!r}, not mhmoe")
+    shapes = {t.name: tuple(int(x) for x in reversed(t.shape.tolist())) for t in r.tensors}
+    types = {t.name: t.tensor_type for t in r.tensors}
+    for n, t in types.items():
+        if t not in _BYTES:
+            raise ValueError(f"{n}: type {t.name} is not counted here")
+    g = lambda k, d=None: r.get_field("mhmoe." + k).contents() if r.get_field("mhmoe." + k) is not None else d  # noqa: E731
+    cfg = MhmoeConfig(
+        context_length=g("context_length"), embedding_length=g("embedding_length"),
+        block_count=g("block_count"), feed_forward_length=g("feed_forward_length"),
+        head_count=g("attention.head_count"), head_count_kv=g("attention.head_count_kv"),
+        expert_count=g("expert_count"), expert_used_count=g("expert_used_count"),
+        expert_feed_forward_length=g("expert_feed_forward_length"),
+        expert_weights_norm=bool(g("expert_weights_norm")), moe_head_count=g("moe.head_count"),
+        moe_layer_interval=g("moe.layer_interval"), moe_router=g("moe.router"),
+        expert_shared_feed_forward_length=g("expert_shared_feed_forward_length", 0))
+    return Plan(cfg, shapes["token_embd.weight"][0], "output.weight" not in shapes, shapes, types)
+
+
 def active_bytes(p: Plan) -> dict:
     """Weight bytes read to decode one token, by part. With h > 1 the experts a token reads
     depend on the routing: `experts` is the expected count if each sub-token picks its k experts

@@ -451,6 +451,7 @@ class GenModel(unittest.TestCase):
                 self.assertEqual({n: t.name for n, t in p.types.items()}, f.types)
                 r = gguf.GGUFReader(str(out))
                 self.assertEqual({t.name: int(t.n_bytes) for t in r.tensors}, {n: p.nbytes(n) for n in p.shapes})
+                self.assertEqual(gen_model.active_bytes(gen_model.plan_of_file(out)), gen_model.active_bytes(p))
                 ref = reference.Reference(out)  # also checks block decoding against gguf
                 for pos, tok in enumerate([1, 2, 299, 7]):
                     logits = ref.forward(tok, pos)
