@@ -16,7 +16,7 @@ import gguf
 from gguf import GGMLQuantizationType as QT
 from gguf import GGUFValueType as VT
 
-from . import bpe, gen_test_models, make_goldens, reference, writer
+from . import bpe, gen_model, gen_test_models, make_goldens, reference, to_llama, writer
 from .requantize import requantize
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -400,6 +400,217 @@ class Writer(unittest.TestCase):
                 writer.write_mhmoe_gguf(out, f.config, t, f.tokens, f.merges, allow_extra=True)
             with self.assertRaises(ValueError):
                 writer.write_mhmoe_gguf(out, f.config, f.tensors, f.tokens[:-1], f.merges)
+
+
+def _gen(argv):
+    """gen_model's command line, its output captured; returns (exit code, output)."""
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        code = gen_model.main(argv)
+    return code, buf.getvalue()
+
+
+def _gen_args(out, **kw):
+    base = dict(dim=64, layers=2, heads=4, experts=4, top_k=2, expert_ff=64, vocab=300, ctx=32, type="Q8_0")
+    base.update(kw)
+    args = [str(out)]
+    for k, v in base.items():
+        flag = "--" + k.replace("_", "-")
+        args += [flag] if v is True else [flag, str(v)]
+    return args
+
+
+class GenModel(unittest.TestCase):
+    """tools/gen_model.py: random-weight models of any size (tiny ones here)."""
+
+    CASES = [  # (gen_model options, expected type of the experts' gate matrix)
+        (dict(), "Q8_0"),
+        (dict(moe_heads=2, type="Q4_0", kv_heads=2), "Q4_0"),               # m = 32
+        (dict(moe_heads=4, type="Q8_0", top_k=1, raw_gates=True), "F16"),   # m = 16: F16 fallback
+        (dict(type="F16", router="xmoe", moe_interval=2, ff=96, shared_ff=32, untied_output=True), "F16"),
+    ]
+
+    def test_models_load_and_run_in_the_reference(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            for i, (opts, expert_type) in enumerate(self.CASES):
+                out = Path(tmp) / f"m{i}.gguf"
+                args = gen_model.parser().parse_args(_gen_args(out, **opts))
+                args.kv_heads = args.kv_heads or args.heads
+                p = gen_model.plan(gen_model.config_from_args(args), args.vocab, args.type,
+                                   args.router_type, tied=not args.untied_output)
+                size = gen_model.write_model(out, p, seed=i)
+                self.assertEqual(size, out.stat().st_size)
+                f = writer.read_mhmoe_gguf(out)
+                self.assertAlmostEqual(f.config.layer_norm_rms_epsilon, 1e-5, places=12)
+                self.assertEqual(dataclasses_replace(f.config, layer_norm_rms_epsilon=1e-5), p.config)
+                self.assertEqual(len(f.tokens), 300)
+                layer = "blk.1." if opts.get("moe_interval", 1) == 2 else "blk.0."
+                self.assertEqual(f.types[layer + "ffn_gate_exps.weight"], expert_type)
+                self.assertEqual({n: t.name for n, t in p.types.items()}, f.types)
+                r = gguf.GGUFReader(str(out))
+                self.assertEqual({t.name: int(t.n_bytes) for t in r.tensors}, {n: p.nbytes(n) for n in p.shapes})
+                self.assertEqual(gen_model.active_bytes(gen_model.plan_of_file(out)), gen_model.active_bytes(p))
+                ref = reference.Reference(out)  # also checks block decoding against gguf
+                for pos, tok in enumerate([1, 2, 299, 7]):
+                    logits = ref.forward(tok, pos)
+                    self.assertTrue(np.all(np.isfinite(logits)))
+                    self.assertLess(float(np.abs(logits).max()), 1e3)
+                # tokenizer the engine accepts: byte tokens, merges valid, unique tokens
+                self.assertEqual(len(set(f.tokens)), len(f.tokens))
+                for mrg in f.merges:
+                    a, b = mrg.split(" ")
+                    self.assertIn(a + b, f.tokens)
+
+    def test_deterministic_and_scaled(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            a, b, c = (Path(tmp) / n for n in ("a.gguf", "b.gguf", "c.gguf"))
+            code, printed = _gen(_gen_args(a, dim=128, expert_ff=256) + ["--seed", "3"])
+            self.assertEqual(code, 0)
+            self.assertIn("bytes_per_token: ", printed)
+            self.assertEqual(_gen(_gen_args(b, dim=128, expert_ff=256) + ["--seed", "3"])[0], 0)
+            self.assertEqual(_gen(_gen_args(c, dim=128, expert_ff=256) + ["--seed", "4"])[0], 0)
+            self.assertTrue(filecmp.cmp(a, b, shallow=False))
+            self.assertFalse(filecmp.cmp(a, c, shallow=False))
+            f = writer.read_mhmoe_gguf(a)
+            for name in ("blk.0.attn_q.weight", "blk.0.ffn_down_exps.weight", "token_embd.weight",
+                         "blk.1.ffn_gate_inp.weight"):
+                w = f.tensors[name]
+                want = gen_model.weight_std(name, w.shape)
+                self.assertLess(abs(float(w.std()) / want - 1), 0.1, name)
+
+    def test_bytes_per_token(self):
+        # h = 1, d = 64, Q8_0 (68 bytes a row of 64), tied output, router F32, V = 300, E = 4, k = 2, F = 64
+        args = gen_model.parser().parse_args(_gen_args("x.gguf"))
+        args.kv_heads = args.heads
+        p = gen_model.plan(gen_model.config_from_args(args), 300)
+        b = gen_model.active_bytes(p)
+        row = 68
+        per_layer = 4 * 64 * row + 4 * 64 * 4 + 2 * (2 * 64 * row + 64 * (64 // 32 * 34)) + 2 * 64 * 4
+        self.assertEqual(b["total"], row + 2 * per_layer + 64 * 4 + 300 * row)
+        self.assertEqual(b["total"], b["total_max"])
+        p2 = gen_model.plan(dataclasses_replace(p.config, moe_head_count=2), 300)
+        b2 = gen_model.active_bytes(p2)
+        self.assertEqual(b2["experts_max"], 2 * 4 * 3 * 32 * 64 * 34 // 32)  # min(E, h k) = 4 experts, 2 layers
+        self.assertLess(b2["experts"], b2["experts_max"])
+
+    def test_refuses_bad_dimensions(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            self.assertEqual(_gen(_gen_args(Path(tmp) / "x.gguf", vocab=200))[0], 2)
+            self.assertEqual(_gen(_gen_args(Path(tmp) / "x.gguf", moe_heads=3))[0], 2)
+
+
+def dataclasses_replace(obj, **kw):
+    import dataclasses
+    return dataclasses.replace(obj, **kw)
+
+
+def _rope_half(z, pos, base):
+    hd = z.shape[-1]
+    j = np.arange(hd // 2)
+    th = pos * base ** (-2.0 * j / hd)
+    u, w = z[..., :hd // 2], z[..., hd // 2:]
+    return np.concatenate([u * np.cos(th) - w * np.sin(th), u * np.sin(th) + w * np.cos(th)], axis=-1)
+
+
+def _rope_interleaved(z, pos, base):
+    hd = z.shape[-1]
+    j = np.arange(hd // 2)
+    th = pos * base ** (-2.0 * j / hd)
+    u, w = z[..., 0::2], z[..., 1::2]
+    out = np.empty_like(z)
+    out[..., 0::2] = u * np.cos(th) - w * np.sin(th)
+    out[..., 1::2] = u * np.sin(th) + w * np.cos(th)
+    return out
+
+
+class ToLlama(unittest.TestCase):
+    """tools/mhmoe_tools/to_llama.py: the h = 1 model as llama.cpp's `llama` architecture."""
+
+    def test_permutation_keeps_every_attention_score(self):
+        rng = np.random.default_rng(0)
+        nh, hd, d = 3, 8, 16
+        Wq, Wk = rng.standard_normal((nh * hd, d)), rng.standard_normal((nh * hd, d))
+        Pq, Pk = to_llama.permute_rope_rows(Wq, nh), to_llama.permute_rope_rows(Wk, nh)
+        x1, x2 = rng.standard_normal(d), rng.standard_normal(d)
+        for p1, p2 in ((0, 0), (5, 2), (17, 9)):
+            q = _rope_half((Wq @ x1).reshape(nh, hd), p1, 10000.0)
+            k = _rope_half((Wk @ x2).reshape(nh, hd), p2, 10000.0)
+            q2 = _rope_interleaved((Pq @ x1).reshape(nh, hd), p1, 10000.0)
+            k2 = _rope_interleaved((Pk @ x2).reshape(nh, hd), p2, 10000.0)
+            np.testing.assert_allclose((q * k).sum(-1), (q2 * k2).sum(-1), rtol=1e-10, atol=1e-10)
+
+    def test_convert_passes_blocks_through(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            src, dst = Path(tmp) / "m.gguf", Path(tmp) / "llama.gguf"
+            self.assertEqual(_gen(_gen_args(src, heads=4, kv_heads=2))[0], 0)
+            to_llama.convert(str(src), str(dst))
+            a, b = gguf.GGUFReader(str(src)), gguf.GGUFReader(str(dst))
+            self.assertEqual(b.get_field("general.architecture").contents(), "llama")
+            self.assertEqual(b.get_field("llama.feed_forward_length").contents(), 64)
+            self.assertEqual(b.get_field("llama.rope.dimension_count").contents(), 16)
+            self.assertEqual(b.get_field("llama.expert_used_count").contents(), 2)
+            self.assertEqual(b.get_field("tokenizer.ggml.tokens").contents(), a.get_field("tokenizer.ggml.tokens").contents())
+            self.assertEqual([t.name for t in a.tensors], [t.name for t in b.tensors])
+            for x, y in zip(a.tensors, b.tensors):
+                self.assertEqual((x.tensor_type, list(x.shape)), (y.tensor_type, list(y.shape)))
+                want = np.asarray(x.data)
+                if x.name.endswith("attn_q.weight"):
+                    want = to_llama.permute_rope_rows(want, 4)
+                elif x.name.endswith("attn_k.weight"):
+                    want = to_llama.permute_rope_rows(want, 2)
+                self.assertTrue(np.array_equal(want.view(np.uint8), np.asarray(y.data).view(np.uint8)), x.name)
+
+    def test_refuses_what_llama_cannot_compute(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            for opts in (dict(moe_heads=2), dict(raw_gates=True), dict(moe_interval=2, ff=64)):
+                src = Path(tmp) / "m.gguf"
+                self.assertEqual(_gen(_gen_args(src, **opts))[0], 0)
+                with self.assertRaises(ValueError):
+                    to_llama.convert(str(src), str(Path(tmp) / "l.gguf"))
+
+
+class LlamaCompare(unittest.TestCase):
+    """tools/llama_compare.py's driver with both engines replaced by fakes (no llama.cpp here)."""
+
+    def test_interleaves_and_reports_medians(self):
+        import contextlib
+        import importlib.util
+        import io
+        import json
+        spec = importlib.util.spec_from_file_location("llama_compare", ROOT / "tools" / "llama_compare.py")
+        lc = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(lc)
+        calls = []
+
+        def fake_mhmoe(bench, model, t, a):
+            calls.append(("mhmoe", t))
+            return {"threads": t, "decode_tok_s": 10.0 * t + len(calls), "prompt_tok_s": 100.0 * t,
+                    "bytes_per_token": 5, "bandwidth_gb_s": 1.0, "roofline_pct": 50.0}
+
+        def fake_llama(model, t, a):
+            calls.append(("llama", t))
+            return {"threads": t, "decode_tok_s": 20.0 * t, "prompt_tok_s": 400.0 * t,
+                    "decode_tok_s_wall": 19.0, "prompt_tok_s_wall": 390.0}
+
+        lc.run_mhmoe, lc.run_llama = fake_mhmoe, fake_llama
+        lc.build_bench = lambda: Path("bench")
+        lc.ensure_llama_model = lambda m, l_: Path("llama.gguf")
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
+            self.assertEqual(lc.main(["m.gguf", "--rounds", "3", "--threads", "1,2", "--json"]), 0)
+        self.assertEqual(calls, [("mhmoe", 1), ("llama", 1), ("mhmoe", 2), ("llama", 2)] * 3)
+        rows = [json.loads(x) for x in buf.getvalue().splitlines()]
+        self.assertEqual([r["threads"] for r in rows], [1, 2])
+        # mhmoe decode at 1 thread was 11, 15, 19 (10 + call count): median 15, llama 20
+        self.assertEqual(rows[0]["mhmoe_decode_tok_s"], 15.0)
+        self.assertEqual(rows[0]["ratio_decode_tok_s"], 0.75)
+        self.assertEqual(rows[1]["ratio_prompt_tok_s"], 0.25)
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
+            self.assertEqual(lc.main(["m.gguf", "--rounds", "1", "--threads", "2"]), 0)
+        self.assertIn("| 2 | ", buf.getvalue())
 
 
 def run(verbosity: int = 1) -> int:

@@ -47,7 +47,7 @@ import gguf
 from gguf import GGMLQuantizationType as QT
 
 __all__ = [
-    "MhmoeConfig", "MhmoeFile", "write_mhmoe_gguf", "read_mhmoe_gguf", "expected_tensor_shapes",
+    "MhmoeConfig", "MhmoeFile", "write_mhmoe_gguf", "add_metadata", "read_mhmoe_gguf", "expected_tensor_shapes",
     "parse_qtype", "QTYPES", "ARCH",
 ]
 
@@ -217,6 +217,50 @@ def _encode(arr: np.ndarray, t: QT) -> np.ndarray:
     return gguf.quants.quantize(arr, t)
 
 
+def add_metadata(
+    w: gguf.GGUFWriter,
+    config: MhmoeConfig,
+    tokens: Sequence[str],
+    merges: Sequence[str],
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+    alignment: int | None = None,
+    arch: str = ARCH,
+    name: str | None = None,
+) -> None:
+    """Add every FORMAT.md metadata key of `config` and the tokenizer to a fresh `GGUFWriter`
+    (what `write_mhmoe_gguf` writes; `gen_model.py` uses it to stream tensors to the file)."""
+    if alignment is not None:
+        w.add_custom_alignment(int(alignment))
+    if name:
+        w.add_string("general.name", name)
+    c = config
+    w.add_uint32(f"{arch}.context_length", c.context_length)
+    w.add_uint32(f"{arch}.embedding_length", c.embedding_length)
+    w.add_uint32(f"{arch}.block_count", c.block_count)
+    w.add_uint32(f"{arch}.feed_forward_length", c.feed_forward_length)
+    w.add_uint32(f"{arch}.attention.head_count", c.head_count)
+    w.add_uint32(f"{arch}.attention.head_count_kv", c.head_count_kv)
+    w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", c.layer_norm_rms_epsilon)
+    w.add_float32(f"{arch}.rope.freq_base", c.rope_freq_base)
+    w.add_uint32(f"{arch}.expert_count", c.expert_count)
+    w.add_uint32(f"{arch}.expert_used_count", c.expert_used_count)
+    w.add_uint32(f"{arch}.expert_feed_forward_length", c.expert_feed_forward_length)
+    w.add_bool(f"{arch}.expert_weights_norm", bool(c.expert_weights_norm))
+    w.add_uint32(f"{arch}.expert_shared_feed_forward_length", c.expert_shared_feed_forward_length)
+    w.add_uint32(f"{arch}.moe.head_count", c.moe_head_count)
+    w.add_uint32(f"{arch}.moe.layer_interval", c.moe_layer_interval)
+    w.add_string(f"{arch}.moe.router", c.moe_router)
+    w.add_string("tokenizer.ggml.model", "gpt2")
+    w.add_string("tokenizer.ggml.pre", "mhmoe-space")
+    w.add_array("tokenizer.ggml.tokens", list(tokens))
+    w.add_array("tokenizer.ggml.merges", list(merges))
+    if bos_token_id is not None:
+        w.add_uint32("tokenizer.ggml.bos_token_id", int(bos_token_id))
+    if eos_token_id is not None:
+        w.add_uint32("tokenizer.ggml.eos_token_id", int(eos_token_id))
+
+
 def write_mhmoe_gguf(
     path: str | Path,
     config: MhmoeConfig,
@@ -282,35 +326,8 @@ def write_mhmoe_gguf(
         raise ValueError(f"unexpected tensors (pass allow_extra=True to keep them): {extra}")
 
     w = gguf.GGUFWriter(str(path), arch)
-    if alignment is not None:
-        w.add_custom_alignment(int(alignment))
-    if name:
-        w.add_string("general.name", name)
-    c = config
-    w.add_uint32(f"{arch}.context_length", c.context_length)
-    w.add_uint32(f"{arch}.embedding_length", c.embedding_length)
-    w.add_uint32(f"{arch}.block_count", c.block_count)
-    w.add_uint32(f"{arch}.feed_forward_length", c.feed_forward_length)
-    w.add_uint32(f"{arch}.attention.head_count", c.head_count)
-    w.add_uint32(f"{arch}.attention.head_count_kv", c.head_count_kv)
-    w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", c.layer_norm_rms_epsilon)
-    w.add_float32(f"{arch}.rope.freq_base", c.rope_freq_base)
-    w.add_uint32(f"{arch}.expert_count", c.expert_count)
-    w.add_uint32(f"{arch}.expert_used_count", c.expert_used_count)
-    w.add_uint32(f"{arch}.expert_feed_forward_length", c.expert_feed_forward_length)
-    w.add_bool(f"{arch}.expert_weights_norm", bool(c.expert_weights_norm))
-    w.add_uint32(f"{arch}.expert_shared_feed_forward_length", c.expert_shared_feed_forward_length)
-    w.add_uint32(f"{arch}.moe.head_count", c.moe_head_count)
-    w.add_uint32(f"{arch}.moe.layer_interval", c.moe_layer_interval)
-    w.add_string(f"{arch}.moe.router", c.moe_router)
-    w.add_string("tokenizer.ggml.model", "gpt2")
-    w.add_string("tokenizer.ggml.pre", "mhmoe-space")
-    w.add_array("tokenizer.ggml.tokens", list(tokens))
-    w.add_array("tokenizer.ggml.merges", list(merges))
-    if bos_token_id is not None:
-        w.add_uint32("tokenizer.ggml.bos_token_id", int(bos_token_id))
-    if eos_token_id is not None:
-        w.add_uint32("tokenizer.ggml.eos_token_id", int(eos_token_id))
+    add_metadata(w, config, tokens, merges, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+                 alignment=alignment, arch=arch, name=name)
 
     written: dict[str, str] = {}
     for n in list(want) + extra:
