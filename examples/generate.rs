@@ -14,9 +14,10 @@ use std::time::Instant;
 
 use clap::Parser;
 use mhmoe::file::{ModelBytes, StateBuffer};
+use mhmoe::parallel::{physical_cores, Parallel, ThreadPool};
 use mhmoe::sampler::{Sampler, SamplerParams};
 use mhmoe::tokenizer::TokenizerBuf;
-use mhmoe::{forward, Isa};
+use mhmoe::{Exec, Isa};
 
 /// Generate text with an MH-MoE model.
 #[derive(Parser, Debug)]
@@ -49,9 +50,16 @@ struct Args {
     /// Context length (default: the model's).
     #[arg(long)]
     ctx: Option<usize>,
-    /// Force an instruction set (scalar, avx2, neon, neon-dotprod) instead of the detected one.
+    /// Force an instruction set (scalar, avx2, avx512, neon, neon-dotprod) instead of the
+    /// detected one.
     #[arg(long)]
     isa: Option<String>,
+    /// Threads (default: one per physical core). The output does not depend on it.
+    #[arg(short = 'j', long)]
+    threads: Option<usize>,
+    /// Most prompt tokens run in one batched forward pass (longer prompts take several).
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
 }
 
 fn run(args: Args) -> Result<(), String> {
@@ -97,8 +105,12 @@ fn run(args: Args) -> Result<(), String> {
             prompt.len()
         ));
     }
-    let mut buf = StateBuffer::for_model(&model, ctx).map_err(|e| ctx_err("context", e))?;
+    let batch = args.batch.clamp(1, prompt.len());
+    let mut buf = StateBuffer::for_batch(&model, ctx, batch).map_err(|e| ctx_err("context", e))?;
     let mut state = buf.state(&model, ctx).map_err(|e| ctx_err("state", e))?;
+    let pool = ThreadPool::new(args.threads.unwrap_or_else(physical_cores))
+        .map_err(|e| ctx_err("--threads", e))?;
+    let exec = Exec::new(&pool);
 
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -110,8 +122,9 @@ fn run(args: Args) -> Result<(), String> {
 
     let t_prompt = Instant::now();
     let mut logits_ready = false;
-    for &t in &prompt {
-        forward(&model, &mut state, t).map_err(|e| ctx_err("forward", e))?;
+    for chunk in prompt.chunks(batch) {
+        exec.forward_batch(&model, &mut state, chunk)
+            .map_err(|e| ctx_err("forward", e))?;
         logits_ready = true;
     }
     let prompt_time = t_prompt.elapsed();
@@ -139,17 +152,19 @@ fn run(args: Args) -> Result<(), String> {
             stop_reason = "context full";
             break;
         }
-        forward(&model, &mut state, next).map_err(|e| ctx_err("forward", e))?;
+        exec.forward(&model, &mut state, next)
+            .map_err(|e| ctx_err("forward", e))?;
     }
     decoder.flush(&mut emit);
     emit("\n");
     let gen_time = t_gen.elapsed().as_secs_f64();
     eprintln!(
-        "\n[{} prompt tokens in {:.3} s; {generated} tokens generated in {gen_time:.3} s = {:.1} tokens/s; stopped: {stop_reason}; isa {}; model {}]",
+        "\n[{} prompt tokens in {:.3} s; {generated} tokens generated in {gen_time:.3} s = {:.1} tokens/s; stopped: {stop_reason}; isa {}; {} threads; model {}]",
         prompt.len(),
         prompt_time.as_secs_f64(),
         generated as f64 / gen_time.max(1e-9),
         Isa::active().name(),
+        pool.threads(),
         args.model.display(),
     );
     Ok(())

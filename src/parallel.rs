@@ -154,14 +154,20 @@ mod pool {
     //! A persistent pool of worker threads with a low-latency hand-off.
     //!
     //! Why not rayon: one token of a small model is tens of matrix products of a few
-    //! microseconds each, so the hand-off must cost well under a microsecond when the workers
-    //! are busy; rayon's `join`/`scope` pay for work stealing and a sleep protocol on every
-    //! call, and its global pool is shared with the rest of the program. Here the calling
-    //! thread takes part, the workers spin on an epoch counter for a short while before they
-    //! sleep, and the split is static (each piece's bounds depend only on the thread count),
-    //! which is what keeps the results bit-identical.
+    //! microseconds each, so the hand-off must cost about a microsecond; rayon's `join`/`scope`
+    //! pay for work stealing and a sleep protocol on every call, and its global pool is shared
+    //! with the rest of the program. Here the calling thread takes part, the workers spin on a
+    //! job word for a while before they sleep, and the split is static (each piece's bounds
+    //! depend only on the thread count), which is what keeps the results bit-identical.
+    //!
+    //! The hand-off never waits for a worker that has not started: the job word holds the job's
+    //! epoch, a closed flag and the number of workers that entered. A worker enters with a
+    //! compare-and-swap while the job is open; the caller, once every task is taken, closes the
+    //! job and waits only for the workers that entered. A worker that was asleep or descheduled
+    //! simply misses the job, so a busy machine slows the pool down to one thread at worst.
 
-    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    use core::cell::UnsafeCell;
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
     use std::sync::{Arc, Condvar, Mutex};
     use std::thread::JoinHandle;
     use std::vec::Vec;
@@ -169,8 +175,11 @@ mod pool {
     use super::Parallel;
     use crate::error::{Error, Result};
 
-    /// How many times a worker polls for new work before it sleeps.
-    const SPINS: u32 = 1 << 16;
+    /// How many times a worker polls for a new job before it sleeps (about a millisecond).
+    const SPINS: u32 = 1 << 14;
+    /// The job word: epoch in the high 32 bits, then the closed flag, then the entered count.
+    const CLOSED: u64 = 1 << 31;
+    const ENTERED: u64 = CLOSED - 1;
 
     /// The job of one epoch: a borrowed task, as a raw fat pointer, and its task count.
     #[derive(Clone, Copy)]
@@ -180,23 +189,31 @@ mod pool {
     }
 
     struct Shared {
-        /// Bumped (after `job` is written) to start a job.
-        epoch: AtomicU64,
-        job: Mutex<Option<Job>>,
+        /// Epoch, closed flag and entered count (see the module documentation).
+        word: AtomicU64,
+        /// Written by the caller only while no worker is entered; read by entered workers.
+        job: UnsafeCell<Job>,
         /// The next task index to take.
         next: AtomicUsize,
-        /// Workers that have finished the current epoch's job.
-        done: AtomicUsize,
-        /// A task panicked.
+        /// Workers that entered the current job and have finished it.
+        exited: AtomicU64,
+        /// A task panicked on a worker.
         panicked: AtomicBool,
         stop: AtomicBool,
+        /// Workers asleep (or about to sleep) on `wake`.
+        sleepers: AtomicUsize,
         sleep: Mutex<()>,
         wake: Condvar,
     }
 
-    // SAFETY: `Job::task` points to a `Sync` closure that `ThreadPool::run` keeps alive until
-    // every worker has reported `done` for the epoch; it is only called, never freed, here.
-    unsafe impl Send for Job {}
+    // SAFETY: `job` is only written by `ThreadPool::run` while no worker is entered (before it
+    // opens a job, and after it has closed it and seen every entered worker exit), and only
+    // read by entered workers; entering (an acquire CAS on `word`) happens after the release
+    // store that opened the job, so the read sees the write. `Job::task` points to a `Sync`
+    // closure that outlives every entered worker's use.
+    unsafe impl Sync for Shared {}
+    // SAFETY: as above: a `Job` is only a pointer to a `Sync` closure and a count.
+    unsafe impl Send for Shared {}
 
     /// A fixed set of worker threads that runs the forward pass's pieces with the calling
     /// thread. Dropping it stops and joins the workers.
@@ -215,6 +232,8 @@ mod pool {
         }
     }
 
+    fn noop(_: usize) {}
+
     impl ThreadPool {
         /// A pool of `threads` threads in all: the caller of [`Parallel::run`] and
         /// `threads - 1` workers. Errors: [`Error::BadThreadCount`] for 0, [`Error::Io`] if a
@@ -224,12 +243,16 @@ mod pool {
                 return Err(Error::BadThreadCount);
             }
             let shared = Arc::new(Shared {
-                epoch: AtomicU64::new(0),
-                job: Mutex::new(None),
+                word: AtomicU64::new(CLOSED),
+                job: UnsafeCell::new(Job {
+                    task: &noop as &(dyn Fn(usize) + Sync),
+                    n: 0,
+                }),
                 next: AtomicUsize::new(0),
-                done: AtomicUsize::new(0),
+                exited: AtomicU64::new(0),
                 panicked: AtomicBool::new(false),
                 stop: AtomicBool::new(false),
+                sleepers: AtomicUsize::new(0),
                 sleep: Mutex::new(()),
                 wake: Condvar::new(),
             });
@@ -267,31 +290,37 @@ mod pool {
 
         fn run(&self, n: usize, task: &(dyn Fn(usize) + Sync)) {
             if n <= 1 || self.workers.is_empty() {
-                for i in 0..n {
-                    task(i);
-                }
+                (0..n).for_each(task);
                 return;
             }
             let _one_at_a_time = self.running.lock().unwrap_or_else(|e| e.into_inner());
             let s = &*self.shared;
-            // SAFETY (of the lifetime erasure): the workers call `task` only between the epoch
-            // bump below and their `done` report, and this function does not return before
-            // every worker has reported `done`, so the borrow outlives every call.
-            let erased: *const (dyn Fn(usize) + Sync + 'static) =
+            // SAFETY (lifetime erasure): only workers that enter this job call `task`, and this
+            // function returns only after each of them has exited.
+            let task_static: *const (dyn Fn(usize) + Sync + 'static) =
                 unsafe { core::mem::transmute(task as *const (dyn Fn(usize) + Sync + '_)) };
-            *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(Job { task: erased, n });
-            s.next.store(0, Ordering::Relaxed);
-            s.done.store(0, Ordering::Relaxed);
-            s.epoch.fetch_add(1, Ordering::Release);
-            {
+            // SAFETY: the previous job is closed and every worker that entered it has exited
+            // (see below), so no worker reads `job` now.
+            unsafe {
+                *s.job.get() = Job {
+                    task: task_static,
+                    n,
+                }
+            };
+            s.next.store(0, Relaxed);
+            s.exited.store(0, Relaxed);
+            let epoch = (s.word.load(Relaxed) >> 32).wrapping_add(1) & 0xFFFF_FFFF;
+            s.word.store(epoch << 32, SeqCst);
+            if s.sleepers.load(SeqCst) > 0 {
                 let _g = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
                 s.wake.notify_all();
             }
             let caught =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| take_tasks(s, task, n)));
-            let workers = self.workers.len();
+            // Every task is taken: close the job and wait for the workers that entered it.
+            let entered = s.word.fetch_or(CLOSED, AcqRel) & ENTERED;
             let mut spins = 0u32;
-            while s.done.load(Ordering::Acquire) < workers {
+            while s.exited.load(Acquire) < entered {
                 spins += 1;
                 if spins < SPINS {
                     core::hint::spin_loop();
@@ -299,11 +328,10 @@ mod pool {
                     std::thread::yield_now();
                 }
             }
-            *s.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
             if let Err(p) = caught {
                 std::panic::resume_unwind(p);
             }
-            if s.panicked.swap(false, Ordering::Relaxed) {
+            if s.panicked.swap(false, Relaxed) {
                 panic!("a task panicked on a worker thread");
             }
         }
@@ -311,7 +339,7 @@ mod pool {
 
     fn take_tasks(s: &Shared, task: &(dyn Fn(usize) + Sync), n: usize) {
         loop {
-            let i = s.next.fetch_add(1, Ordering::Relaxed);
+            let i = s.next.fetch_add(1, Relaxed);
             if i >= n {
                 break;
             }
@@ -319,19 +347,32 @@ mod pool {
         }
     }
 
+    /// Enters the open job of epoch `epoch`, if it still is open.
+    fn enter(s: &Shared, epoch: u64) -> bool {
+        let mut cur = s.word.load(Acquire);
+        loop {
+            if cur >> 32 != epoch || cur & CLOSED != 0 {
+                return false;
+            }
+            match s.word.compare_exchange_weak(cur, cur + 1, AcqRel, Acquire) {
+                Ok(_) => return true,
+                Err(v) => cur = v,
+            }
+        }
+    }
+
     fn worker(s: &Shared) {
-        let mut seen = 0u64;
+        let mut seen = s.word.load(Acquire) >> 32;
         loop {
             // Wait for a new epoch: spin, then sleep.
             let mut spins = 0u32;
-            loop {
-                if s.stop.load(Ordering::Acquire) {
+            let epoch = loop {
+                if s.stop.load(Acquire) {
                     return;
                 }
-                let e = s.epoch.load(Ordering::Acquire);
+                let e = s.word.load(Acquire) >> 32;
                 if e != seen {
-                    seen = e;
-                    break;
+                    break e;
                 }
                 spins += 1;
                 if spins < SPINS {
@@ -339,29 +380,34 @@ mod pool {
                     continue;
                 }
                 let g = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
-                if s.epoch.load(Ordering::Acquire) == seen && !s.stop.load(Ordering::Acquire) {
+                s.sleepers.fetch_add(1, SeqCst);
+                if s.word.load(SeqCst) >> 32 == seen && !s.stop.load(SeqCst) {
                     drop(s.wake.wait(g).unwrap_or_else(|e| e.into_inner()));
                 }
+                s.sleepers.fetch_sub(1, SeqCst);
                 spins = 0;
+            };
+            seen = epoch;
+            if !enter(s, epoch) {
+                continue;
             }
-            let job = *s.job.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(job) = job {
-                // SAFETY: see `Job`: the task is alive until this worker reports `done`.
-                let task = unsafe { &*job.task };
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    take_tasks(s, task, job.n)
-                }));
-                if r.is_err() {
-                    s.panicked.store(true, Ordering::Relaxed);
-                }
+            // SAFETY: entered (see `Shared`): `job` holds this epoch's job until we exit.
+            let job = unsafe { *s.job.get() };
+            // SAFETY: the task outlives our use of it: `run` waits for us to exit.
+            let task = unsafe { &*job.task };
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                take_tasks(s, task, job.n)
+            }));
+            if r.is_err() {
+                s.panicked.store(true, Relaxed);
             }
-            s.done.fetch_add(1, Ordering::Release);
+            s.exited.fetch_add(1, Release);
         }
     }
 
     impl Drop for ThreadPool {
         fn drop(&mut self) {
-            self.shared.stop.store(true, Ordering::Release);
+            self.shared.stop.store(true, SeqCst);
             {
                 let _g = self.shared.sleep.lock().unwrap_or_else(|e| e.into_inner());
                 self.shared.wake.notify_all();
