@@ -15,7 +15,8 @@
 //!   columns, per ISA, against a streaming read of a buffer of the same size;
 //! - the grouped GEMV (a 2816 x 1024 matrix times 1..128 inputs) in GMAC/s per ISA.
 //!
-//! `MHMOE_BENCH_TABLES=1 cargo bench --bench kernels -- none` prints only the last two tables.
+//! `MHMOE_BENCH_TABLES=1 cargo bench --bench kernels -- none` prints only the last two tables
+//! (`=roofline` or `=gmac` one of them; `=hot` cache-resident GEMV GB/s instead).
 //!
 //! Under `cargo test --all-targets` (no `--bench` argument) criterion runs every benchmark once,
 //! the buffers are small and there is no summary.
@@ -515,6 +516,39 @@ fn roofline_table(rounds: usize) {
     }
 }
 
+/// Cache-resident GEMVs (the kernels' compute speed): 512 rows of 1024 and 4096 columns, GB/s of
+/// weights per ISA, interleaved (`MHMOE_BENCH_TABLES=hot`).
+fn hot_table(rounds: usize) {
+    println!("\n| type | rows x cols | KiB | ISA | GB/s |");
+    println!("|---|---|---|---|---|");
+    let isas = isas();
+    let mut rng = Rng(6);
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::F16] {
+        for cols in [1024, 4096] {
+            let rows = 512;
+            let g = Rc::new(Gemv::new(&mut rng, ty, rows, cols, 1));
+            let mut runs: Vec<Run> = isas
+                .iter()
+                .map(|&i| with_kernels!(i, gemv_run(g.clone())))
+                .collect();
+            let mut fs: Vec<&mut dyn FnMut()> = runs
+                .iter_mut()
+                .map(|r| &mut **r as &mut dyn FnMut())
+                .collect();
+            let t = interleaved(rounds, &mut fs);
+            for (isa, t) in isas.iter().zip(&t) {
+                println!(
+                    "| {} | {rows}x{cols} | {} | {} | {:.2} |",
+                    ty.name(),
+                    g.w.len() >> 10,
+                    isa.name(),
+                    g.w.len() as f64 / t.as_secs_f64() / 1e9
+                );
+            }
+        }
+    }
+}
+
 /// The grouped GEMV as a matrix-matrix product: a 2816 x 1024 matrix times 1, 2, 64 and 128
 /// members (distinct inputs), in multiply-accumulates per second, interleaved over the ISAs;
 /// the plain GEMV of one input for comparison.
@@ -602,6 +636,10 @@ fn main() {
     if std::env::var_os("MHMOE_BENCH_TABLES").is_some() {
         drop(cases);
         let which = std::env::var("MHMOE_BENCH_TABLES").unwrap_or_default();
+        if which == "hot" {
+            hot_table(200);
+            return;
+        }
         if which != "gmac" {
             roofline_table(6);
         }

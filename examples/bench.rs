@@ -70,8 +70,7 @@ struct Sample {
 fn read_bandwidth(pool: &ThreadPool, buf: &[u64]) -> f64 {
     let parts = pool.threads();
     let per = buf.len().div_ceil(parts);
-    let sums: Vec<std::sync::atomic::AtomicU64> =
-        (0..parts).map(|_| Default::default()).collect();
+    let sums: Vec<std::sync::atomic::AtomicU64> = (0..parts).map(|_| Default::default()).collect();
     let t = Instant::now();
     pool.run(parts, &|i| {
         let chunk = &buf[(i * per).min(buf.len())..((i + 1) * per).min(buf.len())];
