@@ -13,7 +13,7 @@
 //!
 //! - the roofline table: Q8_0, Q4_0 and F16 GEMVs on ~68 MiB matrices with rows of 1024..8192
 //!   columns, per ISA, against a streaming read of a buffer of the same size;
-//! - the grouped GEMV (a 2816 x 1024 matrix times 1..128 inputs) in GMAC/s per ISA.
+//! - the grouped GEMV (a 2816 x 1024 matrix times 1..256 inputs) in GMAC/s per ISA.
 //!
 //! `MHMOE_BENCH_TABLES=1 cargo bench --bench kernels -- none` prints only the last two tables
 //! (`=roofline` or `=gmac` one of them; `=hot` cache-resident GEMV GB/s instead).
@@ -549,16 +549,16 @@ fn hot_table(rounds: usize) {
     }
 }
 
-/// The grouped GEMV as a matrix-matrix product: a 2816 x 1024 matrix times 1, 2, 64 and 128
+/// The grouped GEMV as a matrix-matrix product: a 2816 x 1024 matrix times 1, 2, 64, 128 and 256
 /// members (distinct inputs), in multiply-accumulates per second, interleaved over the ISAs;
 /// the plain GEMV of one input for comparison.
 fn gmac_table(rounds: usize) {
     println!("\n| type | rows x cols | members | ISA | time | GMAC/s | vs scalar |");
     println!("|---|---|---|---|---|---|---|");
-    static MEMBERS: [u32; 128] = {
-        let mut m = [0u32; 128];
+    static MEMBERS: [u32; 256] = {
+        let mut m = [0u32; 256];
         let mut i = 0;
-        while i < 128 {
+        while i < 256 {
             m[i] = i as u32;
             i += 1;
         }
@@ -568,8 +568,8 @@ fn gmac_table(rounds: usize) {
     let (rows, cols) = (2816, 1024);
     let mut rng = Rng(5);
     for ty in [GgmlType::Q8_0, GgmlType::Q4_0] {
-        let g = Rc::new(Gemv::new(&mut rng, ty, rows, cols, 128));
-        for count in [0usize, 1, 2, 64, 128] {
+        let g = Rc::new(Gemv::new(&mut rng, ty, rows, cols, 256));
+        for count in [0usize, 1, 2, 64, 128, 256] {
             // count 0: `gemv` on one input.
             let mut runs: Vec<Run> = isas
                 .iter()
