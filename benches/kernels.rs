@@ -387,6 +387,15 @@ fn interleaved(rounds: usize, fs: &mut [&mut dyn FnMut()]) -> Vec<Duration> {
     best
 }
 
+/// [`interleaved`] over boxed runs.
+fn interleaved_runs(rounds: usize, runs: &mut [Run]) -> Vec<Duration> {
+    let mut fs: Vec<&mut dyn FnMut()> = runs
+        .iter_mut()
+        .map(|r| &mut **r as &mut dyn FnMut())
+        .collect();
+    interleaved(rounds, &mut fs)
+}
+
 fn fmt_time(d: Duration) -> String {
     let us = d.as_secs_f64() * 1e6;
     if us >= 1000.0 {
@@ -531,11 +540,7 @@ fn hot_table(rounds: usize) {
                 .iter()
                 .map(|&i| with_kernels!(i, gemv_run(g.clone())))
                 .collect();
-            let mut fs: Vec<&mut dyn FnMut()> = runs
-                .iter_mut()
-                .map(|r| &mut **r as &mut dyn FnMut())
-                .collect();
-            let t = interleaved(rounds, &mut fs);
+            let t = interleaved_runs(rounds, &mut runs);
             for (isa, t) in isas.iter().zip(&t) {
                 println!(
                     "| {} | {rows}x{cols} | {} | {} | {:.2} |",
@@ -578,11 +583,7 @@ fn gmac_table(rounds: usize) {
                     n => with_kernels!(i, group_run(g.clone(), &MEMBERS[..n], 1)),
                 })
                 .collect();
-            let mut fs: Vec<&mut dyn FnMut()> = runs
-                .iter_mut()
-                .map(|r| &mut **r as &mut dyn FnMut())
-                .collect();
-            let t = interleaved(rounds, &mut fs);
+            let t = interleaved_runs(rounds, &mut runs);
             let macs = (rows * cols * count.max(1)) as f64;
             for (isa, ti) in isas.iter().zip(&t) {
                 println!(
