@@ -15,10 +15,12 @@
 //! - GEMV (one row at a time, one sequential stream of weights): eight consecutive blocks are
 //!   four 512-bit `vpdpbusd`s whose 64 dword partial sums are reduced to the eight block sums
 //!   in one vector by a shuffle tree (lane `i` holds block `PERM[i]` of the group); they are
-//!   converted, multiplied by the eight `dw * dx` (gathered f16 scales) and added to an
-//!   eight-lane accumulator kept in the same permuted order, which is put back in the canonical
-//!   order for `reduce8` once per row. Blocks past the last full group go through 256-bit
-//!   `vpdpbusd` one at a time.
+//!   converted, multiplied by the eight `dw * dx` (f16 scales picked without a gather: see
+//!   `group_scales`) and added to an eight-lane accumulator kept in the same permuted order,
+//!   which is put back in the canonical order for `reduce8` once per row. Q4_0 rows of up to
+//!   512 blocks use a split layout (two blocks' nibbles per 256-bit vector, four partial sums per
+//!   block: `q4_split_sums`). Weights are prefetched 4 KiB ahead. Blocks past the last full
+//!   group go through 256-bit `vpdpbusd` one at a time.
 //! - Grouped GEMV (a matrix times many inputs): a tile of 16 rows is repacked once (weights
 //!   transposed so that lane `r` of dword vector `k` is row `r`'s bytes `4k..4k+4` of a block,
 //!   made unsigned), then for every member eight `vpdpbusd`s with the activation's dwords
