@@ -13,9 +13,10 @@
 //!
 //! - the roofline table: Q8_0, Q4_0 and F16 GEMVs on ~68 MiB matrices with rows of 1024..8192
 //!   columns, per ISA, against a streaming read of a buffer of the same size;
-//! - the grouped GEMV (a 2816 x 1024 matrix times 1..128 inputs) in GMAC/s per ISA.
+//! - the grouped GEMV (a 2816 x 1024 matrix times 1..256 inputs) in GMAC/s per ISA.
 //!
-//! `MHMOE_BENCH_TABLES=1 cargo bench --bench kernels -- none` prints only the last two tables.
+//! `MHMOE_BENCH_TABLES=1 cargo bench --bench kernels -- none` prints only the last two tables
+//! (`=roofline` or `=gmac` one of them; `=hot` cache-resident GEMV GB/s instead).
 //!
 //! Under `cargo test --all-targets` (no `--bench` argument) criterion runs every benchmark once,
 //! the buffers are small and there is no summary.
@@ -386,6 +387,15 @@ fn interleaved(rounds: usize, fs: &mut [&mut dyn FnMut()]) -> Vec<Duration> {
     best
 }
 
+/// [`interleaved`] over boxed runs.
+fn interleaved_runs(rounds: usize, runs: &mut [Run]) -> Vec<Duration> {
+    let mut fs: Vec<&mut dyn FnMut()> = runs
+        .iter_mut()
+        .map(|r| &mut **r as &mut dyn FnMut())
+        .collect();
+    interleaved(rounds, &mut fs)
+}
+
 fn fmt_time(d: Duration) -> String {
     let us = d.as_secs_f64() * 1e6;
     if us >= 1000.0 {
@@ -515,16 +525,45 @@ fn roofline_table(rounds: usize) {
     }
 }
 
-/// The grouped GEMV as a matrix-matrix product: a 2816 x 1024 matrix times 1, 2, 64 and 128
+/// Cache-resident GEMVs (the kernels' compute speed): 512 rows of 1024 and 4096 columns, GB/s of
+/// weights per ISA, interleaved (`MHMOE_BENCH_TABLES=hot`).
+fn hot_table(rounds: usize) {
+    println!("\n| type | rows x cols | KiB | ISA | GB/s |");
+    println!("|---|---|---|---|---|");
+    let isas = isas();
+    let mut rng = Rng(6);
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::F16] {
+        for cols in [1024, 4096] {
+            let rows = 512;
+            let g = Rc::new(Gemv::new(&mut rng, ty, rows, cols, 1));
+            let mut runs: Vec<Run> = isas
+                .iter()
+                .map(|&i| with_kernels!(i, gemv_run(g.clone())))
+                .collect();
+            let t = interleaved_runs(rounds, &mut runs);
+            for (isa, t) in isas.iter().zip(&t) {
+                println!(
+                    "| {} | {rows}x{cols} | {} | {} | {:.2} |",
+                    ty.name(),
+                    g.w.len() >> 10,
+                    isa.name(),
+                    g.w.len() as f64 / t.as_secs_f64() / 1e9
+                );
+            }
+        }
+    }
+}
+
+/// The grouped GEMV as a matrix-matrix product: a 2816 x 1024 matrix times 1, 2, 64, 128 and 256
 /// members (distinct inputs), in multiply-accumulates per second, interleaved over the ISAs;
 /// the plain GEMV of one input for comparison.
 fn gmac_table(rounds: usize) {
     println!("\n| type | rows x cols | members | ISA | time | GMAC/s | vs scalar |");
     println!("|---|---|---|---|---|---|---|");
-    static MEMBERS: [u32; 128] = {
-        let mut m = [0u32; 128];
+    static MEMBERS: [u32; 256] = {
+        let mut m = [0u32; 256];
         let mut i = 0;
-        while i < 128 {
+        while i < 256 {
             m[i] = i as u32;
             i += 1;
         }
@@ -534,8 +573,8 @@ fn gmac_table(rounds: usize) {
     let (rows, cols) = (2816, 1024);
     let mut rng = Rng(5);
     for ty in [GgmlType::Q8_0, GgmlType::Q4_0] {
-        let g = Rc::new(Gemv::new(&mut rng, ty, rows, cols, 128));
-        for count in [0usize, 1, 2, 64, 128] {
+        let g = Rc::new(Gemv::new(&mut rng, ty, rows, cols, 256));
+        for count in [0usize, 1, 2, 64, 128, 256] {
             // count 0: `gemv` on one input.
             let mut runs: Vec<Run> = isas
                 .iter()
@@ -544,11 +583,7 @@ fn gmac_table(rounds: usize) {
                     n => with_kernels!(i, group_run(g.clone(), &MEMBERS[..n], 1)),
                 })
                 .collect();
-            let mut fs: Vec<&mut dyn FnMut()> = runs
-                .iter_mut()
-                .map(|r| &mut **r as &mut dyn FnMut())
-                .collect();
-            let t = interleaved(rounds, &mut fs);
+            let t = interleaved_runs(rounds, &mut runs);
             let macs = (rows * cols * count.max(1)) as f64;
             for (isa, ti) in isas.iter().zip(&t) {
                 println!(
@@ -602,6 +637,10 @@ fn main() {
     if std::env::var_os("MHMOE_BENCH_TABLES").is_some() {
         drop(cases);
         let which = std::env::var("MHMOE_BENCH_TABLES").unwrap_or_default();
+        if which == "hot" {
+            hot_table(200);
+            return;
+        }
         if which != "gmac" {
             roofline_table(6);
         }

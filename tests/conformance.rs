@@ -738,7 +738,9 @@ fn check_gemv<K: Kernels>(isa: Isa) {
     let mut rng = Rng::new(11);
     for ty in TYPES {
         let col_options: &[usize] = if ty.is_quantized() {
-            &[32, 64, 96, 256, 288]
+            // Up to 9 blocks; then past the AVX-512 Q4_0 split layout (512 blocks) and its
+            // precomputed activation data (1024 blocks), with tails of 0, 1 and 7 blocks.
+            &[32, 64, 96, 256, 288, 504 * QK, 513 * QK, 1031 * QK]
         } else {
             &[1, 8, 13, 32, 37, 64]
         };
