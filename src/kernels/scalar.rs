@@ -87,57 +87,46 @@ pub fn dot_half_row(row: &[u8], x: &[f32], widen: fn(u16) -> f32) -> f32 {
     reduce8(acc)
 }
 
-/// The float part of a quantized row times a Q8_0 activation: block `b` of `row`
-/// (`block_bytes` bytes, its f16 scale first) with activation block `xs` and scale `dx` adds
-/// `block_sum(blk, xs) as f32 * (widen(scale) * dx)` into lane `b % 8`, then [`reduce8`].
-/// `block_sum` must be the exact integer sum and `widen` the exact f16 widening: the
-/// specification passes its own, ISA kernels that compute one block at a time pass theirs.
-#[inline(always)]
-pub(crate) fn dot_blocks(
-    row: &[u8],
-    block_bytes: usize,
-    xq: &[i8],
-    xd: &[f32],
-    widen: impl Fn(u16) -> f32,
-    block_sum: impl Fn(&[u8], &[i8]) -> i32,
-) -> f32 {
+/// Q8_0 row times Q8_0 activation: exact integer block sums, block `b` scaled into lane `b % 8`.
+#[inline]
+pub fn dot_q8_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     for (b, ((blk, xs), &dx)) in row
-        .chunks_exact(block_bytes)
+        .chunks_exact(Q8_0_BLOCK_BYTES)
         .zip(xq.chunks_exact(QK))
         .zip(xd)
         .enumerate()
     {
-        let dw = widen(u16::from_le_bytes([blk[0], blk[1]]));
-        acc[b % 8] += block_sum(blk, xs) as f32 * (dw * dx);
-    }
-    reduce8(acc)
-}
-
-/// Q8_0 row times Q8_0 activation: exact integer block sums, block `b` scaled into lane `b % 8`.
-#[inline]
-pub fn dot_q8_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-    dot_blocks(row, Q8_0_BLOCK_BYTES, xq, xd, f16_to_f32, |blk, xs| {
+        let dw = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
         let mut sumi = 0i32;
         for (&w, &x) in blk[2..].iter().zip(xs) {
             sumi += i32::from(w as i8) * i32::from(x);
         }
-        sumi
-    })
+        acc[b % 8] += sumi as f32 * (dw * dx);
+    }
+    reduce8(acc)
 }
 
 /// Q4_0 row times Q8_0 activation: exact integer block sums, block `b` scaled into lane `b % 8`.
 #[inline]
 pub fn dot_q4_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-    dot_blocks(row, Q4_0_BLOCK_BYTES, xq, xd, f16_to_f32, |blk, xs| {
+    let mut acc = [0.0f32; 8];
+    for (b, ((blk, xs), &dx)) in row
+        .chunks_exact(Q4_0_BLOCK_BYTES)
+        .zip(xq.chunks_exact(QK))
+        .zip(xd)
+        .enumerate()
+    {
+        let dw = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
         let (lo, hi) = xs.split_at(QK / 2);
         let mut sumi = 0i32;
         for ((&q, &xl), &xh) in blk[2..].iter().zip(lo).zip(hi) {
             sumi += i32::from((q & 0x0F) as i8 - 8) * i32::from(xl);
             sumi += i32::from((q >> 4) as i8 - 8) * i32::from(xh);
         }
-        sumi
-    })
+        acc[b % 8] += sumi as f32 * (dw * dx);
+    }
+    reduce8(acc)
 }
 
 /// Declares the kernel set of a Cortex-M core whose float kernels are the scalar ones: a unit
@@ -174,9 +163,11 @@ macro_rules! quant_kernels {
                 a: &$crate::kernels::Act<'_>,
                 $out: &mut [f32],
             ) {
-                let ($xq, $xd) = (a.q, a.d);
                 match $w.ty {
-                    $($ty => $gemv,)+
+                    $($ty => {
+                        let ($xq, $xd) = (a.q, a.d);
+                        $gemv
+                    })+
                     _ => {
                         for (r, o) in $out[..$w.rows].iter_mut().enumerate() {
                             *o = <Self as $crate::kernels::Kernels>::dot_row($w.ty, $w.row(r), a);
