@@ -456,41 +456,27 @@ unsafe fn block_sums_q4_x2(w: *const u8, stride: usize, x: *const i8) -> [i32; 2
 
 /// Q8_0 row times Q8_0 activation (same block count and result as the scalar kernel).
 pub fn dot_q8_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    for (b, ((blk, xs), &dx)) in row
-        .chunks_exact(Q8_0_BLOCK_BYTES)
-        .zip(xq.chunks_exact(QK))
-        .zip(xd)
-        .enumerate()
-    {
+    scalar::dot_blocks!(row, Q8_0_BLOCK_BYTES, xq, xd, |blk, xs, dx| {
         let (d, qs) = blk.split_at(2);
         let (Ok(qs), Ok(xs)) = (<&[u8; QK]>::try_from(qs), <&[i8; QK]>::try_from(xs)) else {
             unreachable!("chunks_exact gives whole blocks")
         };
         let dw = f16_to_f32(u16::from_le_bytes([d[0], d[1]]));
-        acc[b % 8] += block_sum_q8(qs, xs) as f32 * (dw * dx);
-    }
-    scalar::reduce8(acc)
+        block_sum_q8(qs, xs) as f32 * (dw * dx)
+    })
 }
 
 /// Q4_0 row times Q8_0 activation (same block count and result as the scalar kernel).
 pub fn dot_q4_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    for (b, ((blk, xs), &dx)) in row
-        .chunks_exact(Q4_0_BLOCK_BYTES)
-        .zip(xq.chunks_exact(QK))
-        .zip(xd)
-        .enumerate()
-    {
+    scalar::dot_blocks!(row, Q4_0_BLOCK_BYTES, xq, xd, |blk, xs, dx| {
         let (d, qs) = blk.split_at(2);
         let (Ok(qs), Ok(xs)) = (<&[u8; QK / 2]>::try_from(qs), <&[i8; QK]>::try_from(xs)) else {
             unreachable!("chunks_exact gives whole blocks")
         };
         let dw = f16_to_f32(u16::from_le_bytes([d[0], d[1]]));
         let sumi = block_sum_q4_unsigned(qs, xs) - 8 * block_sum_i8(xs);
-        acc[b % 8] += sumi as f32 * (dw * dx);
-    }
-    scalar::reduce8(acc)
+        sumi as f32 * (dw * dx)
+    })
 }
 
 /// The number of blocks the scalar kernel would use for rows of `row_bytes` bytes, and whether

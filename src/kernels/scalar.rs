@@ -87,36 +87,47 @@ pub fn dot_half_row(row: &[u8], x: &[f32], widen: fn(u16) -> f32) -> f32 {
     reduce8(acc)
 }
 
+/// The loop of a quantized row times a Q8_0 activation, one block at a time (here and in
+/// `arm_dsp`): for block `b` of `$row` (`$block_bytes` bytes each, its f16 scale first) with
+/// activation block `$xs` and scale `$dx`, the block's term `$term` (`sumi as f32 * (dw * dx)`)
+/// is added into lane `b % 8`; the lanes are reduced by [`reduce8`].
+macro_rules! dot_blocks {
+    (
+        $row:expr, $block_bytes:expr, $xq:expr, $xd:expr,
+        |$blk:ident, $xs:ident, $dx:ident| $term:block
+    ) => {{
+        let mut acc = [0.0f32; 8];
+        for (b, (($blk, $xs), &$dx)) in $row
+            .chunks_exact($block_bytes)
+            .zip($xq.chunks_exact($crate::quant::QK))
+            .zip($xd)
+            .enumerate()
+        {
+            acc[b % 8] += $term;
+        }
+        $crate::kernels::scalar::reduce8(acc)
+    }};
+}
+#[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
+pub(crate) use dot_blocks;
+
 /// Q8_0 row times Q8_0 activation: exact integer block sums, block `b` scaled into lane `b % 8`.
 #[inline]
 pub fn dot_q8_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    for (b, ((blk, xs), &dx)) in row
-        .chunks_exact(Q8_0_BLOCK_BYTES)
-        .zip(xq.chunks_exact(QK))
-        .zip(xd)
-        .enumerate()
-    {
+    dot_blocks!(row, Q8_0_BLOCK_BYTES, xq, xd, |blk, xs, dx| {
         let dw = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
         let mut sumi = 0i32;
         for (&w, &x) in blk[2..].iter().zip(xs) {
             sumi += i32::from(w as i8) * i32::from(x);
         }
-        acc[b % 8] += sumi as f32 * (dw * dx);
-    }
-    reduce8(acc)
+        sumi as f32 * (dw * dx)
+    })
 }
 
 /// Q4_0 row times Q8_0 activation: exact integer block sums, block `b` scaled into lane `b % 8`.
 #[inline]
 pub fn dot_q4_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    for (b, ((blk, xs), &dx)) in row
-        .chunks_exact(Q4_0_BLOCK_BYTES)
-        .zip(xq.chunks_exact(QK))
-        .zip(xd)
-        .enumerate()
-    {
+    dot_blocks!(row, Q4_0_BLOCK_BYTES, xq, xd, |blk, xs, dx| {
         let dw = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
         let (lo, hi) = xs.split_at(QK / 2);
         let mut sumi = 0i32;
@@ -124,9 +135,8 @@ pub fn dot_q4_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
             sumi += i32::from((q & 0x0F) as i8 - 8) * i32::from(xl);
             sumi += i32::from((q >> 4) as i8 - 8) * i32::from(xh);
         }
-        acc[b % 8] += sumi as f32 * (dw * dx);
-    }
-    reduce8(acc)
+        sumi as f32 * (dw * dx)
+    })
 }
 
 /// Declares the kernel set of a Cortex-M core whose float kernels are the scalar ones: a unit
