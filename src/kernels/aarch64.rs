@@ -171,13 +171,34 @@ macro_rules! with_sdot {
     };
 }
 
+/// [`Kernels`] methods that have no SDOT form: the [`Neon`] kernels, called with the same
+/// arguments.
+#[cfg(all(target_feature = "neon", target_endian = "little"))]
+macro_rules! same_as_neon {
+    ($(fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?;)*) => {
+        $(
+            #[inline(always)]
+            fn $name($($arg: $ty),*) $(-> $ret)? {
+                Neon::$name($($arg),*)
+            }
+        )*
+    };
+}
+
 #[cfg(all(target_feature = "neon", target_endian = "little"))]
 impl Kernels for NeonDotprod {
     const ISA: Isa = Isa::NeonDotprod;
 
-    #[inline(always)]
-    fn quantize_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32]) {
-        Neon::quantize_q8_0(x, q, d)
+    same_as_neon! {
+        fn quantize_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32]);
+        fn dot_f32_row(row: &[u8], x: &[f32]) -> f32;
+        fn dot_f16_row(row: &[u8], x: &[f32]) -> f32;
+        fn dot_bf16_row(row: &[u8], x: &[f32]) -> f32;
+        fn dot_f32(a: &[f32], b: &[f32]) -> f32;
+        fn axpy(out: &mut [f32], a: f32, v: &[f32]);
+        fn rmsnorm(out: &mut [f32], x: &[f32], w: &[u8], eps: f32) -> f32;
+        fn softmax(x: &mut [f32]) -> f32;
+        fn silu_mul(gate: &mut [f32], up: &[f32]);
     }
 
     #[inline(always)]
@@ -194,46 +215,6 @@ impl Kernels for NeonDotprod {
             sdot::dot_q4_0(row, xq, xd),
             Neon::dot_q4_0_q8_0(row, xq, xd)
         )
-    }
-
-    #[inline(always)]
-    fn dot_f32_row(row: &[u8], x: &[f32]) -> f32 {
-        Neon::dot_f32_row(row, x)
-    }
-
-    #[inline(always)]
-    fn dot_f16_row(row: &[u8], x: &[f32]) -> f32 {
-        Neon::dot_f16_row(row, x)
-    }
-
-    #[inline(always)]
-    fn dot_bf16_row(row: &[u8], x: &[f32]) -> f32 {
-        Neon::dot_bf16_row(row, x)
-    }
-
-    #[inline(always)]
-    fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-        Neon::dot_f32(a, b)
-    }
-
-    #[inline(always)]
-    fn axpy(out: &mut [f32], a: f32, v: &[f32]) {
-        Neon::axpy(out, a, v)
-    }
-
-    #[inline(always)]
-    fn rmsnorm(out: &mut [f32], x: &[f32], w: &[u8], eps: f32) -> f32 {
-        Neon::rmsnorm(out, x, w, eps)
-    }
-
-    #[inline(always)]
-    fn softmax(x: &mut [f32]) -> f32 {
-        Neon::softmax(x)
-    }
-
-    #[inline(always)]
-    fn silu_mul(gate: &mut [f32], up: &[f32]) {
-        Neon::silu_mul(gate, up)
     }
 
     fn gemv(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
@@ -262,6 +243,89 @@ impl Kernels for NeonDotprod {
     }
 }
 
+/// The quantized entry points of a module of block kernels (`sdot` or `imp`), compiled with the
+/// target features `$features`: `block_q8` and `block_q4` (one block times an activation block,
+/// four i32 partial sums) from the module's `dot32`, the dot products `dot_q8_0` and `dot_q4_0`,
+/// and `gemv` and `gemv_group`, which take other weight types to the NEON float GEMVs.
+#[cfg(all(target_feature = "neon", target_endian = "little"))]
+macro_rules! quant_entry_points {
+    ($features:literal) => {
+        /// Q8_0 block times Q8_0 activation block: four i32 partial sums (exact).
+        #[inline]
+        #[target_feature(enable = $features)]
+        fn block_q8(
+            b: &[u8; $crate::quant::Q8_0_BLOCK_BYTES],
+            x: &[i8; $crate::quant::QK],
+        ) -> core::arch::aarch64::int32x4_t {
+            let (w0, w1) = super::imp::q8_quants(b);
+            let (x0, x1) = super::imp::ld_x(x);
+            dot32(w0, w1, x0, x1)
+        }
+
+        /// Q4_0 block times Q8_0 activation block: four i32 partial sums (exact).
+        #[inline]
+        #[target_feature(enable = $features)]
+        fn block_q4(
+            b: &[u8; $crate::quant::Q4_0_BLOCK_BYTES],
+            x: &[i8; $crate::quant::QK],
+        ) -> core::arch::aarch64::int32x4_t {
+            let (w0, w1) = super::imp::q4_values(b);
+            let (x0, x1) = super::imp::ld_x(x);
+            dot32(w0, w1, x0, x1)
+        }
+
+        #[target_feature(enable = $features)]
+        pub(super) fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+            super::imp::dot_quant(row, xq, xd, |b, x| block_q8(b, x))
+        }
+
+        #[target_feature(enable = $features)]
+        pub(super) fn dot_q4_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+            super::imp::dot_quant(row, xq, xd, |b, x| block_q4(b, x))
+        }
+
+        /// [`Kernels::gemv`](crate::kernels::Kernels::gemv) with these block kernels (floats
+        /// four rows at a time).
+        #[target_feature(enable = $features)]
+        pub(super) fn gemv(
+            w: &$crate::model::Matrix<'_>,
+            a: &$crate::kernels::Act<'_>,
+            out: &mut [f32],
+        ) {
+            use super::imp::{gemv_float, gemv_quant};
+            use $crate::quant::GgmlType;
+            match w.ty {
+                GgmlType::Q8_0 => gemv_quant(w, a, out, |b, x| block_q8(b, x)),
+                GgmlType::Q4_0 => gemv_quant(w, a, out, |b, x| block_q4(b, x)),
+                _ => gemv_float(w, a, out),
+            }
+        }
+
+        /// [`Kernels::gemv_group`](crate::kernels::Kernels::gemv_group) with these block
+        /// kernels.
+        #[target_feature(enable = $features)]
+        pub(super) fn gemv_group(
+            w: &$crate::model::Matrix<'_>,
+            batch: &$crate::kernels::Act<'_>,
+            members: &[u32],
+            in_div: usize,
+            out: &mut $crate::kernels::Out<'_>,
+        ) {
+            use super::imp::{gemv_group_float, gemv_group_quant};
+            use $crate::quant::GgmlType;
+            match w.ty {
+                GgmlType::Q8_0 => {
+                    gemv_group_quant(w, batch, members, in_div, out, |b, x| block_q8(b, x))
+                }
+                GgmlType::Q4_0 => {
+                    gemv_group_quant(w, batch, members, in_div, out, |b, x| block_q4(b, x))
+                }
+                _ => gemv_group_float(w, batch, members, in_div, out),
+            }
+        }
+    };
+}
+
 /// The SDOT entry points: `#[target_feature(enable = "neon,dotprod")]`, so calling one from code
 /// compiled without it is `unsafe` (the caller checks the CPU). They instantiate the generic
 /// NEON drivers with the SDOT block kernels, inlined.
@@ -269,11 +333,6 @@ impl Kernels for NeonDotprod {
 mod sdot {
     use core::arch::aarch64::*;
     use core::arch::asm;
-
-    use super::imp;
-    use crate::kernels::{Act, Out};
-    use crate::model::Matrix;
-    use crate::quant::{GgmlType, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK};
 
     /// `acc + sdot(a, b)`: each i32 lane adds the four products of its bytes (exact).
     #[inline]
@@ -294,61 +353,16 @@ mod sdot {
         acc
     }
 
-    /// Q8_0 block times Q8_0 activation block: four i32 partial sums (exact).
+    /// The 32 products of a block pair, summed into four i32 lanes (exact).
     #[inline]
     #[target_feature(enable = "neon,dotprod")]
-    fn block_q8(b: &[u8; Q8_0_BLOCK_BYTES], x: &[i8; QK]) -> int32x4_t {
-        let (w0, w1) = imp::q8_quants(b);
-        let (x0, x1) = imp::ld_x(x);
+    fn dot32(w0: int8x16_t, w1: int8x16_t, x0: int8x16_t, x1: int8x16_t) -> int32x4_t {
         sdot(sdot(vdupq_n_s32(0), w0, x0), w1, x1)
     }
 
-    /// Q4_0 block times Q8_0 activation block: four i32 partial sums (exact).
-    #[inline]
-    #[target_feature(enable = "neon,dotprod")]
-    fn block_q4(b: &[u8; Q4_0_BLOCK_BYTES], x: &[i8; QK]) -> int32x4_t {
-        let (w0, w1) = imp::q4_values(b);
-        let (x0, x1) = imp::ld_x(x);
-        sdot(sdot(vdupq_n_s32(0), w0, x0), w1, x1)
-    }
-
-    #[target_feature(enable = "neon,dotprod")]
-    pub(super) fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-        imp::dot_quant(row, xq, xd, |b, x| block_q8(b, x))
-    }
-
-    #[target_feature(enable = "neon,dotprod")]
-    pub(super) fn dot_q4_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-        imp::dot_quant(row, xq, xd, |b, x| block_q4(b, x))
-    }
-
-    #[target_feature(enable = "neon,dotprod")]
-    pub(super) fn gemv(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
-        match w.ty {
-            GgmlType::Q8_0 => imp::gemv_quant(w, a, out, |b, x| block_q8(b, x)),
-            _ => imp::gemv_quant(w, a, out, |b, x| block_q4(b, x)),
-        }
-    }
-
-    #[target_feature(enable = "neon,dotprod")]
-    pub(super) fn gemv_group(
-        w: &Matrix<'_>,
-        batch: &Act<'_>,
-        members: &[u32],
-        in_div: usize,
-        out: &mut Out<'_>,
-    ) {
-        match w.ty {
-            GgmlType::Q8_0 => {
-                imp::gemv_group_quant(w, batch, members, in_div, out, |b, x| block_q8(b, x))
-            }
-            _ => imp::gemv_group_quant(w, batch, members, in_div, out, |b, x| block_q4(b, x)),
-        }
-    }
+    quant_entry_points!("neon,dotprod");
 }
 
-/// The NEON kernels (NEON is enabled for the whole build, so these are plain functions; the
-/// generic drivers are `#[inline(always)]` so that the SDOT entry points inline them too).
 #[cfg(all(target_feature = "neon", target_endian = "little"))]
 /// The NEON kernels: safe `#[target_feature(enable = "neon")]` functions (the intrinsics require
 /// the attribute even though the whole build enables NEON). The generic drivers take the block
@@ -514,25 +528,8 @@ mod imp {
 
     // ---- integer block dot products ----
 
-    /// Q8_0 block times Q8_0 activation block with widening multiplies: four i32 partial sums
+    /// The 32 products of a block pair with widening multiplies, summed into four i32 lanes
     /// (exact: every i8 x i8 product fits i16 and is accumulated pairwise into i32).
-    #[inline]
-    #[target_feature(enable = "neon")]
-    pub(super) fn block_q8(b: &[u8; 34], x: &[i8; QK]) -> int32x4_t {
-        let (w0, w1) = q8_quants(b);
-        let (x0, x1) = ld_x(x);
-        dot32(w0, w1, x0, x1)
-    }
-
-    /// Q4_0 block times Q8_0 activation block: four i32 partial sums (exact).
-    #[inline]
-    #[target_feature(enable = "neon")]
-    pub(super) fn block_q4(b: &[u8; 18], x: &[i8; QK]) -> int32x4_t {
-        let (w0, w1) = q4_values(b);
-        let (x0, x1) = ld_x(x);
-        dot32(w0, w1, x0, x1)
-    }
-
     #[inline]
     #[target_feature(enable = "neon")]
     fn dot32(w0: int8x16_t, w1: int8x16_t, x0: int8x16_t, x1: int8x16_t) -> int32x4_t {
@@ -596,15 +593,7 @@ mod imp {
         dot_blocks(blocks, xq, xd, block)
     }
 
-    #[target_feature(enable = "neon")]
-    pub(super) fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-        dot_quant(row, xq, xd, |b, x| block_q8(b, x))
-    }
-
-    #[target_feature(enable = "neon")]
-    pub(super) fn dot_q4_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-        dot_quant(row, xq, xd, |b, x| block_q4(b, x))
-    }
+    quant_entry_points!("neon");
 
     /// Four rows at once, one lane per row: `rows` holds four rows of `stride` blocks one after
     /// the other. `acc[j]` keeps the specification's lane `j` (blocks `b % 8 == j`) of all four
@@ -707,36 +696,6 @@ mod imp {
                 gemv_quant(&sub, &batch.item(w.cols, p / in_div), &mut res, block);
                 out.set_rows(p, r0, &res[..n]);
             }
-        }
-    }
-
-    /// GEMV with the widening-multiply block kernels (floats four rows at a time).
-    #[target_feature(enable = "neon")]
-    pub(super) fn gemv(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
-        match w.ty {
-            GgmlType::Q8_0 => gemv_quant(w, a, out, |b, x| block_q8(b, x)),
-            GgmlType::Q4_0 => gemv_quant(w, a, out, |b, x| block_q4(b, x)),
-            _ => gemv_float(w, a, out),
-        }
-    }
-
-    /// [`Kernels::gemv_group`] with the widening-multiply block kernels.
-    #[target_feature(enable = "neon")]
-    pub(super) fn gemv_group(
-        w: &Matrix<'_>,
-        batch: &Act<'_>,
-        members: &[u32],
-        in_div: usize,
-        out: &mut Out<'_>,
-    ) {
-        match w.ty {
-            GgmlType::Q8_0 => {
-                gemv_group_quant(w, batch, members, in_div, out, |b, x| block_q8(b, x))
-            }
-            GgmlType::Q4_0 => {
-                gemv_group_quant(w, batch, members, in_div, out, |b, x| block_q4(b, x))
-            }
-            _ => gemv_group_float(w, batch, members, in_div, out),
         }
     }
 

@@ -25,49 +25,176 @@
 
 use core::arch::asm;
 
-use super::{scalar, Act, Isa, Kernels};
+use super::scalar;
 use crate::model::Matrix;
 use crate::quant::{GgmlType, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK};
 
-/// Repeats assembly lines `n` times (4 or 8) as one template string. The text is expanded here
-/// rather than with `.rept`, because LLVM sizes an inline-assembly block by its lines when it
-/// lays out branches around it.
-macro_rules! rept {
-    (4, $($line:literal),* $(,)?) => {
-        concat!($($line, "\n",)* $($line, "\n",)* $($line, "\n",)* $($line, "\n",)*)
-    };
-    (8, $($line:literal),* $(,)?) => {
-        concat!(rept!(4, $($line),*), rept!(4, $($line),*))
+/// Joins assembly lines into one template string, a newline between two lines (as between
+/// separate `asm!` template arguments). A line is a string literal or a macro call that expands
+/// to lines (the fragments below).
+macro_rules! lines {
+    ($first:expr $(, $line:expr)* $(,)?) => {
+        concat!($first $(, "\n", $line)*)
     };
 }
 
-/// The DSP-extension kernels (selected at build time by the `cortex-m-dsp` feature).
-#[derive(Debug, Clone, Copy)]
-pub struct CortexMDsp;
+/// Repeats assembly lines `n` times (1, 2, 4, 7 or 8) as one template string. The text is
+/// expanded here rather than with `.rept`, because LLVM sizes an inline-assembly block by its
+/// lines when it lays out branches around it.
+macro_rules! rept {
+    (1, $($line:expr),+ $(,)?) => {
+        lines!($($line),+)
+    };
+    (2, $($line:expr),+ $(,)?) => {
+        lines!(rept!(1, $($line),+), rept!(1, $($line),+))
+    };
+    (4, $($line:expr),+ $(,)?) => {
+        lines!(rept!(2, $($line),+), rept!(2, $($line),+))
+    };
+    (7, $($line:expr),+ $(,)?) => {
+        lines!(rept!(4, $($line),+), rept!(2, $($line),+), rept!(1, $($line),+))
+    };
+    (8, $($line:expr),+ $(,)?) => {
+        lines!(rept!(4, $($line),+), rept!(4, $($line),+))
+    };
+}
 
-impl Kernels for CortexMDsp {
-    const ISA: Isa = Isa::CortexMDsp;
+/// `{$a} = {$u} * {$v}` summed over both halfword lanes (`smuad`), or that added to `{$a}`
+/// (`smlad`). Operands are given by name.
+macro_rules! dual_mul {
+    (smuad, $a:literal, $u:literal, $v:literal) => {
+        concat!("smuad {", $a, "}, {", $u, "}, {", $v, "}")
+    };
+    (smlad, $a:literal, $u:literal, $v:literal) => {
+        concat!("smlad {", $a, "}, {", $u, "}, {", $v, "}, {", $a, "}")
+    };
+}
 
-    #[inline]
-    fn dot_q8_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-        dot_q8_0_q8_0(row, xq, xd)
-    }
+/// One weight word of a Q8_0 row against one activation word: loads it from `$addr` into `{w}`
+/// and takes the products of its extended halves with `{xa}` (activation bytes 0 and 2) and
+/// `{xb}` (bytes 1 and 3) into `{$a}`; `$op` is `smuad` for the block's first word (sets
+/// `{$a}`), `smlad` for the others. Clobbers `{w}` and `{t}`.
+macro_rules! q8_word {
+    ($op:ident, $addr:literal, $a:literal) => {
+        lines!(
+            concat!("ldr {w}, ", $addr),
+            "sxtb16 {t}, {w}",
+            dual_mul!($op, $a, "t", "xa"),
+            "sxtb16 {w}, {w}, ror #8",
+            dual_mul!(smlad, $a, "w", "xb"),
+        )
+    };
+}
 
-    #[inline]
-    fn dot_q4_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-        dot_q4_0_q8_0(row, xq, xd)
-    }
+/// `q8_word!` for four rows: rows 1 and 3 at `{p0} + {s}` and `{p2} + {s}`, then rows 0 and 2
+/// at `{p0}` and `{p2}` (which advance by 4), into `{a0}`-`{a3}`.
+macro_rules! q8_x4_word {
+    ($op:ident) => {
+        lines!(
+            q8_word!($op, "[{p0}, {s}]", "a1"),
+            q8_word!($op, "[{p2}, {s}]", "a3"),
+            q8_word!($op, "[{p0}], #4", "a0"),
+            q8_word!($op, "[{p2}], #4", "a2"),
+        )
+    };
+}
 
-    fn gemv(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
-        match w.ty {
-            GgmlType::Q8_0 => gemv_q8_0(w, a.q, a.d, out),
-            GgmlType::Q4_0 => gemv_q4_0(w, a.q, a.d, out),
-            _ => {
-                for (r, o) in out[..w.rows].iter_mut().enumerate() {
-                    *o = Self::dot_row(w.ty, w.row(r), a);
-                }
-            }
-        }
+/// The activation words of one Q4_0 step: elements `16 + 4i..` (at `{px} + 16`) extended into
+/// `{xa}` (bytes 0 and 2) and `{xb}` (1 and 3), elements `4i..` (at `{px}`, which advances by 4)
+/// into `{xc}` and `{xd}`.
+macro_rules! q4_x_word {
+    () => {
+        lines!(
+            "ldr {xa}, [{px}, #16]",
+            "ldr {xc}, [{px}], #4",
+            "sxtb16 {xb}, {xa}, ror #8",
+            "sxtb16 {xa}, {xa}",
+            "sxtb16 {xd}, {xc}, ror #8",
+            "sxtb16 {xc}, {xc}",
+        )
+    };
+}
+
+/// One quant word of a Q4_0 row (at `{$p}`, which advances by 4) against the `q4_x_word!`
+/// registers: its eight nibbles, unsigned, two at a time (`AND` with `{m}` = `0x000F000F` after
+/// a shift), times the matching activation halves, added into `{$a}`. Clobbers `{w}` and `{t}`.
+macro_rules! q4_word {
+    ($p:literal, $a:literal) => {
+        lines!(
+            concat!("ldr {w}, [{", $p, "}], #4"),
+            "and {t}, {w}, {m}",
+            dual_mul!(smlad, $a, "t", "xc"),
+            "and {t}, {m}, {w}, lsr #8",
+            dual_mul!(smlad, $a, "t", "xd"),
+            "and {t}, {m}, {w}, lsr #4",
+            dual_mul!(smlad, $a, "t", "xa"),
+            "and {t}, {m}, {w}, lsr #12",
+            dual_mul!(smlad, $a, "t", "xb"),
+        )
+    };
+}
+
+/// The scalar kernel's float operations for four rows, one per register: s0-s3 hold the block
+/// sums (i32) and s4-s7 the rows' f16 scale bits, converted here by `f32_sums!` and
+/// `f32_scales!`; with `dx` in s8, `scale_sums!` leaves `sumi as f32 * (dw * dx)` in s0-s3 and
+/// `add_lanes!` adds them to the lane loaded into s12-s15.
+macro_rules! f32_sums {
+    () => {
+        lines!(
+            "vcvt.f32.s32 s0, s0",
+            "vcvt.f32.s32 s1, s1",
+            "vcvt.f32.s32 s2, s2",
+            "vcvt.f32.s32 s3, s3",
+        )
+    };
+}
+
+/// See `f32_sums!`.
+macro_rules! f32_scales {
+    () => {
+        lines!(
+            "vcvtb.f32.f16 s4, s4",
+            "vcvtb.f32.f16 s5, s5",
+            "vcvtb.f32.f16 s6, s6",
+            "vcvtb.f32.f16 s7, s7",
+        )
+    };
+}
+
+/// See `f32_sums!`.
+macro_rules! scale_sums {
+    () => {
+        lines!(
+            "vmul.f32 s4, s4, s8",
+            "vmul.f32 s5, s5, s8",
+            "vmul.f32 s6, s6, s8",
+            "vmul.f32 s7, s7, s8",
+            "vmul.f32 s0, s0, s4",
+            "vmul.f32 s1, s1, s5",
+            "vmul.f32 s2, s2, s6",
+            "vmul.f32 s3, s3, s7",
+        )
+    };
+}
+
+/// See `f32_sums!`.
+macro_rules! add_lanes {
+    () => {
+        lines!(
+            "vadd.f32 s12, s12, s0",
+            "vadd.f32 s13, s13, s1",
+            "vadd.f32 s14, s14, s2",
+            "vadd.f32 s15, s15, s3",
+        )
+    };
+}
+
+scalar::quant_kernels! {
+    /// The DSP-extension kernels (selected at build time by the `cortex-m-dsp` feature).
+    CortexMDsp,
+    gemv(w, xq, xd, out) {
+        GgmlType::Q8_0 => gemv_q8_0(w, xq, xd, out),
+        GgmlType::Q4_0 => gemv_q4_0(w, xq, xd, out),
     }
 }
 
@@ -143,10 +270,7 @@ unsafe fn scale_add_x4(acc: &mut [f32; 4], s: [i32; 4], blk: *const u8, stride: 
         "vpush {{d0-d7}}",
         "vmov s0, s1, {s0}, {s1}",
         "vmov s2, s3, {s2}, {s3}",
-        "vcvt.f32.s32 s0, s0",
-        "vcvt.f32.s32 s1, s1",
-        "vcvt.f32.s32 s2, s2",
-        "vcvt.f32.s32 s3, s3",
+        f32_sums!(),
         "ldrh {s0}, [{p}]",
         "ldrh {s1}, [{p}, {st}]",
         "add {p}, {p}, {st}, lsl #1",
@@ -154,24 +278,11 @@ unsafe fn scale_add_x4(acc: &mut [f32; 4], s: [i32; 4], blk: *const u8, stride: 
         "ldrh {s3}, [{p}, {st}]",
         "vmov s4, s5, {s0}, {s1}",
         "vmov s6, s7, {s2}, {s3}",
-        "vcvtb.f32.f16 s4, s4",
-        "vcvtb.f32.f16 s5, s5",
-        "vcvtb.f32.f16 s6, s6",
-        "vcvtb.f32.f16 s7, s7",
+        f32_scales!(),
         "vmov s8, {dx}",
-        "vmul.f32 s4, s4, s8",
-        "vmul.f32 s5, s5, s8",
-        "vmul.f32 s6, s6, s8",
-        "vmul.f32 s7, s7, s8",
-        "vmul.f32 s0, s0, s4",
-        "vmul.f32 s1, s1, s5",
-        "vmul.f32 s2, s2, s6",
-        "vmul.f32 s3, s3, s7",
+        scale_sums!(),
         "vldmia {acc}, {{s12-s15}}",
-        "vadd.f32 s12, s12, s0",
-        "vadd.f32 s13, s13, s1",
-        "vadd.f32 s14, s14, s2",
-        "vadd.f32 s15, s15, s3",
+        add_lanes!(),
         "vstmia {acc}, {{s12-s15}}",
         "vpop {{d0-d7}}",
         s0 = inout(reg) s[0] => _,
@@ -233,35 +344,16 @@ unsafe fn block_sums_q8_x4(w: *const u8, stride: usize, x: *const i8) -> [i32; 4
         asm!(
             rept!(
                 8,
-                "ldr {x}, [{xp}], #4",
-                "sxtb16 {xb}, {x}, ror #8",
-                "sxtb16 {x}, {x}",
-                "ldr {w}, [{p0}, {s}]",
-                "sxtb16 {t}, {w}",
-                "smlad {a1}, {t}, {x}, {a1}",
-                "sxtb16 {w}, {w}, ror #8",
-                "smlad {a1}, {w}, {xb}, {a1}",
-                "ldr {w}, [{p2}, {s}]",
-                "sxtb16 {t}, {w}",
-                "smlad {a3}, {t}, {x}, {a3}",
-                "sxtb16 {w}, {w}, ror #8",
-                "smlad {a3}, {w}, {xb}, {a3}",
-                "ldr {w}, [{p0}], #4",
-                "sxtb16 {t}, {w}",
-                "smlad {a0}, {t}, {x}, {a0}",
-                "sxtb16 {w}, {w}, ror #8",
-                "smlad {a0}, {w}, {xb}, {a0}",
-                "ldr {w}, [{p2}], #4",
-                "sxtb16 {t}, {w}",
-                "smlad {a2}, {t}, {x}, {a2}",
-                "sxtb16 {w}, {w}, ror #8",
-                "smlad {a2}, {w}, {xb}, {a2}",
+                "ldr {xa}, [{xp}], #4",
+                "sxtb16 {xb}, {xa}, ror #8",
+                "sxtb16 {xa}, {xa}",
+                q8_x4_word!(smlad),
             ),
             xp = inout(reg) x => _,
             p0 = inout(reg) w => _,
             p2 = inout(reg) w.wrapping_add(2 * stride) => _,
             s = in(reg) stride,
-            x = out(reg) _,
+            xa = out(reg) _,
             xb = out(reg) _,
             w = out(reg) _,
             t = out(reg) _,
@@ -309,24 +401,7 @@ fn block_sum_q4_unsigned(qs: &[u8; QK / 2], x: &[i8; QK]) -> i32 {
     // writes only the named registers.
     unsafe {
         asm!(
-            rept!(
-                4,
-                "ldr {xa}, [{px}, #16]",
-                "ldr {xc}, [{px}], #4",
-                "sxtb16 {xb}, {xa}, ror #8",
-                "sxtb16 {xa}, {xa}",
-                "sxtb16 {xd}, {xc}, ror #8",
-                "sxtb16 {xc}, {xc}",
-                "ldr {w}, [{pw}], #4",
-                "and {t}, {w}, {m}",
-                "smlad {acc}, {t}, {xc}, {acc}",
-                "and {t}, {m}, {w}, lsr #8",
-                "smlad {acc}, {t}, {xd}, {acc}",
-                "and {t}, {m}, {w}, lsr #4",
-                "smlad {acc}, {t}, {xa}, {acc}",
-                "and {t}, {m}, {w}, lsr #12",
-                "smlad {acc}, {t}, {xb}, {acc}",
-            ),
+            rept!(4, q4_x_word!(), q4_word!("pw", "acc")),
             pw = inout(reg) qs.as_ptr() => _,
             px = inout(reg) x.as_ptr() => _,
             m = in(reg) 0x000F_000Fu32,
@@ -357,30 +432,9 @@ unsafe fn block_sums_q4_x2(w: *const u8, stride: usize, x: *const i8) -> [i32; 2
         asm!(
             rept!(
                 4,
-                "ldr {xa}, [{px}, #16]",
-                "ldr {xc}, [{px}], #4",
-                "sxtb16 {xb}, {xa}, ror #8",
-                "sxtb16 {xa}, {xa}",
-                "sxtb16 {xd}, {xc}, ror #8",
-                "sxtb16 {xc}, {xc}",
-                "ldr {w}, [{p0}], #4",
-                "and {t}, {w}, {m}",
-                "smlad {a0}, {t}, {xc}, {a0}",
-                "and {t}, {m}, {w}, lsr #8",
-                "smlad {a0}, {t}, {xd}, {a0}",
-                "and {t}, {m}, {w}, lsr #4",
-                "smlad {a0}, {t}, {xa}, {a0}",
-                "and {t}, {m}, {w}, lsr #12",
-                "smlad {a0}, {t}, {xb}, {a0}",
-                "ldr {w}, [{p1}], #4",
-                "and {t}, {w}, {m}",
-                "smlad {a1}, {t}, {xc}, {a1}",
-                "and {t}, {m}, {w}, lsr #8",
-                "smlad {a1}, {t}, {xd}, {a1}",
-                "and {t}, {m}, {w}, lsr #4",
-                "smlad {a1}, {t}, {xa}, {a1}",
-                "and {t}, {m}, {w}, lsr #12",
-                "smlad {a1}, {t}, {xb}, {a1}",
+                q4_x_word!(),
+                q4_word!("p0", "a0"),
+                q4_word!("p1", "a1"),
             ),
             p0 = inout(reg) w => _,
             p1 = inout(reg) w.wrapping_add(stride) => _,
@@ -402,41 +456,27 @@ unsafe fn block_sums_q4_x2(w: *const u8, stride: usize, x: *const i8) -> [i32; 2
 
 /// Q8_0 row times Q8_0 activation (same block count and result as the scalar kernel).
 pub fn dot_q8_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    for (b, ((blk, xs), &dx)) in row
-        .chunks_exact(Q8_0_BLOCK_BYTES)
-        .zip(xq.chunks_exact(QK))
-        .zip(xd)
-        .enumerate()
-    {
+    scalar::dot_blocks!(row, Q8_0_BLOCK_BYTES, xq, xd, |blk, xs, dx| {
         let (d, qs) = blk.split_at(2);
         let (Ok(qs), Ok(xs)) = (<&[u8; QK]>::try_from(qs), <&[i8; QK]>::try_from(xs)) else {
             unreachable!("chunks_exact gives whole blocks")
         };
         let dw = f16_to_f32(u16::from_le_bytes([d[0], d[1]]));
-        acc[b % 8] += block_sum_q8(qs, xs) as f32 * (dw * dx);
-    }
-    scalar::reduce8(acc)
+        block_sum_q8(qs, xs) as f32 * (dw * dx)
+    })
 }
 
 /// Q4_0 row times Q8_0 activation (same block count and result as the scalar kernel).
 pub fn dot_q4_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    for (b, ((blk, xs), &dx)) in row
-        .chunks_exact(Q4_0_BLOCK_BYTES)
-        .zip(xq.chunks_exact(QK))
-        .zip(xd)
-        .enumerate()
-    {
+    scalar::dot_blocks!(row, Q4_0_BLOCK_BYTES, xq, xd, |blk, xs, dx| {
         let (d, qs) = blk.split_at(2);
         let (Ok(qs), Ok(xs)) = (<&[u8; QK / 2]>::try_from(qs), <&[i8; QK]>::try_from(xs)) else {
             unreachable!("chunks_exact gives whole blocks")
         };
         let dw = f16_to_f32(u16::from_le_bytes([d[0], d[1]]));
         let sumi = block_sum_q4_unsigned(qs, xs) - 8 * block_sum_i8(xs);
-        acc[b % 8] += sumi as f32 * (dw * dx);
-    }
-    scalar::reduce8(acc)
+        sumi as f32 * (dw * dx)
+    })
 }
 
 /// The number of blocks the scalar kernel would use for rows of `row_bytes` bytes, and whether
@@ -566,198 +606,17 @@ unsafe fn gemv_q8_0_x4(
             "vmov s4, s5, {a0}, {a1}",
             "vmov s6, s7, {a2}, {a3}",
             "ldrd {xa}, {xb}, [{xp}], #8",
-            "ldr {w}, [{p0}, {s}]",
-            "sxtb16 {t}, {w}",
-            "smuad {a1}, {t}, {xa}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a1}, {w}, {xb}, {a1}",
-            "ldr {w}, [{p2}, {s}]",
-            "sxtb16 {t}, {w}",
-            "smuad {a3}, {t}, {xa}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a3}, {w}, {xb}, {a3}",
-            "ldr {w}, [{p0}], #4",
-            "sxtb16 {t}, {w}",
-            "smuad {a0}, {t}, {xa}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a0}, {w}, {xb}, {a0}",
-            "ldr {w}, [{p2}], #4",
-            "sxtb16 {t}, {w}",
-            "smuad {a2}, {t}, {xa}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a2}, {w}, {xb}, {a2}",
-            "ldrd {xa}, {xb}, [{xp}], #8",
-            "ldr {w}, [{p0}, {s}]",
-            "sxtb16 {t}, {w}",
-            "smlad {a1}, {t}, {xa}, {a1}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a1}, {w}, {xb}, {a1}",
-            "ldr {w}, [{p2}, {s}]",
-            "sxtb16 {t}, {w}",
-            "smlad {a3}, {t}, {xa}, {a3}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a3}, {w}, {xb}, {a3}",
-            "ldr {w}, [{p0}], #4",
-            "sxtb16 {t}, {w}",
-            "smlad {a0}, {t}, {xa}, {a0}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a0}, {w}, {xb}, {a0}",
-            "ldr {w}, [{p2}], #4",
-            "sxtb16 {t}, {w}",
-            "smlad {a2}, {t}, {xa}, {a2}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a2}, {w}, {xb}, {a2}",
-            "ldrd {xa}, {xb}, [{xp}], #8",
-            "ldr {w}, [{p0}, {s}]",
-            "sxtb16 {t}, {w}",
-            "smlad {a1}, {t}, {xa}, {a1}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a1}, {w}, {xb}, {a1}",
-            "ldr {w}, [{p2}, {s}]",
-            "sxtb16 {t}, {w}",
-            "smlad {a3}, {t}, {xa}, {a3}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a3}, {w}, {xb}, {a3}",
-            "ldr {w}, [{p0}], #4",
-            "sxtb16 {t}, {w}",
-            "smlad {a0}, {t}, {xa}, {a0}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a0}, {w}, {xb}, {a0}",
-            "ldr {w}, [{p2}], #4",
-            "sxtb16 {t}, {w}",
-            "smlad {a2}, {t}, {xa}, {a2}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a2}, {w}, {xb}, {a2}",
-            "ldrd {xa}, {xb}, [{xp}], #8",
-            "ldr {w}, [{p0}, {s}]",
-            "sxtb16 {t}, {w}",
-            "smlad {a1}, {t}, {xa}, {a1}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a1}, {w}, {xb}, {a1}",
-            "ldr {w}, [{p2}, {s}]",
-            "sxtb16 {t}, {w}",
-            "smlad {a3}, {t}, {xa}, {a3}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a3}, {w}, {xb}, {a3}",
-            "ldr {w}, [{p0}], #4",
-            "sxtb16 {t}, {w}",
-            "smlad {a0}, {t}, {xa}, {a0}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a0}, {w}, {xb}, {a0}",
-            "ldr {w}, [{p2}], #4",
-            "sxtb16 {t}, {w}",
-            "smlad {a2}, {t}, {xa}, {a2}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a2}, {w}, {xb}, {a2}",
-            "ldrd {xa}, {xb}, [{xp}], #8",
-            "ldr {w}, [{p0}, {s}]",
-            "sxtb16 {t}, {w}",
-            "smlad {a1}, {t}, {xa}, {a1}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a1}, {w}, {xb}, {a1}",
-            "ldr {w}, [{p2}, {s}]",
-            "sxtb16 {t}, {w}",
-            "smlad {a3}, {t}, {xa}, {a3}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a3}, {w}, {xb}, {a3}",
-            "ldr {w}, [{p0}], #4",
-            "sxtb16 {t}, {w}",
-            "smlad {a0}, {t}, {xa}, {a0}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a0}, {w}, {xb}, {a0}",
-            "ldr {w}, [{p2}], #4",
-            "sxtb16 {t}, {w}",
-            "smlad {a2}, {t}, {xa}, {a2}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a2}, {w}, {xb}, {a2}",
-            "ldrd {xa}, {xb}, [{xp}], #8",
-            "ldr {w}, [{p0}, {s}]",
-            "sxtb16 {t}, {w}",
-            "smlad {a1}, {t}, {xa}, {a1}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a1}, {w}, {xb}, {a1}",
-            "ldr {w}, [{p2}, {s}]",
-            "sxtb16 {t}, {w}",
-            "smlad {a3}, {t}, {xa}, {a3}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a3}, {w}, {xb}, {a3}",
-            "ldr {w}, [{p0}], #4",
-            "sxtb16 {t}, {w}",
-            "smlad {a0}, {t}, {xa}, {a0}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a0}, {w}, {xb}, {a0}",
-            "ldr {w}, [{p2}], #4",
-            "sxtb16 {t}, {w}",
-            "smlad {a2}, {t}, {xa}, {a2}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a2}, {w}, {xb}, {a2}",
-            "ldrd {xa}, {xb}, [{xp}], #8",
-            "ldr {w}, [{p0}, {s}]",
-            "sxtb16 {t}, {w}",
-            "smlad {a1}, {t}, {xa}, {a1}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a1}, {w}, {xb}, {a1}",
-            "ldr {w}, [{p2}, {s}]",
-            "sxtb16 {t}, {w}",
-            "smlad {a3}, {t}, {xa}, {a3}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a3}, {w}, {xb}, {a3}",
-            "ldr {w}, [{p0}], #4",
-            "sxtb16 {t}, {w}",
-            "smlad {a0}, {t}, {xa}, {a0}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a0}, {w}, {xb}, {a0}",
-            "ldr {w}, [{p2}], #4",
-            "sxtb16 {t}, {w}",
-            "smlad {a2}, {t}, {xa}, {a2}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a2}, {w}, {xb}, {a2}",
-            "ldrd {xa}, {xb}, [{xp}], #8",
-            "ldr {w}, [{p0}, {s}]",
-            "sxtb16 {t}, {w}",
-            "smlad {a1}, {t}, {xa}, {a1}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a1}, {w}, {xb}, {a1}",
-            "ldr {w}, [{p2}, {s}]",
-            "sxtb16 {t}, {w}",
-            "smlad {a3}, {t}, {xa}, {a3}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a3}, {w}, {xb}, {a3}",
-            "ldr {w}, [{p0}], #4",
-            "sxtb16 {t}, {w}",
-            "smlad {a0}, {t}, {xa}, {a0}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a0}, {w}, {xb}, {a0}",
-            "ldr {w}, [{p2}], #4",
-            "sxtb16 {t}, {w}",
-            "smlad {a2}, {t}, {xa}, {a2}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {a2}, {w}, {xb}, {a2}",
+            q8_x4_word!(smuad),
+            rept!(7, "ldrd {xa}, {xb}, [{xp}], #8", q8_x4_word!(smlad)),
             "vmov s0, s1, {a0}, {a1}",
             "vmov s2, s3, {a2}, {a3}",
-            "vcvt.f32.s32 s0, s0",
-            "vcvt.f32.s32 s1, s1",
-            "vcvt.f32.s32 s2, s2",
-            "vcvt.f32.s32 s3, s3",
-            "vcvtb.f32.f16 s4, s4",
-            "vcvtb.f32.f16 s5, s5",
-            "vcvtb.f32.f16 s6, s6",
-            "vcvtb.f32.f16 s7, s7",
+            f32_sums!(),
+            f32_scales!(),
             "vldmia {xp}!, {{s8}}",
-            "vmul.f32 s4, s4, s8",
-            "vmul.f32 s5, s5, s8",
-            "vmul.f32 s6, s6, s8",
-            "vmul.f32 s7, s7, s8",
-            "vmul.f32 s0, s0, s4",
-            "vmul.f32 s1, s1, s5",
-            "vmul.f32 s2, s2, s6",
-            "vmul.f32 s3, s3, s7",
+            scale_sums!(),
             "vmov {t}, s25",
             "vldmia {t}, {{s12-s15}}",
-            "vadd.f32 s12, s12, s0",
-            "vadd.f32 s13, s13, s1",
-            "vadd.f32 s14, s14, s2",
-            "vadd.f32 s15, s15, s3",
+            add_lanes!(),
             "vstmia {t}!, {{s12-s15}}",
             "bic {t}, {t}, #128",
             "vmov s25, {t}",

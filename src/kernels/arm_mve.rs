@@ -22,36 +22,15 @@
 
 use core::arch::asm;
 
-use super::{scalar, Act, Isa, Kernels};
+use super::scalar;
 use crate::model::Matrix;
 use crate::quant::{f16_to_f32, GgmlType, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK};
 
-/// The Helium kernels (selected at build time by the `helium` feature).
-#[derive(Debug, Clone, Copy)]
-pub struct Helium;
-
-impl Kernels for Helium {
-    const ISA: Isa = Isa::Helium;
-
-    #[inline]
-    fn dot_q8_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-        dot_q8_0_q8_0(row, xq, xd)
-    }
-
-    #[inline]
-    fn dot_q4_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-        dot_q4_0_q8_0(row, xq, xd)
-    }
-
-    fn gemv(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
-        match w.ty {
-            GgmlType::Q8_0 | GgmlType::Q4_0 => gemv_quant(w, a.q, a.d, out),
-            _ => {
-                for (r, o) in out[..w.rows].iter_mut().enumerate() {
-                    *o = Self::dot_row(w.ty, w.row(r), a);
-                }
-            }
-        }
+scalar::quant_kernels! {
+    /// The Helium kernels (selected at build time by the `helium` feature).
+    Helium,
+    gemv(w, xq, xd, out) {
+        GgmlType::Q8_0 | GgmlType::Q4_0 => gemv_quant(w, xq, xd, out),
     }
 }
 
@@ -262,6 +241,26 @@ unsafe fn rows4(
         (3 * stride).wrapping_sub(back),
     ];
     let p = w.wrapping_add(2);
+    // The loop for one block type (the operands are the same for both).
+    macro_rules! rows4_loop {
+        ($ty:ident) => {
+            asm!(
+                rows4_asm!($ty),
+                p0 = inout(reg) p => _,
+                p1 = inout(reg) p.wrapping_add(stride) => _,
+                p2 = inout(reg) p.wrapping_add(2 * stride) => _,
+                p3 = inout(reg) p.wrapping_add(3 * stride) => _,
+                xp = inout(reg) xq => _,
+                dxp = inout(reg) xd => _,
+                acc = inout(reg) acc => _,
+                inout("r0") offs[0] => _,
+                inout("r2") offs[1] => _,
+                inout("r4") offs[2] => _,
+                inout("r8") offs[3] => _,
+                inout("lr") nb / 4 => _,
+            )
+        };
+    }
     // SAFETY: the caller guarantees every byte the loops read (each row's quants and scales for
     // b < nb, the activation blocks and scales). The assembly zeroes the lanes before reading
     // them and writes only `lanes`: the lane pointer stays in lanes 0-7 (it toggles between
@@ -269,37 +268,9 @@ unsafe fn rows4(
     // return to lane 0 by clearing its low byte. q0-q7 are saved and restored.
     unsafe {
         if q4 {
-            asm!(
-                rows4_asm!(q4),
-                p0 = inout(reg) p => _,
-                p1 = inout(reg) p.wrapping_add(stride) => _,
-                p2 = inout(reg) p.wrapping_add(2 * stride) => _,
-                p3 = inout(reg) p.wrapping_add(3 * stride) => _,
-                xp = inout(reg) xq => _,
-                dxp = inout(reg) xd => _,
-                acc = inout(reg) acc => _,
-                inout("r0") offs[0] => _,
-                inout("r2") offs[1] => _,
-                inout("r4") offs[2] => _,
-                inout("r8") offs[3] => _,
-                inout("lr") nb / 4 => _,
-            );
+            rows4_loop!(q4);
         } else {
-            asm!(
-                rows4_asm!(q8),
-                p0 = inout(reg) p => _,
-                p1 = inout(reg) p.wrapping_add(stride) => _,
-                p2 = inout(reg) p.wrapping_add(2 * stride) => _,
-                p3 = inout(reg) p.wrapping_add(3 * stride) => _,
-                xp = inout(reg) xq => _,
-                dxp = inout(reg) xd => _,
-                acc = inout(reg) acc => _,
-                inout("r0") offs[0] => _,
-                inout("r2") offs[1] => _,
-                inout("r4") offs[2] => _,
-                inout("r8") offs[3] => _,
-                inout("lr") nb / 4 => _,
-            );
+            rows4_loop!(q8);
         }
         // SAFETY: the assembly wrote the four results to lane 0.
         (*acc).acc[0]
@@ -413,73 +384,50 @@ macro_rules! q4_block {
 unsafe fn row_octets(q4: bool, w: *const u8, xq: *const i8, xd: *const f32, n8: usize) -> [f32; 8] {
     let mut acc = [0.0f32; 8];
     let pw = w.wrapping_add(2);
+    // The loop for one block type: `$block` is `q4_block` or `q8_block`, `$shift` undoes the
+    // Q4_0 decoding's factor 16, `$tbl` holds the scale offsets.
+    macro_rules! octets_loop {
+        ($block:ident, $shift:literal, $tbl:expr) => {
+            asm!(
+                "vpush {{d0-d15}}",
+                "vmov.i32 q6, #0",
+                "vmov.i32 q7, #0",
+                "dls lr, lr",
+                "2:",
+                $block!("r0"),
+                $block!("r2"),
+                $block!("r4"),
+                $block!("r8"),
+                scale_add4!($shift, "q6"),
+                $block!("r0"),
+                $block!("r2"),
+                $block!("r4"),
+                $block!("r8"),
+                scale_add4!($shift, "q7"),
+                "le lr, 2b",
+                "vstrw.32 q6, [{acc}]",
+                "vstrw.32 q7, [{acc}, #16]",
+                "vpop {{d0-d15}}",
+                pw = inout(reg) pw => _,
+                xp = inout(reg) xq => _,
+                dxp = inout(reg) xd => _,
+                tbl = in(reg) $tbl.as_ptr(),
+                acc = in(reg) acc.as_mut_ptr(),
+                out("r0") _,
+                out("r2") _,
+                out("r4") _,
+                out("r8") _,
+                inout("lr") n8 => _,
+            )
+        };
+    }
     // SAFETY: the caller guarantees every byte read; the only memory written is `acc` (two
     // unaligned-safe VSTRW of 4-byte aligned f32). q0-q7 are saved and restored.
     unsafe {
         if q4 {
-            asm!(
-                "vpush {{d0-d15}}",
-                "vmov.i32 q6, #0",
-                "vmov.i32 q7, #0",
-                "dls lr, lr",
-                "2:",
-                q4_block!("r0"),
-                q4_block!("r2"),
-                q4_block!("r4"),
-                q4_block!("r8"),
-                scale_add4!("vshr.s32 q4, q4, #4\n", "q6"),
-                q4_block!("r0"),
-                q4_block!("r2"),
-                q4_block!("r4"),
-                q4_block!("r8"),
-                scale_add4!("vshr.s32 q4, q4, #4\n", "q7"),
-                "le lr, 2b",
-                "vstrw.32 q6, [{acc}]",
-                "vstrw.32 q7, [{acc}, #16]",
-                "vpop {{d0-d15}}",
-                pw = inout(reg) pw => _,
-                xp = inout(reg) xq => _,
-                dxp = inout(reg) xd => _,
-                tbl = in(reg) Q4_SCALE_OFFS.as_ptr(),
-                acc = in(reg) acc.as_mut_ptr(),
-                out("r0") _,
-                out("r2") _,
-                out("r4") _,
-                out("r8") _,
-                inout("lr") n8 => _,
-            );
+            octets_loop!(q4_block, "vshr.s32 q4, q4, #4\n", Q4_SCALE_OFFS);
         } else {
-            asm!(
-                "vpush {{d0-d15}}",
-                "vmov.i32 q6, #0",
-                "vmov.i32 q7, #0",
-                "dls lr, lr",
-                "2:",
-                q8_block!("r0"),
-                q8_block!("r2"),
-                q8_block!("r4"),
-                q8_block!("r8"),
-                scale_add4!("", "q6"),
-                q8_block!("r0"),
-                q8_block!("r2"),
-                q8_block!("r4"),
-                q8_block!("r8"),
-                scale_add4!("", "q7"),
-                "le lr, 2b",
-                "vstrw.32 q6, [{acc}]",
-                "vstrw.32 q7, [{acc}, #16]",
-                "vpop {{d0-d15}}",
-                pw = inout(reg) pw => _,
-                xp = inout(reg) xq => _,
-                dxp = inout(reg) xd => _,
-                tbl = in(reg) Q8_SCALE_OFFS.as_ptr(),
-                acc = in(reg) acc.as_mut_ptr(),
-                out("r0") _,
-                out("r2") _,
-                out("r4") _,
-                out("r8") _,
-                inout("lr") n8 => _,
-            );
+            octets_loop!(q8_block, "", Q8_SCALE_OFFS);
         }
     }
     acc

@@ -87,36 +87,47 @@ pub fn dot_half_row(row: &[u8], x: &[f32], widen: fn(u16) -> f32) -> f32 {
     reduce8(acc)
 }
 
+/// The loop of a quantized row times a Q8_0 activation, one block at a time (here and in
+/// `arm_dsp`): for block `b` of `$row` (`$block_bytes` bytes each, its f16 scale first) with
+/// activation block `$xs` and scale `$dx`, the block's term `$term` (`sumi as f32 * (dw * dx)`)
+/// is added into lane `b % 8`; the lanes are reduced by [`reduce8`].
+macro_rules! dot_blocks {
+    (
+        $row:expr, $block_bytes:expr, $xq:expr, $xd:expr,
+        |$blk:ident, $xs:ident, $dx:ident| $term:block
+    ) => {{
+        let mut acc = [0.0f32; 8];
+        for (b, (($blk, $xs), &$dx)) in $row
+            .chunks_exact($block_bytes)
+            .zip($xq.chunks_exact($crate::quant::QK))
+            .zip($xd)
+            .enumerate()
+        {
+            acc[b % 8] += $term;
+        }
+        $crate::kernels::scalar::reduce8(acc)
+    }};
+}
+#[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
+pub(crate) use dot_blocks;
+
 /// Q8_0 row times Q8_0 activation: exact integer block sums, block `b` scaled into lane `b % 8`.
 #[inline]
 pub fn dot_q8_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    for (b, ((blk, xs), &dx)) in row
-        .chunks_exact(Q8_0_BLOCK_BYTES)
-        .zip(xq.chunks_exact(QK))
-        .zip(xd)
-        .enumerate()
-    {
+    dot_blocks!(row, Q8_0_BLOCK_BYTES, xq, xd, |blk, xs, dx| {
         let dw = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
         let mut sumi = 0i32;
         for (&w, &x) in blk[2..].iter().zip(xs) {
             sumi += i32::from(w as i8) * i32::from(x);
         }
-        acc[b % 8] += sumi as f32 * (dw * dx);
-    }
-    reduce8(acc)
+        sumi as f32 * (dw * dx)
+    })
 }
 
 /// Q4_0 row times Q8_0 activation: exact integer block sums, block `b` scaled into lane `b % 8`.
 #[inline]
 pub fn dot_q4_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    for (b, ((blk, xs), &dx)) in row
-        .chunks_exact(Q4_0_BLOCK_BYTES)
-        .zip(xq.chunks_exact(QK))
-        .zip(xd)
-        .enumerate()
-    {
+    dot_blocks!(row, Q4_0_BLOCK_BYTES, xq, xd, |blk, xs, dx| {
         let dw = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
         let (lo, hi) = xs.split_at(QK / 2);
         let mut sumi = 0i32;
@@ -124,10 +135,61 @@ pub fn dot_q4_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
             sumi += i32::from((q & 0x0F) as i8 - 8) * i32::from(xl);
             sumi += i32::from((q >> 4) as i8 - 8) * i32::from(xh);
         }
-        acc[b % 8] += sumi as f32 * (dw * dx);
-    }
-    reduce8(acc)
+        sumi as f32 * (dw * dx)
+    })
 }
+
+/// Declares the kernel set of a Cortex-M core whose float kernels are the scalar ones: a unit
+/// struct (with the given documentation) implementing [`Kernels`](super::Kernels) for the
+/// [`Isa`](super::Isa) of the same name, with the calling module's `dot_q8_0_q8_0` and
+/// `dot_q4_0_q8_0`, and a GEMV that runs the given match arms on the weight type (`xq` and `xd`
+/// name the activation's Q8_0 values and scales) and the default row loop for other types.
+#[cfg(all(target_arch = "arm", any(feature = "cortex-m-dsp", feature = "helium")))]
+macro_rules! quant_kernels {
+    (
+        $(#[$attr:meta])*
+        $name:ident,
+        gemv($w:ident, $xq:ident, $xd:ident, $out:ident) { $($ty:pat => $gemv:expr),+ $(,)? }
+    ) => {
+        $(#[$attr])*
+        #[derive(Debug, Clone, Copy)]
+        pub struct $name;
+
+        impl $crate::kernels::Kernels for $name {
+            const ISA: $crate::kernels::Isa = $crate::kernels::Isa::$name;
+
+            #[inline]
+            fn dot_q8_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+                dot_q8_0_q8_0(row, xq, xd)
+            }
+
+            #[inline]
+            fn dot_q4_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+                dot_q4_0_q8_0(row, xq, xd)
+            }
+
+            fn gemv(
+                $w: &$crate::model::Matrix<'_>,
+                a: &$crate::kernels::Act<'_>,
+                $out: &mut [f32],
+            ) {
+                match $w.ty {
+                    $($ty => {
+                        let ($xq, $xd) = (a.q, a.d);
+                        $gemv
+                    })+
+                    _ => {
+                        for (r, o) in $out[..$w.rows].iter_mut().enumerate() {
+                            *o = <Self as $crate::kernels::Kernels>::dot_row($w.ty, $w.row(r), a);
+                        }
+                    }
+                }
+            }
+        }
+    };
+}
+#[cfg(all(target_arch = "arm", any(feature = "cortex-m-dsp", feature = "helium")))]
+pub(crate) use quant_kernels;
 
 /// `out = rmsnorm(x) * w`: `out[i] = (x[i] * (1 / sqrt(mean(x^2) + eps))) * w[i]`, where the
 /// sum of squares is [`dot_f32`] of `x` with itself. `w` is the little-endian f32 weight bytes.
