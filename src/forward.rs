@@ -402,22 +402,14 @@ fn attention<K: Kernels>(
                 let qh = &qt[h * hd..(h + 1) * hd];
                 let kv_off = layer_base + (h / group) * hd;
                 let att = &mut att[..len];
-                let mut ok = true;
-                for (p, a) in att.iter_mut().enumerate() {
-                    let k = &keys[kv_off + p * kvd..kv_off + p * kvd + hd];
-                    *a = K::dot_f32(qh, k) * inv_sqrt_hd;
-                    ok &= a.is_finite();
-                }
+                K::scores(qh, &keys[kv_off..], kvd, inv_sqrt_hd, att);
                 // A -inf score would silently get the weight 0.
-                if !ok {
+                if !att.iter().all(|a| a.is_finite()) {
                     finite.store(false, Ordering::Relaxed);
                     return;
                 }
                 K::softmax(att);
-                out.fill(0.0);
-                for (p, &w) in att.iter().enumerate() {
-                    K::axpy(out, w, &values[kv_off + p * kvd..kv_off + p * kvd + hd]);
-                }
+                K::weighted_rows(att, &values[kv_off..], kvd, out);
             },
         );
         if !finite.load(Ordering::Relaxed) {

@@ -1030,3 +1030,40 @@ fn whole_model_logits_are_bit_identical() {
         .collect();
     assert!(ran.contains("scalar"));
 }
+
+fn check_attention_kernels<K: Kernels>(isa: Isa) {
+    let mut rng = Rng::new(21);
+    // Head widths (multiples of 8 and not), positions around the 8-position groups, strides
+    // wider than the head (grouped-query caches).
+    for hd in [8usize, 16, 24, 32, 64, 100, 128] {
+        for len in [1usize, 2, 7, 8, 9, 15, 16, 17, 40] {
+            let stride = hd * 3;
+            let q: Vec<f32> = (0..hd).map(|_| rng.wide()).collect();
+            let kv: Vec<f32> = (0..len * stride).map(|_| rng.wide()).collect();
+            let (mut got, mut want) = (vec![0.0; len], vec![0.0; len]);
+            K::scores(&q, &kv, stride, 0.125, &mut got);
+            Scalar::scores(&q, &kv, stride, 0.125, &mut want);
+            assert_same_slice(isa, &format!("scores hd={hd} len={len}"), &got, &want);
+
+            let mut w: Vec<f32> = (0..len).map(|_| rng.unit().abs()).collect();
+            if len > 2 {
+                w[1] = 0.0; // exact zero weights and -0.0 products
+                w[2] = -0.0;
+            }
+            let (mut got, mut want) = (vec![f32::NAN; hd], vec![f32::NAN; hd]);
+            K::weighted_rows(&w, &kv, stride, &mut got);
+            Scalar::weighted_rows(&w, &kv, stride, &mut want);
+            assert_same_slice(
+                isa,
+                &format!("weighted_rows hd={hd} len={len}"),
+                &got,
+                &want,
+            );
+        }
+    }
+}
+
+#[test]
+fn attention_kernels_match_scalar() {
+    on_every_isa!(check_attention_kernels);
+}

@@ -392,6 +392,26 @@ pub trait Kernels {
         scalar::axpy(out, a, v)
     }
 
+    /// Attention scores of one head: `out[p] = dot_f32(q, keys[p * stride..][..q.len()]) *
+    /// scale` for every `p < out.len()` (the keys of consecutive positions, `stride` apart).
+    #[inline]
+    fn scores(q: &[f32], keys: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+        for (p, o) in out.iter_mut().enumerate() {
+            *o = Self::dot_f32(q, &keys[p * stride..p * stride + q.len()]) * scale;
+        }
+    }
+
+    /// Attention output of one head: `out = 0`, then `axpy(out, w[p], values[p * stride..])`
+    /// for `p` in order (the weighted sum over positions is sequential, FORMAT.md).
+    #[inline]
+    fn weighted_rows(w: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
+        out.fill(0.0);
+        let n = out.len();
+        for (p, &wp) in w.iter().enumerate() {
+            Self::axpy(out, wp, &values[p * stride..p * stride + n]);
+        }
+    }
+
     /// RMSNorm with weight.
     #[inline(always)]
     fn rmsnorm(out: &mut [f32], x: &[f32], w: &[u8], eps: f32) -> f32 {

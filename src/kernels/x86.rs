@@ -137,6 +137,22 @@ impl Kernels for Avx2 {
         dispatch!(imp::axpy(out, a, v), scalar::axpy(out, a, v))
     }
 
+    #[inline(always)]
+    fn scores(q: &[f32], keys: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+        dispatch!(
+            imp::scores(q, keys, stride, scale, out),
+            Scalar::scores(q, keys, stride, scale, out)
+        )
+    }
+
+    #[inline(always)]
+    fn weighted_rows(w: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
+        dispatch!(
+            imp::weighted_rows(w, values, stride, out),
+            Scalar::weighted_rows(w, values, stride, out)
+        )
+    }
+
     // rmsnorm: the scalar default. Its cost is the specification's single sum-of-squares add
     // chain, which SIMD cannot shorten; an AVX2 version measured 0.87-0.96x (BENCHMARKS.md).
 
@@ -801,6 +817,82 @@ pub(super) mod imp {
         }
         for (o, &x) in ot.iter_mut().zip(vt) {
             *o += a * x;
+        }
+    }
+
+    /// [`Kernels::scores`]: eight positions at a time, each its own eight-lane chain as in
+    /// [`dot_f32`] (so eight independent add chains are in flight), reduced canonically.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    pub(in crate::kernels) fn scores(
+        q: &[f32],
+        keys: &[f32],
+        stride: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let hd = q.len();
+        let (qc, qt) = q.as_chunks::<8>();
+        let row = |p: usize| &keys[p * stride..p * stride + hd];
+        let (groups, tail) = out.as_chunks_mut::<8>();
+        if !qt.is_empty() {
+            // Heads that are not a multiple of 8 wide: one dot product per position.
+            for (p, o) in out.iter_mut().enumerate() {
+                *o = dot_f32(q, row(p)) * scale;
+            }
+            return;
+        }
+        let sc = _mm256_set1_ps(scale);
+        for (g, o) in groups.iter_mut().enumerate() {
+            let rows: [&[[f32; 8]]; 8] = core::array::from_fn(|i| row(8 * g + i).as_chunks().0);
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for (j, x) in qc.iter().enumerate() {
+                let x = ld8(x);
+                for (a, r) in acc.iter_mut().zip(&rows) {
+                    *a = _mm256_add_ps(*a, _mm256_mul_ps(x, ld8(&r[j])));
+                }
+            }
+            let dots: [f32; 8] = core::array::from_fn(|i| reduce8(acc[i]));
+            st8(o, _mm256_mul_ps(ld8(&dots), sc));
+        }
+        let p0 = 8 * groups.len();
+        for (i, o) in tail.iter_mut().enumerate() {
+            *o = dot_f32(q, row(p0 + i)) * scale;
+        }
+    }
+
+    /// [`Kernels::weighted_rows`]: the output kept in registers 64 floats at a time while the
+    /// positions stream past (each element's sum stays sequential in position order).
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    pub(in crate::kernels) fn weighted_rows(
+        w: &[f32],
+        values: &[f32],
+        stride: usize,
+        out: &mut [f32],
+    ) {
+        const V: usize = 8;
+        let n = out.len();
+        let (oc, ot) = out.as_chunks_mut::<8>();
+        for (c, o) in oc.chunks_mut(V).enumerate() {
+            let mut acc = [_mm256_setzero_ps(); V];
+            for (p, &wp) in w.iter().enumerate() {
+                let (v, _) = values[p * stride + 64 * c..p * stride + n].as_chunks::<8>();
+                let wv = _mm256_set1_ps(wp);
+                for (a, x) in acc[..o.len()].iter_mut().zip(v) {
+                    *a = _mm256_add_ps(*a, _mm256_mul_ps(wv, ld8(x)));
+                }
+            }
+            for (o, a) in o.iter_mut().zip(acc) {
+                st8(o, a);
+            }
+        }
+        let t0 = n - ot.len();
+        ot.fill(0.0);
+        for (p, &wp) in w.iter().enumerate() {
+            for (o, &x) in ot.iter_mut().zip(&values[p * stride + t0..p * stride + n]) {
+                *o += wp * x;
+            }
         }
     }
 

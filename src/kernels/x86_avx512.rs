@@ -129,6 +129,16 @@ impl Kernels for Avx512 {
     }
 
     #[inline(always)]
+    fn scores(q: &[f32], keys: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+        Avx2::scores(q, keys, stride, scale, out)
+    }
+
+    #[inline(always)]
+    fn weighted_rows(w: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
+        Avx2::weighted_rows(w, values, stride, out)
+    }
+
+    #[inline(always)]
     fn softmax(x: &mut [f32]) -> f32 {
         Avx2::softmax(x)
     }
