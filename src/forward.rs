@@ -129,7 +129,7 @@ impl<'p> Exec<'p> {
     }
 
     /// The same, splitting a matrix product over the threads only when its weight bytes times
-    /// its number of inputs reach `work` (default [`MIN_SPLIT`]; attention uses a quarter of it,
+    /// its number of inputs reach `work` (default [`MIN_SPLIT`]; attention uses a sixteenth of it,
     /// counted in multiply-adds). Smaller products run on the calling thread, where the
     /// hand-off would cost more than it saves. Results do not depend on it.
     pub fn with_min_split(self, work: usize) -> Self {
@@ -182,8 +182,10 @@ impl<'p> Exec<'p> {
     }
 }
 
-/// The default of [`Exec::with_min_split`].
-pub const MIN_SPLIT: usize = 1 << 17;
+/// The default of [`Exec::with_min_split`]: 512 KiB, about 25 microseconds of reading at
+/// desktop memory speeds, so one token's products are split only where the hand-off (about a
+/// microsecond) is small beside them; a batch's products (bytes times inputs) nearly always are.
+pub const MIN_SPLIT: usize = 1 << 19;
 
 /// Row ranges handed to threads start at multiples of this (the kernels' row tiles).
 const ROW_ALIGN: usize = 16;
@@ -387,7 +389,7 @@ fn attention<K: Kernels>(
         let len = pos0 + t + 1;
         let qt = &s.q[t * q_dim..(t + 1) * q_dim];
         let work = c.n_heads * len * hd;
-        let parts = if work >= pass.min_split / 4 {
+        let parts = if work >= pass.min_split / 16 {
             pass.par.threads()
         } else {
             1
