@@ -66,14 +66,30 @@ struct Sample {
     bandwidth_gb_s: f64,
 }
 
+/// A buffer of `bytes` bytes for the bandwidth measurement, in memory like the model's
+/// ([`ModelBytes::read`] asks for huge pages, so this does too: the roofline is the read speed
+/// the model's memory can have), filled so that no page is left unmapped.
+fn read_buffer(bytes: usize) -> std::io::Result<memmap2::MmapMut> {
+    let mut mem = memmap2::MmapOptions::new().len(bytes.max(64)).map_anon()?;
+    #[cfg(target_os = "linux")]
+    let _ = mem.advise(memmap2::Advice::HugePage);
+    for (i, b) in mem.iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    Ok(mem)
+}
+
 /// Reads `buf` once on the pool's threads (each a contiguous share); returns GB/s.
-fn read_bandwidth(pool: &ThreadPool, buf: &[u64]) -> f64 {
+fn read_bandwidth(pool: &ThreadPool, buf: &[u8]) -> f64 {
+    // SAFETY: every bit pattern is a valid u64; `align_to` puts only whole, aligned u64s in
+    // the middle part.
+    let (_, words, _) = unsafe { buf.align_to::<u64>() };
     let parts = pool.threads();
-    let per = buf.len().div_ceil(parts);
+    let per = words.len().div_ceil(parts);
     let sums: Vec<std::sync::atomic::AtomicU64> = (0..parts).map(|_| Default::default()).collect();
     let t = Instant::now();
     pool.run(parts, &|i| {
-        let chunk = &buf[(i * per).min(buf.len())..((i + 1) * per).min(buf.len())];
+        let chunk = &words[(i * per).min(words.len())..((i + 1) * per).min(words.len())];
         // Eight independent lanes so the sum is bound by loads, not by an add chain.
         let mut acc = [0u64; 8];
         for c in chunk.chunks_exact(8) {
@@ -86,7 +102,14 @@ fn read_bandwidth(pool: &ThreadPool, buf: &[u64]) -> f64 {
     });
     let secs = t.elapsed().as_secs_f64();
     black_box(&sums);
-    (buf.len() * 8) as f64 / secs / 1e9
+    (words.len() * 8) as f64 / secs / 1e9
+}
+
+/// Anonymous memory in huge pages in this process (Linux), in MiB.
+fn huge_pages_mib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
+    let line = s.lines().find(|l| l.starts_with("AnonHugePages:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? / 1024)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -133,7 +156,8 @@ fn run(args: Args) -> Result<(), String> {
         .collect::<Result<Vec<_>, _>>()?;
     let mut buf = StateBuffer::for_batch(&model, ctx, prompt).map_err(|e| err("state", e))?;
     let mut state = buf.state(&model, ctx).map_err(|e| err("state", e))?;
-    let big: Vec<u64> = (0..args.bandwidth_mib << 17).map(|i| i as u64).collect();
+    let big =
+        read_buffer(args.bandwidth_mib << 20).map_err(|e| format!("bandwidth buffer: {e}"))?;
 
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); pools.len()];
     for round in 0..=args.rounds {
@@ -167,11 +191,13 @@ fn run(args: Args) -> Result<(), String> {
 
     if !args.json {
         println!(
-            "model {} ({} bytes), isa {}, prompt {prompt}, decode {decode}, {} rounds (medians)",
+            "model {} ({} bytes), isa {}, prompt {prompt}, decode {decode}, {} rounds (medians), \
+             huge pages {} MiB",
             args.model.display(),
             file.bytes().len(),
             isa.name(),
-            args.rounds
+            args.rounds,
+            huge_pages_mib().map_or("?".into(), |m| m.to_string())
         );
         println!(
             "| threads | decode tok/s | prompt tok/s | bytes/token | read GB/s | % of roofline |"
