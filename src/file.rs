@@ -75,9 +75,19 @@ impl ModelBytes {
 /// A heap buffer aligned for [`State`], sized for a model and context length.
 #[derive(Debug)]
 pub struct StateBuffer {
-    words: Vec<u128>,
+    mem: StateMemory,
     len: usize,
     batch: usize,
+}
+
+/// Buffers of at least this many bytes are anonymous memory that asks for huge pages (the KV
+/// cache is read at a stride of one position per head); smaller ones are a plain heap buffer.
+const HUGE_PAGE_MIN: usize = 4 << 20;
+
+#[derive(Debug)]
+enum StateMemory {
+    Heap(Vec<u128>),
+    Anon(memmap2::MmapMut),
 }
 
 impl StateBuffer {
@@ -97,17 +107,28 @@ impl StateBuffer {
         batch: usize,
     ) -> Result<Self> {
         let len = State::bytes_needed_batch(model, ctx, batch)?;
-        let n = len.div_ceil(16);
-        let mut words = Vec::new();
-        words
-            .try_reserve_exact(n)
-            .map_err(|_| Error::BufferTooSmall {
-                what: "state (allocating it failed)",
-                needed: len,
-                got: 0,
-            })?;
-        words.resize(n, 0u128);
-        Ok(StateBuffer { words, len, batch })
+        let failed = Error::BufferTooSmall {
+            what: "state (allocating it failed)",
+            needed: len,
+            got: 0,
+        };
+        let mem = if len >= HUGE_PAGE_MIN && !cfg!(miri) {
+            // Page-aligned (more than State::ALIGN), zero-filled by the OS.
+            let mem = memmap2::MmapOptions::new()
+                .len(len)
+                .map_anon()
+                .map_err(|_| failed)?;
+            #[cfg(target_os = "linux")]
+            let _ = mem.advise(memmap2::Advice::HugePage); // a hint
+            StateMemory::Anon(mem)
+        } else {
+            let n = len.div_ceil(16);
+            let mut words = Vec::new();
+            words.try_reserve_exact(n).map_err(|_| failed)?;
+            words.resize(n, 0u128);
+            StateMemory::Heap(words)
+        };
+        Ok(StateBuffer { mem, len, batch })
     }
 
     /// Carves a [`State`] out of this buffer, with the batch capacity it was allocated for.
@@ -116,12 +137,19 @@ impl StateBuffer {
         model: &Model<'_, N>,
         ctx: usize,
     ) -> Result<State<'b>> {
-        let len = self.len.min(self.words.len() * 16);
-        // SAFETY: the Vec owns `words.len() * 16` initialized bytes; u8 has no alignment or
-        // validity requirements; the byte view borrows `self` mutably for 'b, so nothing else
-        // can touch the words meanwhile.
-        let bytes =
-            unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), len) };
+        let bytes: &mut [u8] = match &mut self.mem {
+            StateMemory::Anon(m) => {
+                let len = self.len.min(m.len());
+                &mut m[..len]
+            }
+            StateMemory::Heap(words) => {
+                let len = self.len.min(words.len() * 16);
+                // SAFETY: the Vec owns `words.len() * 16` initialized bytes; u8 has no
+                // alignment or validity requirements; the byte view borrows `self` mutably for
+                // 'b, so nothing else can touch the words meanwhile.
+                unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len) }
+            }
+        };
         State::new_batch(model, ctx, self.batch, bytes)
     }
 }
