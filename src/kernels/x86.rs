@@ -565,7 +565,13 @@ pub(super) mod imp {
         fn ld8_f16(b: &[u8; 16]) -> F8 = _mm256_cvtph_ps(ld16_u8(b));
         fn ld8_bf16(b: &[u8; 16]) -> F8 =
             _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(ld16_u8(b))));
-        fn prefetch_next_rows(p: *const i8) -> () = _mm_prefetch::<FLOAT_HINT>(p);
+    }
+
+    /// Prefetches the cache line at `p` into [`FLOAT_HINT`] (a hint: it never faults).
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn prefetch_next_rows(p: *const i8) {
+        _mm_prefetch::<FLOAT_HINT>(p)
     }
 
     super::super::lanes::lane_kernels!("avx2,f16c");
