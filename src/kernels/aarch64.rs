@@ -525,59 +525,6 @@ mod imp {
         vpadalq_s16(acc, vmull_high_s8(w1, x1))
     }
 
-    /// A quantized row times a Q8_0 activation: block `b` scaled into lane `b % 8` as
-    /// `sumi as f32 * (dw * dx)`, lanes reduced canonically.
-    #[inline]
-    #[target_feature(enable = "neon")]
-    pub(super) fn dot_blocks<const B: usize>(
-        blocks: &[[u8; B]],
-        xq: &[[i8; QK]],
-        xd: &[f32],
-        block: impl Fn(&[u8; B], &[i8; QK]) -> int32x4_t,
-    ) -> f32 {
-        let n = blocks.len().min(xq.len()).min(xd.len());
-        let (blocks, xq, xd) = (&blocks[..n], &xq[..n], &xd[..n]);
-        let (bg, bt) = blocks.as_chunks::<8>();
-        let (xg, xt) = xq.as_chunks::<8>();
-        let (dg, dt) = xd.as_chunks::<8>();
-        let (mut lo, mut hi) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
-        for ((b, x), dx) in bg.iter().zip(xg).zip(dg) {
-            let v: [int32x4_t; 8] = core::array::from_fn(|i| block(&b[i], &x[i]));
-            let (v_lo, v_hi) = v.split_at(4);
-            let s_lo = vcvtq_f32_s32(transpose_sum(v_lo.try_into().unwrap()));
-            let s_hi = vcvtq_f32_s32(transpose_sum(v_hi.try_into().unwrap()));
-            let dw_lo = f16x4(core::array::from_fn(|i| le16(&b[i])));
-            let dw_hi = f16x4(core::array::from_fn(|i| le16(&b[4 + i])));
-            let (dx_lo, dx_hi) = ld8(dx);
-            lo = vaddq_f32(lo, vmulq_f32(s_lo, vmulq_f32(dw_lo, dx_lo)));
-            hi = vaddq_f32(hi, vmulq_f32(s_hi, vmulq_f32(dw_hi, dx_hi)));
-        }
-        if bt.is_empty() {
-            return reduce8((lo, hi));
-        }
-        let mut lanes = [0.0f32; 8];
-        st8(&mut lanes, (lo, hi));
-        for (((b, x), &dx), l) in bt.iter().zip(xt).zip(dt).zip(lanes.iter_mut()) {
-            let dw = crate::quant::f16_to_f32(le16(b));
-            *l += vaddvq_s32(block(b, x)) as f32 * (dw * dx);
-        }
-        reduce8(ld8(&lanes))
-    }
-
-    /// [`dot_blocks`] on byte rows.
-    #[inline]
-    #[target_feature(enable = "neon")]
-    pub(super) fn dot_quant<const B: usize>(
-        row: &[u8],
-        xq: &[i8],
-        xd: &[f32],
-        block: impl Fn(&[u8; B], &[i8; QK]) -> int32x4_t,
-    ) -> f32 {
-        let (blocks, _) = row.as_chunks::<B>();
-        let (xq, _) = xq.as_chunks::<QK>();
-        dot_blocks(blocks, xq, xd, block)
-    }
-
     quant_entry_points!("neon");
 
     /// Four rows at once, one lane per row: `rows` holds four rows of `stride` blocks one after
@@ -764,6 +711,33 @@ mod imp {
         let hi = vshll_n_u16::<16>(vget_high_u16(h));
         (vreinterpretq_f32_u32(lo), vreinterpretq_f32_u32(hi))
     }
+
+    type Blk = int32x4_t;
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn hsum(v: Blk) -> i32 {
+        vaddvq_s32(v)
+    }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn block_sums8(v: &[Blk; 8]) -> F8 {
+        let s = |v: &[Blk]| vcvtq_f32_s32(transpose_sum(&[v[0], v[1], v[2], v[3]]));
+        (s(&v[..4]), s(&v[4..]))
+    }
+
+    /// Eight consecutive block scales of one row.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn scales8<const B: usize>(b: &[[u8; B]; 8]) -> F8 {
+        let h = |i: usize| f16x4(core::array::from_fn(|j| le16(&b[i + j])));
+        (h(0), h(4))
+    }
+
+    /// The quantized dot products do not prefetch on aarch64.
+    #[inline(always)]
+    fn prefetch_blocks(_: *const i8) {}
 
     /// The float GEMV does not prefetch on aarch64.
     #[inline(always)]

@@ -6,7 +6,8 @@
 //! `#[inline] #[target_feature(enable = ..)]` function, then invokes
 //! [`lane_kernels!`]`("its features")`. The macro defines, in that module and compiled with
 //! those features: the lane-wise `expf8` (libm's `expf` transcribed), `silu_mul`, `softmax`,
-//! `dot_f32`, `axpy`, the float row drivers (`dot_rows` with `R` rows in flight, `dot_f32_rows`,
+//! `dot_f32`, `axpy`, the quantized row dot `dot_blocks` (`dot_quant` on bytes), the float row
+//! drivers (`dot_rows` with `R` rows in flight, `dot_f32_rows`,
 //! `dot_f16_rows`, `dot_bf16_rows`) and the float GEMVs (`gemv_float`, `gemv_group_float`).
 //! Every float operation is the vocabulary's lane-wise `add`/`sub`/`mul`/`div` (rounded
 //! separately, never fused) in the scalar specification's order, so the results are its bits.
@@ -30,7 +31,10 @@
 //!   `to_f32(I8) -> F8`, `lane_mask(t) -> I8` (lanes `< t` set);
 //! - `ld8_le(&[u8; 32])`, `ld8_f16(&[u8; 16])`, `ld8_bf16(&[u8; 16])` (`-> F8`: little-endian
 //!   f32, f16 and bf16 widened exactly), `prefetch_next_rows(*const i8)` (a hint; may do
-//!   nothing).
+//!   nothing);
+//! - `Blk` (a block kernel's i32 partial sums), `hsum(Blk) -> i32`, `block_sums8(&[Blk; 8])
+//!   -> F8` (lane `i`: the total of `v[i]`, as f32), `scales8(&[[u8; B]; 8]) -> F8` (the eight
+//!   blocks' f16 scales), `prefetch_blocks(*const i8)` (a hint for the blocks ahead).
 //!
 //! [`scalar::reduce8`]: super::scalar::reduce8
 
@@ -417,6 +421,54 @@ macro_rules! lane_kernels {
                     );
                 }
             }
+        }
+        /// A quantized row times a Q8_0 activation, given a block kernel (one block times an
+        /// activation block: `Blk`, i32 partial sums): block `b` scaled into lane `b % 8` as
+        /// `sumi as f32 * (dw * dx)`, lanes reduced canonically.
+        #[inline]
+        #[target_feature(enable = $features)]
+        pub(in crate::kernels) fn dot_blocks<const B: usize>(
+            blocks: &[[u8; B]],
+            xq: &[[i8; $crate::quant::QK]],
+            xd: &[f32],
+            block: impl Fn(&[u8; B], &[i8; $crate::quant::QK]) -> Blk,
+        ) -> f32 {
+            let n = blocks.len().min(xq.len()).min(xd.len());
+            let (blocks, xq, xd) = (&blocks[..n], &xq[..n], &xd[..n]);
+            let (bg, bt) = blocks.as_chunks::<8>();
+            let (xg, xt) = xq.as_chunks::<8>();
+            let (dg, dt) = xd.as_chunks::<8>();
+            let mut acc = splat(0.0);
+            for ((b, x), dx) in bg.iter().zip(xg).zip(dg) {
+                prefetch_blocks(b.as_ptr().cast::<i8>());
+                let v: [Blk; 8] = core::array::from_fn(|i| block(&b[i], &x[i]));
+                let scale = mul(scales8(b), ld8(dx));
+                acc = add(acc, mul(block_sums8(&v), scale));
+            }
+            if bt.is_empty() {
+                return reduce8(acc);
+            }
+            let mut lanes = [0.0f32; 8];
+            st8(&mut lanes, acc);
+            for (((b, x), &dx), l) in bt.iter().zip(xt).zip(dt).zip(lanes.iter_mut()) {
+                let dw = $crate::kernels::lanes::le_f16(b);
+                *l += hsum(block(b, x)) as f32 * (dw * dx);
+            }
+            reduce8(ld8(&lanes))
+        }
+
+        /// [`dot_blocks`] on byte rows.
+        #[inline]
+        #[target_feature(enable = $features)]
+        pub(in crate::kernels) fn dot_quant<const B: usize>(
+            row: &[u8],
+            xq: &[i8],
+            xd: &[f32],
+            block: impl Fn(&[u8; B], &[i8; $crate::quant::QK]) -> Blk,
+        ) -> f32 {
+            let (blocks, _) = row.as_chunks::<B>();
+            let (xq, _) = xq.as_chunks::<{ $crate::quant::QK }>();
+            dot_blocks(blocks, xq, xd, block)
         }
     };
 }

@@ -263,11 +263,6 @@ pub(super) mod imp {
         unsafe { _mm_loadu_si128(b.as_ptr().add(2).cast()) }
     }
 
-    #[inline(always)]
-    fn le16(b: &[u8]) -> u16 {
-        u16::from_le_bytes([b[0], b[1]])
-    }
-
     // ---- reductions ----
 
     /// [`scalar::reduce8`] on a vector: `(l0+l4, ..)`, `(s0+s2, s1+s3)`, `t0+t1`.
@@ -364,66 +359,16 @@ pub(super) mod imp {
         _mm256_setr_epi32(0, s, 2 * s, 3 * s, 4 * s, 5 * s, 6 * s, 7 * s)
     }
 
-    /// Eight consecutive block scales of one row.
-    #[inline]
-    #[target_feature(enable = "avx2,f16c")]
-    fn scales<const B: usize>(blocks: &[[u8; B]; 8]) -> __m256 {
-        // SAFETY: the words start at 0, B, .., 7B and end 4 <= B bytes later, inside the
-        // eight blocks `blocks` borrows.
-        unsafe { gather_f16(blocks.as_flattened(), strides(B)) }
-    }
-
-    /// Quantized row times Q8_0 activation, given a block kernel: block `b` scaled into lane
-    /// `b % 8` as `sumi as f32 * (dw * dx)`, lanes reduced canonically.
-    #[inline]
-    #[target_feature(enable = "avx2,f16c")]
-    fn dot_blocks<const B: usize>(
-        blocks: &[[u8; B]],
-        xq: &[[i8; QK]],
-        xd: &[f32],
-        block: impl Fn(&[u8; B], &[i8; QK]) -> __m256i,
-    ) -> f32 {
-        let n = blocks.len().min(xq.len()).min(xd.len());
-        let (blocks, xq, xd) = (&blocks[..n], &xq[..n], &xd[..n]);
-        let (bg, bt) = blocks.as_chunks::<8>();
-        let (xg, xt) = xq.as_chunks::<8>();
-        let (dg, dt) = xd.as_chunks::<8>();
-        let mut acc = _mm256_setzero_ps();
-        for ((b, x), dx) in bg.iter().zip(xg).zip(dg) {
-            // Ask for the weights PREFETCH bytes ahead (past the row end this is the next
-            // row of a GEMV; a prefetch never faults).
-            _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().cast::<i8>().wrapping_add(PREFETCH));
-            let v: [__m256i; 8] = core::array::from_fn(|i| block(&b[i], &x[i]));
-            let sumi = _mm256_cvtepi32_ps(transpose_sum(&v));
-            let scale = _mm256_mul_ps(scales(b), ld8(dx));
-            acc = _mm256_add_ps(acc, _mm256_mul_ps(sumi, scale));
-        }
-        if bt.is_empty() {
-            return reduce8(acc);
-        }
-        let mut lanes = [0.0f32; 8];
-        st8(&mut lanes, acc);
-        for (((b, x), &dx), l) in bt.iter().zip(xt).zip(dt).zip(lanes.iter_mut()) {
-            let dw = crate::quant::f16_to_f32(le16(b));
-            *l += hsum_i32(block(b, x)) as f32 * (dw * dx);
-        }
-        reduce8(ld8(&lanes))
-    }
-
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
     pub(in crate::kernels) fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-        let (blocks, _) = row.as_chunks::<Q8_0_BLOCK_BYTES>();
-        let (xq, _) = xq.as_chunks::<QK>();
-        dot_blocks(blocks, xq, xd, |b, x| block_q8(b, x))
+        dot_quant::<Q8_0_BLOCK_BYTES>(row, xq, xd, |b, x| block_q8(b, x))
     }
 
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
     pub(in crate::kernels) fn dot_q4_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-        let (blocks, _) = row.as_chunks::<Q4_0_BLOCK_BYTES>();
-        let (xq, _) = xq.as_chunks::<QK>();
-        dot_blocks(blocks, xq, xd, |b, x| block_q4(b, x))
+        dot_quant::<Q4_0_BLOCK_BYTES>(row, xq, xd, |b, x| block_q4(b, x))
     }
 
     /// Eight rows at once, one lane per row: `rows` holds eight rows of `stride` blocks one
@@ -565,6 +510,37 @@ pub(super) mod imp {
         fn ld8_f16(b: &[u8; 16]) -> F8 = _mm256_cvtph_ps(ld16_u8(b));
         fn ld8_bf16(b: &[u8; 16]) -> F8 =
             _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(ld16_u8(b))));
+    }
+
+    type Blk = __m256i;
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn hsum(v: Blk) -> i32 {
+        hsum_i32(v)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn block_sums8(v: &[Blk; 8]) -> F8 {
+        _mm256_cvtepi32_ps(transpose_sum(v))
+    }
+
+    /// Eight consecutive block scales of one row.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn scales8<const B: usize>(blocks: &[[u8; B]; 8]) -> F8 {
+        // SAFETY: the words start at 0, B, .., 7B and end 4 <= B bytes later, inside the
+        // eight blocks `blocks` borrows.
+        unsafe { gather_f16(blocks.as_flattened(), strides(B)) }
+    }
+
+    /// Asks for the weights [`PREFETCH`] bytes ahead of `p` (past the row end this is the next
+    /// row of a GEMV; a prefetch never faults).
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn prefetch_blocks(p: *const i8) {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH))
     }
 
     /// Prefetches the cache line at `p` into [`FLOAT_HINT`] (a hint: it never faults).
