@@ -20,6 +20,12 @@
 //! function a safe `#[target_feature]` function that calls the vocabulary safely, with no new
 //! `unsafe` and the same code generation as the hand-written pair it replaces.
 //!
+//! Left per ISA: the quantized GEMV drivers (`dot8_rows` on AVX2, `dot4_rows` on NEON, with
+//! their `gemv_quant`/`gemv_group_quant` loops). They put *rows* in lanes, eight per `__m256`
+//! (one gather for the scales) against four per `float32x4_t` (sixteen accumulator registers
+//! would be needed for eight), so sharing them would need a second, row-vector vocabulary for
+//! about forty lines each; the block kernels, `transpose_sum` and quantization are ISA-specific.
+//!
 //! The vocabulary (`F8`: eight f32 lanes; `I8`: eight i32 lanes, also the lane masks, all
 //! ones or zero; `FLOAT_ROWS`: float GEMV rows in flight):
 //! - `splat(f32) -> F8`, `ld8(&[f32; 8]) -> F8`, `st8(&mut [f32; 8], F8)`;
