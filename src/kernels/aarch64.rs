@@ -6,7 +6,9 @@
 //! sums (`smull`/`sadalp`, or `sdot`), scale them in lane `b % 8` and reduce canonically. The
 //! quantized GEMV keeps four rows in the four lanes of a vector instead, with the eight
 //! canonical accumulators as eight vectors, so the final reduction is vertical adds. `exp` is a
-//! lane-wise transcription of libm's `expf`, so `silu` and `softmax` match too.
+//! lane-wise transcription of libm's `expf`, so `silu` and `softmax` match too. What is the same
+//! logic on AVX2 (`expf8`, `silu_mul`, `softmax`, the float drivers, `dot_blocks`) is written
+//! once in [`super::lanes`] over the eight-lane vocabulary `imp` defines on pairs of vectors.
 //!
 //! NEON is part of the aarch64 baseline: [`Neon`] is available whenever the build enables the
 //! `neon` target feature (every aarch64 Linux/macOS target) on a little-endian target; its
@@ -371,10 +373,10 @@ mod imp {
     use core::arch::aarch64::*;
     use core::arch::asm;
 
-    use super::{scalar, Act};
-    use crate::kernels::{Kernels, Out, Scalar};
+    use super::Act;
+    use crate::kernels::Out;
     use crate::model::Matrix;
-    use crate::quant::{round_to_f16, GgmlType, QK};
+    use crate::quant::{round_to_f16, QK};
 
     // ---- loads and stores on fixed-size arrays (the only raw-pointer accesses) ----
 
@@ -387,18 +389,18 @@ mod imp {
 
     #[inline]
     #[target_feature(enable = "neon")]
-    fn ld8(a: &[f32; 8]) -> (float32x4_t, float32x4_t) {
+    fn ld8(a: &[f32; 8]) -> F8 {
         // SAFETY: 8 readable f32.
         unsafe { (vld1q_f32(a.as_ptr()), vld1q_f32(a.as_ptr().add(4))) }
     }
 
     #[inline]
     #[target_feature(enable = "neon")]
-    fn st8(a: &mut [f32; 8], lo: float32x4_t, hi: float32x4_t) {
+    fn st8(a: &mut [f32; 8], v: F8) {
         // SAFETY: 8 writable f32.
         unsafe {
-            vst1q_f32(a.as_mut_ptr(), lo);
-            vst1q_f32(a.as_mut_ptr().add(4), hi);
+            vst1q_f32(a.as_mut_ptr(), v.0);
+            vst1q_f32(a.as_mut_ptr().add(4), v.1);
         }
     }
 
@@ -412,7 +414,7 @@ mod imp {
     /// Eight little-endian f32 from 32 bytes (aarch64 here is little-endian).
     #[inline]
     #[target_feature(enable = "neon")]
-    fn ld8_le(b: &[u8; 32]) -> (float32x4_t, float32x4_t) {
+    fn ld8_le(b: &[u8; 32]) -> F8 {
         // SAFETY: 32 readable bytes; vld1q has no alignment requirement beyond the element's,
         // and reading f32 lanes from bytes is allowed for unaligned addresses on aarch64
         // (the pointer cast only changes the element type the intrinsic reads).
@@ -494,27 +496,13 @@ mod imp {
         out
     }
 
-    #[inline]
-    #[target_feature(enable = "neon")]
-    fn f16x8(h: uint16x8_t) -> (float32x4_t, float32x4_t) {
-        (f16x4_v(vget_low_u16(h)), f16x4_v(vget_high_u16(h)))
-    }
-
-    #[inline]
-    #[target_feature(enable = "neon")]
-    fn bf16x8(h: uint16x8_t) -> (float32x4_t, float32x4_t) {
-        let lo = vshll_n_u16::<16>(vget_low_u16(h));
-        let hi = vshll_n_u16::<16>(vget_high_u16(h));
-        (vreinterpretq_f32_u32(lo), vreinterpretq_f32_u32(hi))
-    }
-
     // ---- reductions ----
 
-    /// [`scalar::reduce8`] on lanes 0-3 (`lo`) and 4-7 (`hi`).
+    /// [`scalar::reduce8`](crate::kernels::scalar::reduce8): `(l0+l4, ..)`, `(s0+s2, s1+s3)`, `t0+t1`.
     #[inline]
     #[target_feature(enable = "neon")]
-    fn reduce8(lo: float32x4_t, hi: float32x4_t) -> f32 {
-        let s = vaddq_f32(lo, hi);
+    fn reduce8(v: F8) -> f32 {
+        let s = vaddq_f32(v.0, v.1);
         let t = vadd_f32(vget_low_f32(s), vget_high_f32(s));
         vget_lane_f32::<0>(t) + vget_lane_f32::<1>(t)
     }
@@ -537,60 +525,6 @@ mod imp {
         let acc = vpadalq_s16(acc, vmull_high_s8(w0, x0));
         let acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(w1), vget_low_s8(x1)));
         vpadalq_s16(acc, vmull_high_s8(w1, x1))
-    }
-
-    /// A quantized row times a Q8_0 activation: block `b` scaled into lane `b % 8` as
-    /// `sumi as f32 * (dw * dx)`, lanes reduced canonically.
-    #[inline]
-    #[target_feature(enable = "neon")]
-    pub(super) fn dot_blocks<const B: usize>(
-        blocks: &[[u8; B]],
-        xq: &[[i8; QK]],
-        xd: &[f32],
-        block: impl Fn(&[u8; B], &[i8; QK]) -> int32x4_t,
-    ) -> f32 {
-        let n = blocks.len().min(xq.len()).min(xd.len());
-        let (blocks, xq, xd) = (&blocks[..n], &xq[..n], &xd[..n]);
-        let (bg, bt) = blocks.as_chunks::<8>();
-        let (xg, xt) = xq.as_chunks::<8>();
-        let (dg, dt) = xd.as_chunks::<8>();
-        let (mut lo, mut hi) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
-        for ((b, x), dx) in bg.iter().zip(xg).zip(dg) {
-            let v: [int32x4_t; 8] = core::array::from_fn(|i| block(&b[i], &x[i]));
-            let (v_lo, v_hi) = v.split_at(4);
-            let s_lo = vcvtq_f32_s32(transpose_sum(v_lo.try_into().unwrap()));
-            let s_hi = vcvtq_f32_s32(transpose_sum(v_hi.try_into().unwrap()));
-            let dw_lo = f16x4(core::array::from_fn(|i| le16(&b[i])));
-            let dw_hi = f16x4(core::array::from_fn(|i| le16(&b[4 + i])));
-            let (dx_lo, dx_hi) = ld8(dx);
-            lo = vaddq_f32(lo, vmulq_f32(s_lo, vmulq_f32(dw_lo, dx_lo)));
-            hi = vaddq_f32(hi, vmulq_f32(s_hi, vmulq_f32(dw_hi, dx_hi)));
-        }
-        if bt.is_empty() {
-            return reduce8(lo, hi);
-        }
-        let mut lanes = [0.0f32; 8];
-        st8(&mut lanes, lo, hi);
-        for (((b, x), &dx), l) in bt.iter().zip(xt).zip(dt).zip(lanes.iter_mut()) {
-            let dw = crate::quant::f16_to_f32(le16(b));
-            *l += vaddvq_s32(block(b, x)) as f32 * (dw * dx);
-        }
-        let (lo, hi) = ld8(&lanes);
-        reduce8(lo, hi)
-    }
-
-    /// [`dot_blocks`] on byte rows.
-    #[inline]
-    #[target_feature(enable = "neon")]
-    pub(super) fn dot_quant<const B: usize>(
-        row: &[u8],
-        xq: &[i8],
-        xd: &[f32],
-        block: impl Fn(&[u8; B], &[i8; QK]) -> int32x4_t,
-    ) -> f32 {
-        let (blocks, _) = row.as_chunks::<B>();
-        let (xq, _) = xq.as_chunks::<QK>();
-        dot_blocks(blocks, xq, xd, block)
     }
 
     quant_entry_points!("neon");
@@ -699,184 +633,122 @@ mod imp {
         }
     }
 
-    // ---- float dot products ----
+    // ---- the eight-lane vocabulary of the shared kernels (super::super::lanes) ----
 
-    /// `R` rows at once (independent accumulator chains), each given by its `n / 8` chunks of
-    /// eight weights widened to f32 and a tail of `n % 8` weights; lane `l` of row `r`
-    /// accumulates `w * x` exactly as the scalar loop does.
-    #[inline]
-    #[target_feature(enable = "neon")]
-    fn dot_rows<const R: usize>(
-        x: &[f32],
-        load: impl Fn(usize, usize) -> (float32x4_t, float32x4_t),
-        tail: impl Fn(usize, usize) -> f32,
-    ) -> [f32; R] {
-        let (xc, xt) = x.as_chunks::<8>();
-        let mut lo = [vdupq_n_f32(0.0); R];
-        let mut hi = [vdupq_n_f32(0.0); R];
-        for (c, xv) in xc.iter().enumerate() {
-            let (x_lo, x_hi) = ld8(xv);
-            for r in 0..R {
-                let (w_lo, w_hi) = load(r, c);
-                lo[r] = vaddq_f32(lo[r], vmulq_f32(w_lo, x_lo));
-                hi[r] = vaddq_f32(hi[r], vmulq_f32(w_hi, x_hi));
-            }
-        }
-        core::array::from_fn(|r| {
-            if xt.is_empty() {
-                return reduce8(lo[r], hi[r]);
-            }
-            let mut lanes = [0.0f32; 8];
-            st8(&mut lanes, lo[r], hi[r]);
-            for (l, (lane, &xv)) in lanes.iter_mut().zip(xt).enumerate() {
-                *lane += tail(r, 8 * xc.len() + l) * xv;
-            }
-            let (a, b) = ld8(&lanes);
-            reduce8(a, b)
-        })
-    }
-
-    fn le_f32(b: &[u8], i: usize) -> f32 {
-        f32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
-    }
-
-    /// F32 rows (`row.len() == 4 * x.len()` each).
-    #[inline]
-    #[target_feature(enable = "neon")]
-    pub(super) fn dot_f32_rows<const R: usize>(rows: [&[u8]; R], x: &[f32]) -> [f32; R] {
-        let rc = rows.map(|r| r.as_chunks::<32>().0);
-        dot_rows::<R>(x, |r, c| ld8_le(&rc[r][c]), |r, i| le_f32(rows[r], i))
-    }
-
-    /// F16 rows (`row.len() == 2 * x.len()` each).
-    #[inline]
-    #[target_feature(enable = "neon")]
-    pub(super) fn dot_f16_rows<const R: usize>(rows: [&[u8]; R], x: &[f32]) -> [f32; R] {
-        let rc = rows.map(|r| r.as_chunks::<16>().0);
-        dot_rows::<R>(
-            x,
-            |r, c| f16x8(ld8_u16(&rc[r][c])),
-            |r, i| crate::quant::f16_to_f32(le16(&rows[r][2 * i..])),
-        )
-    }
-
-    /// BF16 rows (`row.len() == 2 * x.len()` each).
-    #[inline]
-    #[target_feature(enable = "neon")]
-    pub(super) fn dot_bf16_rows<const R: usize>(rows: [&[u8]; R], x: &[f32]) -> [f32; R] {
-        let rc = rows.map(|r| r.as_chunks::<16>().0);
-        dot_rows::<R>(
-            x,
-            |r, c| bf16x8(ld8_u16(&rc[r][c])),
-            |r, i| crate::quant::bf16_to_f32(le16(&rows[r][2 * i..])),
-        )
-    }
+    /// Eight f32 lanes: lanes 0-3, lanes 4-7.
+    type F8 = (float32x4_t, float32x4_t);
+    /// Eight i32 lanes (and lane masks): lanes 0-3, lanes 4-7.
+    type I8 = (int32x4_t, int32x4_t);
 
     /// Float GEMV rows in flight.
     const FLOAT_ROWS: usize = 4;
 
-    /// One float row (any consistent type) or the scalar fallback.
-    #[target_feature(enable = "neon")]
-    fn dot_float_row(ty: GgmlType, row: &[u8], a: &Act<'_>) -> f32 {
-        match ty {
-            GgmlType::F32 if row.len() == 4 * a.x.len() => dot_f32_rows::<1>([row], a.x)[0],
-            GgmlType::F16 if row.len() == 2 * a.x.len() => dot_f16_rows::<1>([row], a.x)[0],
-            GgmlType::BF16 if row.len() == 2 * a.x.len() => dot_bf16_rows::<1>([row], a.x)[0],
-            _ => Scalar::dot_row(ty, row, a),
-        }
-    }
-
-    /// Float GEMV: [`FLOAT_ROWS`] rows at a time when the shapes are consistent.
-    #[target_feature(enable = "neon")]
-    pub(super) fn gemv_float(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
-        let rows = w.rows;
-        let out = &mut out[..rows];
-        let consistent = w.cols == a.x.len() && w.row_bytes() * rows == w.data.len();
-        let many = |r0: usize| -> [f32; FLOAT_ROWS] {
-            let rs: [&[u8]; FLOAT_ROWS] = core::array::from_fn(|i| w.row(r0 + i));
-            match w.ty {
-                GgmlType::F32 => dot_f32_rows(rs, a.x),
-                GgmlType::F16 => dot_f16_rows(rs, a.x),
-                _ => dot_bf16_rows(rs, a.x),
+    /// Declares lane operations that apply one NEON operation `$f` to both halves.
+    macro_rules! halves {
+        ($(fn $name:ident($($a:ident: $t:ty),*) -> $r:ty = $f:expr;)*) => {$(
+            #[inline]
+            #[target_feature(enable = "neon")]
+            fn $name($($a: $t),*) -> $r {
+                ($f($($a.0),*), $f($($a.1),*))
             }
-        };
-        let full = if consistent {
-            rows / FLOAT_ROWS * FLOAT_ROWS
-        } else {
-            0
-        };
-        let (groups, _) = out[..full].as_chunks_mut::<FLOAT_ROWS>();
-        for (g, o) in groups.iter_mut().enumerate() {
-            *o = many(FLOAT_ROWS * g);
-        }
-        for (r, o) in out.iter_mut().enumerate().skip(full) {
-            *o = dot_float_row(w.ty, w.row(r), a);
-        }
+        )*};
     }
 
-    /// Grouped float GEMV: the default loops with the NEON row dots.
+    halves! {
+        fn add(a: F8, b: F8) -> F8 = vaddq_f32;
+        fn sub(a: F8, b: F8) -> F8 = vsubq_f32;
+        fn mul(a: F8, b: F8) -> F8 = vmulq_f32;
+        fn div(a: F8, b: F8) -> F8 = vdivq_f32;
+        fn neg(a: F8) -> F8 = vnegq_f32;
+        fn max(a: F8, b: F8) -> F8 = |a, b| vbslq_f32(vcgtq_f32(a, b), a, b);
+        fn sel(m: I8, a: F8, b: F8) -> F8 = |m, a, b| vbslq_f32(vreinterpretq_u32_s32(m), a, b);
+        fn iadd(a: I8, b: I8) -> I8 = vaddq_s32;
+        fn isub(a: I8, b: I8) -> I8 = vsubq_s32;
+        fn iand(a: I8, b: I8) -> I8 = vandq_s32;
+        fn iandnot(a: I8, b: I8) -> I8 = |a, b| vbicq_s32(b, a);
+        fn igt(a: I8, b: I8) -> I8 = |a, b| vreinterpretq_s32_u32(vcgtq_s32(a, b));
+        fn isel(m: I8, a: I8, b: I8) -> I8 = |m, a, b| vbslq_s32(vreinterpretq_u32_s32(m), a, b);
+        fn shl23(a: I8) -> I8 = vshlq_n_s32::<23>;
+        fn to_bits(a: F8) -> I8 = vreinterpretq_s32_f32;
+        fn from_bits(a: I8) -> F8 = vreinterpretq_f32_s32;
+        fn trunc_i32(a: F8) -> I8 = vcvtq_s32_f32;
+        fn to_f32(a: I8) -> F8 = vcvtq_f32_s32;
+    }
+
+    #[inline]
     #[target_feature(enable = "neon")]
-    pub(super) fn gemv_group_float(
-        w: &Matrix<'_>,
-        batch: &Act<'_>,
-        members: &[u32],
-        in_div: usize,
-        out: &mut Out<'_>,
-    ) {
-        for r in 0..w.rows {
-            let row = w.row(r);
-            for &p in members {
-                let p = p as usize;
-                out.set(
-                    p,
-                    r,
-                    dot_float_row(w.ty, row, &batch.item(w.cols, p / in_div)),
-                );
-            }
-        }
+    fn splat(v: f32) -> F8 {
+        (vdupq_n_f32(v), vdupq_n_f32(v))
     }
 
+    #[inline]
     #[target_feature(enable = "neon")]
-    pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let (a, b) = (&a[..n], &b[..n]);
-        let (ac, at) = a.as_chunks::<8>();
-        let (mut lo, mut hi) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
-        for (x, y) in ac.iter().zip(b.as_chunks::<8>().0) {
-            let ((x0, x1), (y0, y1)) = (ld8(x), ld8(y));
-            lo = vaddq_f32(lo, vmulq_f32(x0, y0));
-            hi = vaddq_f32(hi, vmulq_f32(x1, y1));
-        }
-        if at.is_empty() {
-            return reduce8(lo, hi);
-        }
-        let mut lanes = [0.0f32; 8];
-        st8(&mut lanes, lo, hi);
-        for ((l, x), y) in lanes.iter_mut().zip(at).zip(&b[n - at.len()..]) {
-            *l += x * y;
-        }
-        let (lo, hi) = ld8(&lanes);
-        reduce8(lo, hi)
+    fn isplat(v: i32) -> I8 {
+        (vdupq_n_s32(v), vdupq_n_s32(v))
     }
 
-    // ---- element-wise kernels ----
-
+    /// All-ones in lanes `< t`, zero elsewhere.
+    #[inline]
     #[target_feature(enable = "neon")]
-    pub(super) fn axpy(out: &mut [f32], a: f32, v: &[f32]) {
-        let n = out.len().min(v.len());
-        let (out, v) = (&mut out[..n], &v[..n]);
-        let av = vdupq_n_f32(a);
-        let (oc, ot) = out.as_chunks_mut::<4>();
-        let (vc, vt) = v.as_chunks::<4>();
-        for (o, x) in oc.iter_mut().zip(vc) {
-            let r = vaddq_f32(ld4(o), vmulq_f32(av, ld4(x)));
-            st4(o, r);
-        }
-        for (o, &x) in ot.iter_mut().zip(vt) {
-            *o += a * x;
-        }
+    fn lane_mask(t: usize) -> I8 {
+        let t = vdupq_n_f32(t as f32);
+        let m = |i: &[f32; 4]| vreinterpretq_s32_u32(vcltq_f32(ld4(i), t));
+        (m(&[0.0, 1.0, 2.0, 3.0]), m(&[4.0, 5.0, 6.0, 7.0]))
     }
 
+    /// Eight IEEE halves widened to f32 (`fcvtl`: exact).
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn ld8_f16(b: &[u8; 16]) -> F8 {
+        let h = ld8_u16(b);
+        (f16x4_v(vget_low_u16(h)), f16x4_v(vget_high_u16(h)))
+    }
+
+    /// Eight bfloat16 widened to f32 (a 16-bit shift).
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn ld8_bf16(b: &[u8; 16]) -> F8 {
+        let h = ld8_u16(b);
+        let lo = vshll_n_u16::<16>(vget_low_u16(h));
+        let hi = vshll_n_u16::<16>(vget_high_u16(h));
+        (vreinterpretq_f32_u32(lo), vreinterpretq_f32_u32(hi))
+    }
+
+    type Blk = int32x4_t;
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn hsum(v: Blk) -> i32 {
+        vaddvq_s32(v)
+    }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn block_sums8(v: &[Blk; 8]) -> F8 {
+        let s = |v: &[Blk]| vcvtq_f32_s32(transpose_sum(&[v[0], v[1], v[2], v[3]]));
+        (s(&v[..4]), s(&v[4..]))
+    }
+
+    /// Eight consecutive block scales of one row.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn scales8<const B: usize>(b: &[[u8; B]; 8]) -> F8 {
+        let h = |i: usize| f16x4(core::array::from_fn(|j| le16(&b[i + j])));
+        (h(0), h(4))
+    }
+
+    /// The quantized dot products do not prefetch on aarch64.
+    #[inline(always)]
+    fn prefetch_blocks(_: *const i8) {}
+
+    /// The float GEMV does not prefetch on aarch64.
+    #[inline(always)]
+    fn prefetch_next_rows(_: *const i8) {}
+
+    super::super::lanes::lane_kernels!("neon");
+
+    /// [`Kernels::rmsnorm`](crate::kernels::Kernels::rmsnorm): the sum of squares is
+    /// [`dot_f32`]`(x, x)` (the specification's canonical lanes), then `(x * scale) * w`.
     #[target_feature(enable = "neon")]
     pub(super) fn rmsnorm(out: &mut [f32], x: &[f32], w: &[u8], eps: f32) -> f32 {
         let n = x.len();
@@ -884,139 +756,17 @@ mod imp {
         let scale = 1.0 / libm::sqrtf(ss + eps);
         let m = out.len().min(n).min(w.len() / 4);
         let (out, x, w) = (&mut out[..m], &x[..m], &w[..4 * m]);
-        let sv = vdupq_n_f32(scale);
+        let sv = splat(scale);
         let (oc, ot) = out.as_chunks_mut::<8>();
         let (xc, xt) = x.as_chunks::<8>();
         let (wc, wt) = w.as_chunks::<32>();
         for ((o, xv), wv) in oc.iter_mut().zip(xc).zip(wc) {
-            let ((x0, x1), (w0, w1)) = (ld8(xv), ld8_le(wv));
-            let r0 = vmulq_f32(vmulq_f32(x0, sv), w0);
-            let r1 = vmulq_f32(vmulq_f32(x1, sv), w1);
-            st8(o, r0, r1);
+            st8(o, mul(mul(ld8(xv), sv), ld8_le(wv)));
         }
-        for (i, (o, &v)) in ot.iter_mut().zip(xt).enumerate() {
-            *o = (v * scale) * le_f32(wt, i);
+        for ((o, &v), wv) in ot.iter_mut().zip(xt).zip(wt.chunks_exact(4)) {
+            *o = (v * scale) * super::super::lanes::le_f32(wv);
         }
         ss
-    }
-
-    /// libm's `expf` (FreeBSD `e_expf.c`) on four lanes: the same operations in the same
-    /// order, branches turned into selects, so every lane is bit-identical to `libm::expf`.
-    #[inline]
-    #[target_feature(enable = "neon")]
-    pub(super) fn expf4(x: float32x4_t) -> float32x4_t {
-        // libm's constants, by their bits.
-        const LN2_HI: f32 = f32::from_bits(0x3f31_7200);
-        const LN2_LO: f32 = f32::from_bits(0x35bf_be8e);
-        const INV_LN2: f32 = f32::from_bits(0x3fb8_aa3b);
-        const P1: f32 = f32::from_bits(0x3e2a_aa8f);
-        const P2: f32 = f32::from_bits(0xbb35_5215);
-        let f = vdupq_n_f32;
-        let i = vdupq_n_s32;
-        let bits = vreinterpretq_u32_f32(x);
-        let hx = vandq_u32(bits, vdupq_n_u32(0x7fff_ffff));
-        let neg = vcltq_s32(vreinterpretq_s32_u32(bits), i(0));
-        let gt = |v: u32| vcgtq_u32(hx, vdupq_n_u32(v));
-
-        // Argument reduction: k and (hi, lo) when |x| > 0.5 ln2, else k = 0, hi = x, lo = 0.
-        let half = vbslq_f32(neg, f(-0.5), f(0.5));
-        let k_far = vcvtq_s32_f32(vaddq_f32(vmulq_f32(f(INV_LN2), x), half));
-        let k_near = vbslq_s32(neg, i(-1), i(1));
-        let k = vbslq_s32(gt(0x3f85_1592), k_far, k_near);
-        let reduce = gt(0x3eb1_7218);
-        let k = vandq_s32(k, vreinterpretq_s32_u32(reduce));
-        let kf = vcvtq_f32_s32(k);
-        let hi_r = vsubq_f32(x, vmulq_f32(kf, f(LN2_HI)));
-        let lo_r = vmulq_f32(kf, f(LN2_LO));
-        let xr = vbslq_f32(reduce, vsubq_f32(hi_r, lo_r), x);
-        let hi = vbslq_f32(reduce, hi_r, x);
-        let lo = vbslq_f32(reduce, lo_r, f(0.0));
-
-        let xx = vmulq_f32(xr, xr);
-        let c = vsubq_f32(xr, vmulq_f32(xx, vaddq_f32(f(P1), vmulq_f32(xx, f(P2)))));
-        let q = vdivq_f32(vmulq_f32(xr, c), vsubq_f32(f(2.0), c));
-        let y = vaddq_f32(f(1.0), vaddq_f32(vsubq_f32(q, lo), hi));
-
-        // scalbnf(y, k): prescale by 2^127 when k > 127, by 2^-102 when k < -126 (as libm).
-        let big = vcgtq_s32(k, i(127));
-        let small = vcltq_s32(k, i(-126));
-        let pre = vbslq_f32(big, f(f32::from_bits(0x7f00_0000)), f(1.0));
-        let pre = vbslq_f32(small, f(f32::from_bits(0x0c80_0000)), pre);
-        let n = vbslq_s32(big, vsubq_s32(k, i(127)), k);
-        let n = vbslq_s32(small, vaddq_s32(k, i(102)), n);
-        let scale = vreinterpretq_f32_s32(vshlq_n_s32::<23>(vaddq_s32(n, i(127))));
-        let mut r = vmulq_f32(vmulq_f32(y, pre), scale);
-
-        // |x| <= 2^-14: 1 + x.
-        let tiny = vcleq_u32(hx, vdupq_n_u32(0x3900_0000));
-        r = vbslq_f32(tiny, vaddq_f32(f(1.0), x), r);
-        // x >= 88.72: x * 2^127 (overflow to inf); x <= -103.97: 0; NaN: x.
-        let over = vbicq_u32(gt(0x42b1_7217), neg);
-        r = vbslq_f32(over, vmulq_f32(x, f(f32::from_bits(0x7f00_0000))), r);
-        let under = vandq_u32(neg, gt(0x42cf_f1b4));
-        r = vbslq_f32(under, f(0.0), r);
-        vbslq_f32(gt(0x7f80_0000), x, r)
-    }
-
-    #[target_feature(enable = "neon")]
-    pub(super) fn silu_mul(gate: &mut [f32], up: &[f32]) {
-        let n = gate.len().min(up.len());
-        let (gate, up) = (&mut gate[..n], &up[..n]);
-        let (gc, gt) = gate.as_chunks_mut::<4>();
-        let (uc, ut) = up.as_chunks::<4>();
-        for (g, u) in gc.iter_mut().zip(uc) {
-            let z = ld4(g);
-            let e = expf4(vnegq_f32(z));
-            let s = vdivq_f32(z, vaddq_f32(vdupq_n_f32(1.0), e));
-            st4(g, vmulq_f32(s, ld4(u)));
-        }
-        for (g, &u) in gt.iter_mut().zip(ut) {
-            *g = scalar::silu(*g) * u;
-        }
-    }
-
-    #[target_feature(enable = "neon")]
-    pub(super) fn softmax(x: &mut [f32]) -> f32 {
-        // Max: lane-wise with the scalar fold's own step (`v > m`), so NaN is skipped. Only the
-        // sign of a zero maximum can depend on the order, and `v - (+0)` and `v - (-0)` have
-        // the same exp.
-        let (xc, xt) = x.as_chunks_mut::<4>();
-        let mut m4 = vdupq_n_f32(f32::NEG_INFINITY);
-        for c in xc.iter() {
-            let v = ld4(c);
-            m4 = vbslq_f32(vcgtq_f32(v, m4), v, m4);
-        }
-        let mut lanes = [0.0f32; 4];
-        st4(&mut lanes, m4);
-        let mut max = f32::NEG_INFINITY;
-        for &v in lanes.iter().chain(xt.iter()) {
-            if v > max {
-                max = v;
-            }
-        }
-        let mv = vdupq_n_f32(max);
-        for c in xc.iter_mut() {
-            let v = expf4(vsubq_f32(ld4(c), mv));
-            st4(c, v);
-        }
-        for v in xt.iter_mut() {
-            *v = libm::expf(*v - max);
-        }
-        // The sum stays sequential in index order (the specification).
-        let mut sum = 0.0f32;
-        for &v in x.iter() {
-            sum += v;
-        }
-        let sv = vdupq_n_f32(sum);
-        let (xc, xt) = x.as_chunks_mut::<4>();
-        for c in xc.iter_mut() {
-            let v = vdivq_f32(ld4(c), sv);
-            st4(c, v);
-        }
-        for v in xt.iter_mut() {
-            *v /= sum;
-        }
-        sum
     }
 
     /// [`crate::quant::quantize_q8_0`]: `amax` lane-wise (`fmaxnm`, NaN skipped, as the scalar

@@ -14,6 +14,8 @@ pub mod aarch64;
 pub mod arm_dsp;
 #[cfg(all(target_arch = "arm", feature = "helium"))]
 pub mod arm_mve;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod lanes;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 #[cfg(target_arch = "x86_64")]

@@ -18,6 +18,9 @@
 //!   sequential as specified; top-k and RMSNorm keep the scalar kernel (BENCHMARKS.md has the
 //!   kernel x ISA table).
 //!
+//! The kernels that are the same logic on NEON are written once in [`super::lanes`] over the
+//! eight-lane vocabulary `imp` defines (one-line `#[target_feature]` wrappers of intrinsics).
+//!
 //! One input is outside the `vpsignb` trick: a Q8_0 *activation* holding -128 (which
 //! `quantize_q8_0` produces only for blocks whose scale underflows); such calls take the scalar
 //! kernel, so results stay bit-identical for every input.
@@ -102,7 +105,10 @@ impl Kernels for Avx2 {
         if row.len() != 4 * x.len() {
             return scalar::dot_f32_row(row, x);
         }
-        dispatch!(imp::dot_f32_row(row, x), scalar::dot_f32_row(row, x))
+        dispatch!(
+            imp::dot_f32_rows::<1>([row], x)[0],
+            scalar::dot_f32_row(row, x)
+        )
     }
 
     #[inline(always)]
@@ -111,7 +117,7 @@ impl Kernels for Avx2 {
             return scalar::dot_half_row(row, x, crate::quant::f16_to_f32);
         }
         dispatch!(
-            imp::dot_f16_row(row, x),
+            imp::dot_f16_rows::<1>([row], x)[0],
             scalar::dot_half_row(row, x, crate::quant::f16_to_f32)
         )
     }
@@ -122,7 +128,7 @@ impl Kernels for Avx2 {
             return scalar::dot_half_row(row, x, crate::quant::bf16_to_f32);
         }
         dispatch!(
-            imp::dot_bf16_row(row, x),
+            imp::dot_bf16_rows::<1>([row], x)[0],
             scalar::dot_half_row(row, x, crate::quant::bf16_to_f32)
         )
     }
@@ -195,8 +201,7 @@ impl Kernels for Avx2 {
 pub(super) mod imp {
     use core::arch::x86_64::*;
 
-    use super::super::{Act, Kernels, Out};
-    use crate::kernels::scalar;
+    use super::super::{Act, Out};
     use crate::model::Matrix;
     use crate::quant::{round_to_f16, GgmlType, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK};
 
@@ -259,11 +264,6 @@ pub(super) mod imp {
     fn q4_nibbles(b: &[u8; Q4_0_BLOCK_BYTES]) -> __m128i {
         // SAFETY: bytes 2..18 of the 18-byte block are readable.
         unsafe { _mm_loadu_si128(b.as_ptr().add(2).cast()) }
-    }
-
-    #[inline(always)]
-    fn le16(b: &[u8]) -> u16 {
-        u16::from_le_bytes([b[0], b[1]])
     }
 
     // ---- reductions ----
@@ -362,66 +362,16 @@ pub(super) mod imp {
         _mm256_setr_epi32(0, s, 2 * s, 3 * s, 4 * s, 5 * s, 6 * s, 7 * s)
     }
 
-    /// Eight consecutive block scales of one row.
-    #[inline]
-    #[target_feature(enable = "avx2,f16c")]
-    fn scales<const B: usize>(blocks: &[[u8; B]; 8]) -> __m256 {
-        // SAFETY: the words start at 0, B, .., 7B and end 4 <= B bytes later, inside the
-        // eight blocks `blocks` borrows.
-        unsafe { gather_f16(blocks.as_flattened(), strides(B)) }
-    }
-
-    /// Quantized row times Q8_0 activation, given a block kernel: block `b` scaled into lane
-    /// `b % 8` as `sumi as f32 * (dw * dx)`, lanes reduced canonically.
-    #[inline]
-    #[target_feature(enable = "avx2,f16c")]
-    fn dot_blocks<const B: usize>(
-        blocks: &[[u8; B]],
-        xq: &[[i8; QK]],
-        xd: &[f32],
-        block: impl Fn(&[u8; B], &[i8; QK]) -> __m256i,
-    ) -> f32 {
-        let n = blocks.len().min(xq.len()).min(xd.len());
-        let (blocks, xq, xd) = (&blocks[..n], &xq[..n], &xd[..n]);
-        let (bg, bt) = blocks.as_chunks::<8>();
-        let (xg, xt) = xq.as_chunks::<8>();
-        let (dg, dt) = xd.as_chunks::<8>();
-        let mut acc = _mm256_setzero_ps();
-        for ((b, x), dx) in bg.iter().zip(xg).zip(dg) {
-            // Ask for the weights PREFETCH bytes ahead (past the row end this is the next
-            // row of a GEMV; a prefetch never faults).
-            _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().cast::<i8>().wrapping_add(PREFETCH));
-            let v: [__m256i; 8] = core::array::from_fn(|i| block(&b[i], &x[i]));
-            let sumi = _mm256_cvtepi32_ps(transpose_sum(&v));
-            let scale = _mm256_mul_ps(scales(b), ld8(dx));
-            acc = _mm256_add_ps(acc, _mm256_mul_ps(sumi, scale));
-        }
-        if bt.is_empty() {
-            return reduce8(acc);
-        }
-        let mut lanes = [0.0f32; 8];
-        st8(&mut lanes, acc);
-        for (((b, x), &dx), l) in bt.iter().zip(xt).zip(dt).zip(lanes.iter_mut()) {
-            let dw = crate::quant::f16_to_f32(le16(b));
-            *l += hsum_i32(block(b, x)) as f32 * (dw * dx);
-        }
-        reduce8(ld8(&lanes))
-    }
-
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
     pub(in crate::kernels) fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-        let (blocks, _) = row.as_chunks::<Q8_0_BLOCK_BYTES>();
-        let (xq, _) = xq.as_chunks::<QK>();
-        dot_blocks(blocks, xq, xd, |b, x| block_q8(b, x))
+        dot_quant::<Q8_0_BLOCK_BYTES>(row, xq, xd, |b, x| block_q8(b, x))
     }
 
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
     pub(in crate::kernels) fn dot_q4_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-        let (blocks, _) = row.as_chunks::<Q4_0_BLOCK_BYTES>();
-        let (xq, _) = xq.as_chunks::<QK>();
-        dot_blocks(blocks, xq, xd, |b, x| block_q4(b, x))
+        dot_quant::<Q4_0_BLOCK_BYTES>(row, xq, xd, |b, x| block_q4(b, x))
     }
 
     /// Eight rows at once, one lane per row: `rows` holds eight rows of `stride` blocks one
@@ -511,244 +461,109 @@ pub(super) mod imp {
         }
     }
 
-    // ---- float dot products ----
+    // ---- the eight-lane vocabulary of the shared kernels (super::super::lanes) ----
 
-    /// All-ones in lanes `< t`, zero elsewhere.
-    #[inline]
-    #[target_feature(enable = "avx2,f16c")]
-    fn lane_mask(t: usize) -> __m256 {
-        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(t as i32), idx))
-    }
-
-    /// `R` rows at once (independent accumulators hide the add latency), each row given as
-    /// `n / 8` chunks of eight weights plus a tail of `t < 8` weights already widened to f32
-    /// (zero-padded). Lane `l` of row `r` accumulates `w * x` exactly as the scalar loop does.
-    ///
-    /// `rows` (chunks of `ch` bytes) are only used for prefetching: while chunk `c` of row `r`
-    /// is read, the same chunk of row `r + R` (the next call's rows, `R` rows further in a
-    /// contiguous matrix) is prefetched into L2, one cache line per row every `64 / ch` chunks.
-    /// Without it every call starts `R` short streams the hardware prefetcher must pick up
-    /// afresh, which cost half the bandwidth with 2 KiB rows.
-    #[inline]
-    #[target_feature(enable = "avx2,f16c")]
-    fn dot_rows<const R: usize>(
-        rows: [&[u8]; R],
-        ch: usize,
-        chunks: usize,
-        load: impl Fn(usize, usize) -> __m256,
-        tail: impl Fn(usize) -> (__m256, usize),
-        x: &[f32],
-    ) -> [f32; R] {
-        let (xc, xt) = x.as_chunks::<8>();
-        let mut acc = [_mm256_setzero_ps(); R];
-        let every = (64 / ch).max(1);
-        for (c, xv) in xc[..chunks].iter().enumerate() {
-            if c % every == 0 {
-                for row in &rows {
-                    let at = row.as_ptr().cast::<i8>();
-                    _mm_prefetch::<FLOAT_HINT>(at.wrapping_add(R * row.len() + c * ch));
-                }
-            }
-            let xv = ld8(xv);
-            for (r, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_add_ps(*a, _mm256_mul_ps(load(r, c), xv));
-            }
-        }
-        if !xt.is_empty() {
-            let mut xs = [0.0f32; 8];
-            xs[..xt.len()].copy_from_slice(xt);
-            let xv = ld8(&xs);
-            for (r, a) in acc.iter_mut().enumerate() {
-                let (w, t) = tail(r);
-                let m = lane_mask(t);
-                *a = _mm256_blendv_ps(*a, _mm256_add_ps(*a, _mm256_mul_ps(w, xv)), m);
-            }
-        }
-        acc.map(|a| reduce8(a))
-    }
-
-    /// Cache level the float GEMV prefetches the next rows into (L2: the distance is `R` rows,
-    /// up to 128 KiB ahead).
-    const FLOAT_HINT: i32 = _MM_HINT_T1;
-
-    /// Widened tail of a row: the last `t` elements of `row` (each `size` bytes) as f32.
-    #[inline(always)]
-    fn tail_f32(row: &[u8], size: usize, widen: impl Fn(&[u8]) -> f32) -> ([f32; 8], usize) {
-        let full = row.len() / size / 8 * 8;
-        let mut out = [0.0f32; 8];
-        let mut t = 0;
-        for (o, c) in out.iter_mut().zip(row[full * size..].chunks_exact(size)) {
-            *o = widen(c);
-            t += 1;
-        }
-        (out, t)
-    }
-
-    fn le_f32(c: &[u8]) -> f32 {
-        f32::from_le_bytes([c[0], c[1], c[2], c[3]])
-    }
-    fn le_f16(c: &[u8]) -> f32 {
-        crate::quant::f16_to_f32(le16(c))
-    }
-    fn le_bf16(c: &[u8]) -> f32 {
-        crate::quant::bf16_to_f32(le16(c))
-    }
-
-    /// F32 rows (`row.len() == 4 * x.len()` each).
-    #[inline]
-    #[target_feature(enable = "avx2,f16c")]
-    fn dot_f32_rows<const R: usize>(rows: [&[u8]; R], x: &[f32]) -> [f32; R] {
-        let chunks = x.len() / 8;
-        let rc = rows.map(|r| r.as_chunks::<32>().0);
-        dot_rows::<R>(
-            rows,
-            32,
-            chunks,
-            |r, c| ld8_le(&rc[r][c]),
-            |r| {
-                let (w, t) = tail_f32(rows[r], 4, le_f32);
-                (ld8(&w), t)
-            },
-            x,
-        )
-    }
-
-    /// F16 rows (`row.len() == 2 * x.len()` each): F16C widening is exact.
-    #[inline]
-    #[target_feature(enable = "avx2,f16c")]
-    fn dot_f16_rows<const R: usize>(rows: [&[u8]; R], x: &[f32]) -> [f32; R] {
-        let chunks = x.len() / 8;
-        let rc = rows.map(|r| r.as_chunks::<16>().0);
-        dot_rows::<R>(
-            rows,
-            16,
-            chunks,
-            |r, c| _mm256_cvtph_ps(ld16_u8(&rc[r][c])),
-            |r| {
-                let (w, t) = tail_f32(rows[r], 2, le_f16);
-                (ld8(&w), t)
-            },
-            x,
-        )
-    }
-
-    /// BF16 rows (`row.len() == 2 * x.len()` each): widening is a 16-bit shift.
-    #[inline]
-    #[target_feature(enable = "avx2,f16c")]
-    fn dot_bf16_rows<const R: usize>(rows: [&[u8]; R], x: &[f32]) -> [f32; R] {
-        let chunks = x.len() / 8;
-        let rc = rows.map(|r| r.as_chunks::<16>().0);
-        dot_rows::<R>(
-            rows,
-            16,
-            chunks,
-            |r, c| {
-                let h = _mm256_cvtepu16_epi32(ld16_u8(&rc[r][c]));
-                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(h))
-            },
-            |r| {
-                let (w, t) = tail_f32(rows[r], 2, le_bf16);
-                (ld8(&w), t)
-            },
-            x,
-        )
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,f16c")]
-    pub(in crate::kernels) fn dot_f32_row(row: &[u8], x: &[f32]) -> f32 {
-        dot_f32_rows::<1>([row], x)[0]
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,f16c")]
-    pub(in crate::kernels) fn dot_f16_row(row: &[u8], x: &[f32]) -> f32 {
-        dot_f16_rows::<1>([row], x)[0]
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,f16c")]
-    pub(in crate::kernels) fn dot_bf16_row(row: &[u8], x: &[f32]) -> f32 {
-        dot_bf16_rows::<1>([row], x)[0]
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,f16c")]
-    pub(in crate::kernels) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let (a, b) = (&a[..n], &b[..n]);
-        let (ac, at) = a.as_chunks::<8>();
-        let mut acc = _mm256_setzero_ps();
-        for (x, y) in ac.iter().zip(b.as_chunks::<8>().0) {
-            acc = _mm256_add_ps(acc, _mm256_mul_ps(ld8(x), ld8(y)));
-        }
-        if at.is_empty() {
-            return reduce8(acc);
-        }
-        let mut lanes = [0.0f32; 8];
-        st8(&mut lanes, acc);
-        for ((l, x), y) in lanes.iter_mut().zip(at).zip(&b[n - at.len()..]) {
-            *l += x * y;
-        }
-        reduce8(ld8(&lanes))
-    }
-
-    // ---- GEMV ----
-
-    /// One row of any type times the prepared activation.
-    #[inline]
-    #[target_feature(enable = "avx2,f16c")]
-    fn dot_row(ty: GgmlType, row: &[u8], a: &Act<'_>) -> f32 {
-        match ty {
-            GgmlType::Q8_0 => dot_q8_0(row, a.q, a.d),
-            GgmlType::Q4_0 => dot_q4_0(row, a.q, a.d),
-            GgmlType::F32 if row.len() == 4 * a.x.len() => dot_f32_row(row, a.x),
-            GgmlType::F16 if row.len() == 2 * a.x.len() => dot_f16_row(row, a.x),
-            GgmlType::BF16 if row.len() == 2 * a.x.len() => dot_bf16_row(row, a.x),
-            _ => crate::kernels::Scalar::dot_row(ty, row, a),
-        }
-    }
+    type F8 = __m256;
+    type I8 = __m256i;
 
     /// Rows in flight in the float GEMV: independent accumulator chains hide the add latency
     /// (each row's lanes are one sequential chain by specification).
     const FLOAT_ROWS: usize = 8;
 
-    /// Float rows [`FLOAT_ROWS`] at a time, then the rest one by one.
+    /// Cache level the float GEMV prefetches the next rows into (L2: the distance is `R` rows,
+    /// up to 128 KiB ahead).
+    const FLOAT_HINT: i32 = _MM_HINT_T1;
+
+    /// Declares one-line lane operations: `name(args) -> type = expression;`.
+    macro_rules! ops {
+        ($(fn $name:ident($($a:ident: $t:ty),*) -> $r:ty = $e:expr;)*) => {$(
+            #[inline]
+            #[target_feature(enable = "avx2,f16c")]
+            fn $name($($a: $t),*) -> $r {
+                $e
+            }
+        )*};
+    }
+
+    ops! {
+        fn splat(v: f32) -> F8 = _mm256_set1_ps(v);
+        fn add(a: F8, b: F8) -> F8 = _mm256_add_ps(a, b);
+        fn sub(a: F8, b: F8) -> F8 = _mm256_sub_ps(a, b);
+        fn mul(a: F8, b: F8) -> F8 = _mm256_mul_ps(a, b);
+        fn div(a: F8, b: F8) -> F8 = _mm256_div_ps(a, b);
+        fn neg(a: F8) -> F8 = _mm256_xor_ps(a, _mm256_set1_ps(-0.0));
+        // `vmaxps a, b` is `a > b ? a : b`.
+        fn max(a: F8, b: F8) -> F8 = _mm256_max_ps(a, b);
+        fn sel(m: I8, a: F8, b: F8) -> F8 = _mm256_blendv_ps(b, a, _mm256_castsi256_ps(m));
+        fn isplat(v: i32) -> I8 = _mm256_set1_epi32(v);
+        fn iadd(a: I8, b: I8) -> I8 = _mm256_add_epi32(a, b);
+        fn isub(a: I8, b: I8) -> I8 = _mm256_sub_epi32(a, b);
+        fn iand(a: I8, b: I8) -> I8 = _mm256_and_si256(a, b);
+        fn iandnot(a: I8, b: I8) -> I8 = _mm256_andnot_si256(a, b);
+        fn igt(a: I8, b: I8) -> I8 = _mm256_cmpgt_epi32(a, b);
+        fn isel(m: I8, a: I8, b: I8) -> I8 = _mm256_blendv_epi8(b, a, m);
+        fn shl23(a: I8) -> I8 = _mm256_slli_epi32::<23>(a);
+        fn to_bits(a: F8) -> I8 = _mm256_castps_si256(a);
+        fn from_bits(a: I8) -> F8 = _mm256_castsi256_ps(a);
+        fn trunc_i32(a: F8) -> I8 = _mm256_cvttps_epi32(a);
+        fn to_f32(a: I8) -> F8 = _mm256_cvtepi32_ps(a);
+        fn lane_mask(t: usize) -> I8 =
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(t as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        // F16C widening is exact; bf16 widening is a 16-bit shift.
+        fn ld8_f16(b: &[u8; 16]) -> F8 = _mm256_cvtph_ps(ld16_u8(b));
+        fn ld8_bf16(b: &[u8; 16]) -> F8 =
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(ld16_u8(b))));
+    }
+
+    type Blk = __m256i;
+
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    fn gemv_float(
-        w: &Matrix<'_>,
-        a: &Act<'_>,
-        out: &mut [f32],
-        many: impl Fn([&[u8]; FLOAT_ROWS], &[f32]) -> [f32; FLOAT_ROWS],
-    ) {
-        let rows = w.rows;
-        let (groups, _) = out[..rows].as_chunks_mut::<FLOAT_ROWS>();
-        let full = groups.len() * FLOAT_ROWS;
-        for (g, o) in groups.iter_mut().enumerate() {
-            *o = many(core::array::from_fn(|i| w.row(FLOAT_ROWS * g + i)), a.x);
-        }
-        for (r, o) in out[full..rows].iter_mut().enumerate() {
-            *o = dot_row(w.ty, w.row(full + r), a);
-        }
+    fn hsum(v: Blk) -> i32 {
+        hsum_i32(v)
     }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn block_sums8(v: &[Blk; 8]) -> F8 {
+        _mm256_cvtepi32_ps(transpose_sum(v))
+    }
+
+    /// Eight consecutive block scales of one row.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn scales8<const B: usize>(blocks: &[[u8; B]; 8]) -> F8 {
+        // SAFETY: the words start at 0, B, .., 7B and end 4 <= B bytes later, inside the
+        // eight blocks `blocks` borrows.
+        unsafe { gather_f16(blocks.as_flattened(), strides(B)) }
+    }
+
+    /// Asks for the weights [`PREFETCH`] bytes ahead of `p` (past the row end this is the next
+    /// row of a GEMV; a prefetch never faults).
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn prefetch_blocks(p: *const i8) {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH))
+    }
+
+    /// Prefetches the cache line at `p` into [`FLOAT_HINT`] (a hint: it never faults).
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn prefetch_next_rows(p: *const i8) {
+        _mm_prefetch::<FLOAT_HINT>(p)
+    }
+
+    super::super::lanes::lane_kernels!("avx2,f16c");
+
+    // ---- GEMV ----
 
     /// `out[r] = row_r(w) . a` (callers exclude -128 in a Q8_0 activation of a Q8_0 matrix).
     #[target_feature(enable = "avx2,f16c")]
     pub(in crate::kernels) fn gemv(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
-        let consistent = w.cols == a.x.len() && w.row_bytes() * w.rows == w.data.len();
         match w.ty {
             GgmlType::Q8_0 => gemv_quant::<Q8_0_BLOCK_BYTES>(w, a, out, |b, x| block_q8(b, x)),
             GgmlType::Q4_0 => gemv_quant::<Q4_0_BLOCK_BYTES>(w, a, out, |b, x| block_q4(b, x)),
-            GgmlType::F32 if consistent => gemv_float(w, a, out, |r, x| dot_f32_rows(r, x)),
-            GgmlType::F16 if consistent => gemv_float(w, a, out, |r, x| dot_f16_rows(r, x)),
-            GgmlType::BF16 if consistent => gemv_float(w, a, out, |r, x| dot_bf16_rows(r, x)),
-            _ => {
-                for (r, o) in out[..w.rows].iter_mut().enumerate() {
-                    *o = dot_row(w.ty, w.row(r), a);
-                }
-            }
+            _ => gemv_float(w, a, out),
         }
     }
 
@@ -791,33 +606,7 @@ pub(super) mod imp {
             }
             return;
         }
-        for r in 0..w.rows {
-            let row = w.row(r);
-            for &p in members {
-                let p = p as usize;
-                let a = batch.item(w.cols, p / in_div);
-                out.set(p, r, dot_row(w.ty, row, &a));
-            }
-        }
-    }
-
-    // ---- element-wise kernels ----
-
-    #[inline]
-    #[target_feature(enable = "avx2,f16c")]
-    pub(in crate::kernels) fn axpy(out: &mut [f32], a: f32, v: &[f32]) {
-        let n = out.len().min(v.len());
-        let (out, v) = (&mut out[..n], &v[..n]);
-        let av = _mm256_set1_ps(a);
-        let (oc, ot) = out.as_chunks_mut::<8>();
-        let (vc, vt) = v.as_chunks::<8>();
-        for (o, x) in oc.iter_mut().zip(vc) {
-            let r = _mm256_add_ps(ld8(o), _mm256_mul_ps(av, ld8(x)));
-            st8(o, r);
-        }
-        for (o, &x) in ot.iter_mut().zip(vt) {
-            *o += a * x;
-        }
+        gemv_group_float(w, batch, members, in_div, out);
     }
 
     /// [`Kernels::scores`]: eight positions at a time, each its own eight-lane chain as in
@@ -894,128 +683,6 @@ pub(super) mod imp {
                 *o += wp * x;
             }
         }
-    }
-
-    /// libm's `expf` (FreeBSD `e_expf.c`) on eight lanes: the same operations in the same
-    /// order, branches turned into selects, so every lane is bit-identical to `libm::expf`.
-    #[inline]
-    #[target_feature(enable = "avx2,f16c")]
-    pub(in crate::kernels) fn expf8(x: __m256) -> __m256 {
-        // libm's constants, by their bits.
-        const LN2_HI: f32 = f32::from_bits(0x3f31_7200);
-        const LN2_LO: f32 = f32::from_bits(0x35bf_be8e);
-        const INV_LN2: f32 = f32::from_bits(0x3fb8_aa3b);
-        const P1: f32 = f32::from_bits(0x3e2a_aa8f);
-        const P2: f32 = f32::from_bits(0xbb35_5215);
-        let f = _mm256_set1_ps;
-        let i = _mm256_set1_epi32;
-        let bits = _mm256_castps_si256(x);
-        let hx = _mm256_and_si256(bits, i(0x7fff_ffff));
-        let neg = _mm256_cmpgt_epi32(_mm256_setzero_si256(), bits);
-        let gt = |v: i32| _mm256_cmpgt_epi32(hx, i(v));
-        let sel = |m: __m256i, a: __m256, b: __m256| _mm256_blendv_ps(b, a, _mm256_castsi256_ps(m));
-
-        // Argument reduction: k and (hi, lo) when |x| > 0.5 ln2, else k = 0, hi = x, lo = 0.
-        let half = sel(neg, f(-0.5), f(0.5));
-        let k_far = _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(f(INV_LN2), x), half));
-        let sign = _mm256_srli_epi32::<31>(bits);
-        let k_near = _mm256_sub_epi32(i(1), _mm256_add_epi32(sign, sign));
-        let k = _mm256_blendv_epi8(k_near, k_far, gt(0x3f85_1592));
-        let reduce = gt(0x3eb1_7218);
-        let k = _mm256_and_si256(k, reduce);
-        let kf = _mm256_cvtepi32_ps(k);
-        let hi_r = _mm256_sub_ps(x, _mm256_mul_ps(kf, f(LN2_HI)));
-        let lo_r = _mm256_mul_ps(kf, f(LN2_LO));
-        let xr = sel(reduce, _mm256_sub_ps(hi_r, lo_r), x);
-        let hi = sel(reduce, hi_r, x);
-        let lo = sel(reduce, lo_r, f(0.0));
-
-        let xx = _mm256_mul_ps(xr, xr);
-        let c = _mm256_sub_ps(
-            xr,
-            _mm256_mul_ps(xx, _mm256_add_ps(f(P1), _mm256_mul_ps(xx, f(P2)))),
-        );
-        let q = _mm256_div_ps(_mm256_mul_ps(xr, c), _mm256_sub_ps(f(2.0), c));
-        let y = _mm256_add_ps(f(1.0), _mm256_add_ps(_mm256_sub_ps(q, lo), hi));
-
-        // scalbnf(y, k): prescale by 2^127 when k > 127, by 2^-102 when k < -126 (as libm).
-        let big = _mm256_cmpgt_epi32(k, i(127));
-        let small = _mm256_cmpgt_epi32(i(-126), k);
-        let pre = sel(big, f(f32::from_bits(0x7f00_0000)), f(1.0));
-        let pre = sel(small, f(f32::from_bits(0x0c80_0000)), pre);
-        let n = _mm256_blendv_epi8(k, _mm256_sub_epi32(k, i(127)), big);
-        let n = _mm256_blendv_epi8(n, _mm256_add_epi32(k, i(102)), small);
-        let scale = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(n, i(127))));
-        let mut r = _mm256_mul_ps(_mm256_mul_ps(y, pre), scale);
-
-        // |x| <= 2^-14: 1 + x.
-        let tiny = _mm256_cmpgt_epi32(i(0x3900_0001), hx);
-        r = sel(tiny, _mm256_add_ps(f(1.0), x), r);
-        // x >= 88.72: x * 2^127 (overflow to inf); x <= -103.97: 0; NaN: x.
-        let over = _mm256_andnot_si256(neg, gt(0x42b1_7217));
-        r = sel(over, _mm256_mul_ps(x, f(f32::from_bits(0x7f00_0000))), r);
-        let under = _mm256_and_si256(neg, gt(0x42cf_f1b4));
-        r = sel(under, f(0.0), r);
-        sel(gt(0x7f80_0000), x, r)
-    }
-
-    #[target_feature(enable = "avx2,f16c")]
-    pub(in crate::kernels) fn silu_mul(gate: &mut [f32], up: &[f32]) {
-        let n = gate.len().min(up.len());
-        let (gate, up) = (&mut gate[..n], &up[..n]);
-        let (gc, gt) = gate.as_chunks_mut::<8>();
-        let (uc, ut) = up.as_chunks::<8>();
-        let one = _mm256_set1_ps(1.0);
-        let sign = _mm256_set1_ps(-0.0);
-        for (g, u) in gc.iter_mut().zip(uc) {
-            let z = ld8(g);
-            let e = expf8(_mm256_xor_ps(z, sign));
-            let s = _mm256_div_ps(z, _mm256_add_ps(one, e));
-            st8(g, _mm256_mul_ps(s, ld8(u)));
-        }
-        for (g, &u) in gt.iter_mut().zip(ut) {
-            *g = scalar::silu(*g) * u;
-        }
-    }
-
-    #[target_feature(enable = "avx2,f16c")]
-    pub(in crate::kernels) fn softmax(x: &mut [f32]) -> f32 {
-        // Max: lane-wise, NaN skipped (as the scalar fold). Only the sign of a zero maximum
-        // can depend on the order, and `v - (+0)` and `v - (-0)` have the same exp.
-        let (xc, xt) = x.as_chunks_mut::<8>();
-        let mut m8 = _mm256_set1_ps(f32::NEG_INFINITY);
-        for c in xc.iter() {
-            m8 = _mm256_max_ps(ld8(c), m8); // second operand kept when the first is NaN
-        }
-        let mut lanes = [0.0f32; 8];
-        st8(&mut lanes, m8);
-        let mut max = f32::NEG_INFINITY;
-        for &v in lanes.iter().chain(xt.iter()) {
-            if v > max {
-                max = v;
-            }
-        }
-        let mv = _mm256_set1_ps(max);
-        for c in xc.iter_mut() {
-            st8(c, expf8(_mm256_sub_ps(ld8(c), mv)));
-        }
-        for v in xt.iter_mut() {
-            *v = libm::expf(*v - max);
-        }
-        // The sum stays sequential in index order (the specification).
-        let mut sum = 0.0f32;
-        for &v in x.iter() {
-            sum += v;
-        }
-        let sv = _mm256_set1_ps(sum);
-        let (xc, xt) = x.as_chunks_mut::<8>();
-        for c in xc.iter_mut() {
-            st8(c, _mm256_div_ps(ld8(c), sv));
-        }
-        for v in xt.iter_mut() {
-            *v /= sum;
-        }
-        sum
     }
 
     /// `roundf` (half away from zero) of each lane: `t = trunc(v)`, plus `copysign(1, v)` when
