@@ -367,23 +367,37 @@ fn attention<K: Kernels>(
         q.in_q,
         q.in_d,
     );
-    // Keys and values go straight to their cache slots: positions pos0..pos0 + n.
-    let slots = (l * st.ctx + pos0) * kvd..(l * st.ctx + pos0 + n) * kvd;
     pass.mm_batch::<K>(&layer.wq, &a, members, n, &mut s.q[..n * q_dim]);
-    pass.mm_batch::<K>(&layer.wk, &a, members, n, &mut st.kv.key[slots.clone()]);
-    pass.mm_batch::<K>(&layer.wv, &a, members, n, &mut st.kv.value[slots.clone()]);
     for t in 0..n {
         let (cos, sin) = st.attn.rope[t * hd..(t + 1) * hd].split_at(half);
         rope(&mut s.q[t * q_dim..(t + 1) * q_dim], hd, cos, sin);
-        let k = &mut st.kv.key[slots.start + t * kvd..slots.start + (t + 1) * kvd];
-        rope(k, hd, cos, sin);
+    }
+    // Keys (rotated) and values of the batch into their cache slots, positions pos0..pos0 + n
+    // of each kv head: the cache is `[layer][kv head][position][head_dim]`, so one head's
+    // positions are contiguous for the attention kernels. `xb2` is free until attention.
+    let kv = &mut s.xb2[..n * kvd];
+    for (w, cache, rotate) in [
+        (&layer.wk, &mut *st.kv.key, true),
+        (&layer.wv, &mut *st.kv.value, false),
+    ] {
+        pass.mm_batch::<K>(w, &a, members, n, kv);
+        for (t, v) in kv.chunks_exact_mut(kvd).enumerate() {
+            if rotate {
+                let (cos, sin) = st.attn.rope[t * hd..(t + 1) * hd].split_at(half);
+                rope(v, hd, cos, sin);
+            }
+            for (kvh, head) in v.chunks_exact(hd).enumerate() {
+                let at = ((l * c.n_kv_heads + kvh) * st.ctx + pos0 + t) * hd;
+                cache[at..at + hd].copy_from_slice(head);
+            }
+        }
     }
 
     // Token t attends positions 0..=pos0 + t, head by head (heads split over threads).
     let inv_sqrt_hd = 1.0 / libm::sqrtf(hd as f32);
     let group = c.n_heads / c.n_kv_heads;
-    let layer_base = l * st.ctx * kvd;
-    let (keys, values) = (&*st.kv.key, &*st.kv.value);
+    let layer_base = l * c.n_kv_heads * st.ctx * hd;
+    let (keys, values, st_ctx) = (&*st.kv.key, &*st.kv.value, st.ctx);
     let finite = AtomicBool::new(true);
     for t in 0..n {
         let len = pos0 + t + 1;
@@ -402,16 +416,16 @@ fn attention<K: Kernels>(
             (&mut s.xb2[t * q_dim..(t + 1) * q_dim], hd),
             &|h, att, out| {
                 let qh = &qt[h * hd..(h + 1) * hd];
-                let kv_off = layer_base + (h / group) * hd;
+                let kv_off = layer_base + (h / group) * st_ctx * hd;
                 let att = &mut att[..len];
-                K::scores(qh, &keys[kv_off..], kvd, inv_sqrt_hd, att);
+                K::scores(qh, &keys[kv_off..], hd, inv_sqrt_hd, att);
                 // A -inf score would silently get the weight 0.
                 if !att.iter().all(|a| a.is_finite()) {
                     finite.store(false, Ordering::Relaxed);
                     return;
                 }
                 K::softmax(att);
-                K::weighted_rows(att, &values[kv_off..], kvd, out);
+                K::weighted_rows(att, &values[kv_off..], hd, out);
             },
         );
         if !finite.load(Ordering::Relaxed) {

@@ -229,7 +229,8 @@ pub(crate) struct Routes<'b> {
     pub(crate) gates: &'b mut [f32],
 }
 
-/// The KV cache, `[layer][pos][kv_dim]` each.
+/// The KV cache, `[layer][kv head][pos][head_dim]` each (one head's positions contiguous, as
+/// the attention kernels read them).
 #[derive(Debug)]
 pub(crate) struct KvCache<'b> {
     /// Keys (RoPE applied).
@@ -475,8 +476,8 @@ impl<'b> State<'b> {
         Some((self.routes.idx.get(r.clone())?, self.routes.gates.get(r)?))
     }
 
-    /// The KV cache, keys then values, each `[layer][position][kv_dim]` over the state's whole
-    /// context (positions at and after [`State::pos`] hold stale or zero data).
+    /// The KV cache, keys then values, each `[layer][kv head][position][head_dim]` over the
+    /// state's whole context (positions at and after [`State::pos`] hold stale or zero data).
     pub fn kv_cache(&self) -> (&[f32], &[f32]) {
         (self.kv.key, self.kv.value)
     }

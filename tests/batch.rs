@@ -194,11 +194,12 @@ fn bad_batches_and_thread_counts_are_errors_that_change_nothing() {
     state.reset();
     exec.forward_batch(&model, &mut state, &[1, 2, 3]).unwrap();
     assert_eq!(state.logits(), &before[..]);
-    let n = 3 * model.config.kv_dim();
-    let c = 8 * model.config.kv_dim();
-    for l in 0..model.config.n_layers {
-        assert_eq!(state.kv_cache().0[l * c..l * c + n], k0[l * c..l * c + n]);
-        assert_eq!(state.kv_cache().1[l * c..l * c + n], v0[l * c..l * c + n]);
+    // The cache is [layer][kv head][position][head_dim]: positions 0..3 of every head.
+    let (hd, ctx) = (model.config.head_dim, 8);
+    for lh in 0..model.config.n_layers * model.config.n_kv_heads {
+        let r = lh * ctx * hd..lh * ctx * hd + 3 * hd;
+        assert_eq!(state.kv_cache().0[r.clone()], k0[r.clone()]);
+        assert_eq!(state.kv_cache().1[r.clone()], v0[r]);
     }
 }
 
