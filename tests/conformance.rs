@@ -744,40 +744,51 @@ fn check_gemv<K: Kernels>(isa: Isa) {
         } else {
             &[1, 8, 13, 32, 37, 64]
         };
-        for &cols in col_options {
-            for rows in [0usize, 1, 3, 4, 5, 9, 17] {
-                let data = random_matrix_bytes(&mut rng, ty, rows, cols);
-                let w = Matrix {
-                    ty,
-                    rows,
-                    cols,
-                    data: &data,
-                };
-                let x: Vec<f32> = (0..cols).map(|_| rng.unit() * 2.0).collect();
-                let (mut q, mut d) = (vec![0i8; cols], vec![0.0f32; cols.div_ceil(QK)]);
-                let (mut q2, mut d2) = (q.clone(), d.clone());
-                let a = K::prepare(&x, &[ty], &mut q, &mut d);
-                let s = Scalar::prepare(&x, &[ty], &mut q2, &mut d2);
-                assert_eq!(a.q, s.q, "{}: prepare", isa.name());
-                assert_same_slice(isa, "prepare scales", a.d, s.d);
-                let mut got = vec![0.0; rows];
-                let mut want = vec![0.0; rows];
-                K::gemv(&w, &a, &mut got);
-                Scalar::gemv(&w, &s, &mut want);
-                assert_same_slice(
+        // Shapes as given, and matrices of at least 64 KiB with short rows (8, 9, 15 and 17
+        // blocks): below that size the AVX-512 GEMV hands over to AVX2, so its own short-row
+        // paths need matrices this large to run.
+        let mut shapes: Vec<(usize, usize)> = col_options
+            .iter()
+            .flat_map(|&c| [0usize, 1, 3, 4, 5, 9, 17].map(|r| (r, c)))
+            .collect();
+        if ty.is_quantized() {
+            for blocks in [8usize, 9, 15, 17] {
+                let rows = (64usize << 10).div_ceil(ty.row_bytes(blocks * QK));
+                shapes.extend([(rows, blocks * QK), (rows + 3, blocks * QK)]);
+            }
+        }
+        for (rows, cols) in shapes {
+            let data = random_matrix_bytes(&mut rng, ty, rows, cols);
+            let w = Matrix {
+                ty,
+                rows,
+                cols,
+                data: &data,
+            };
+            let x: Vec<f32> = (0..cols).map(|_| rng.unit() * 2.0).collect();
+            let (mut q, mut d) = (vec![0i8; cols], vec![0.0f32; cols.div_ceil(QK)]);
+            let (mut q2, mut d2) = (q.clone(), d.clone());
+            let a = K::prepare(&x, &[ty], &mut q, &mut d);
+            let s = Scalar::prepare(&x, &[ty], &mut q2, &mut d2);
+            assert_eq!(a.q, s.q, "{}: prepare", isa.name());
+            assert_same_slice(isa, "prepare scales", a.d, s.d);
+            let mut got = vec![0.0; rows];
+            let mut want = vec![0.0; rows];
+            K::gemv(&w, &a, &mut got);
+            Scalar::gemv(&w, &s, &mut want);
+            assert_same_slice(
+                isa,
+                &format!("gemv {} {rows}x{cols}", ty.name()),
+                &got,
+                &want,
+            );
+            for r in 0..rows {
+                assert_same(
                     isa,
-                    &format!("gemv {} {rows}x{cols}", ty.name()),
-                    &got,
-                    &want,
+                    "dot_row",
+                    K::dot_row(ty, w.row(r), &a),
+                    Scalar::dot_row(ty, w.row(r), &s),
                 );
-                for r in 0..rows {
-                    assert_same(
-                        isa,
-                        "dot_row",
-                        K::dot_row(ty, w.row(r), &a),
-                        Scalar::dot_row(ty, w.row(r), &s),
-                    );
-                }
             }
         }
     }
