@@ -751,6 +751,10 @@ fn check_gemv<K: Kernels>(isa: Isa) {
             .iter()
             .flat_map(|&c| [0usize, 1, 3, 4, 5, 9, 17].map(|r| (r, c)))
             .collect();
+        if ty == GgmlType::F16 {
+            // At least 64 KiB, rows of 16k + 8 + 3 and 16k + 8 elements (the AVX-512 F16 GEMV).
+            shapes.extend([(37, 1003), (33, 1000), (41, 1024)]);
+        }
         if ty.is_quantized() {
             for blocks in [8usize, 9, 15, 17] {
                 let rows = (64usize << 10).div_ceil(ty.row_bytes(blocks * QK));
