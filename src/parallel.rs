@@ -15,7 +15,9 @@ pub trait Parallel: Sync {
     fn threads(&self) -> usize;
 
     /// Runs `task(0)`, .., `task(n - 1)`, each exactly once and in any order or concurrently,
-    /// and returns when all have finished.
+    /// and returns when all have finished. (The forward pass's tasks do not panic; if one does,
+    /// [`Serial`] propagates it at once, and `ThreadPool` runs the other tasks first and then
+    /// panics on the calling thread.)
     fn run(&self, n: usize, task: &(dyn Fn(usize) + Sync));
 }
 
@@ -315,8 +317,7 @@ mod pool {
                 let _g = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
                 s.wake.notify_all();
             }
-            let caught =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| take_tasks(s, task, n)));
+            let caught = take_tasks(s, task, n);
             // Every task is taken: close the job and wait for the workers that entered it.
             let entered = s.word.fetch_or(CLOSED, AcqRel) & ENTERED;
             let mut spins = 0u32;
@@ -328,7 +329,7 @@ mod pool {
                     std::thread::yield_now();
                 }
             }
-            if let Err(p) = caught {
+            if let Some(p) = caught {
                 std::panic::resume_unwind(p);
             }
             if s.panicked.swap(false, Relaxed) {
@@ -337,13 +338,23 @@ mod pool {
         }
     }
 
-    fn take_tasks(s: &Shared, task: &(dyn Fn(usize) + Sync), n: usize) {
+    /// Runs tasks until none is left; a panicking task does not stop the others. Returns the
+    /// first panic's payload.
+    fn take_tasks(
+        s: &Shared,
+        task: &(dyn Fn(usize) + Sync),
+        n: usize,
+    ) -> Option<std::boxed::Box<dyn core::any::Any + Send>> {
+        let mut panic = None;
         loop {
             let i = s.next.fetch_add(1, Relaxed);
             if i >= n {
-                break;
+                return panic;
             }
-            task(i);
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task(i)));
+            if let Err(p) = r {
+                panic.get_or_insert(p);
+            }
         }
     }
 
@@ -395,10 +406,7 @@ mod pool {
             let job = unsafe { *s.job.get() };
             // SAFETY: the task outlives our use of it: `run` waits for us to exit.
             let task = unsafe { &*job.task };
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                take_tasks(s, task, job.n)
-            }));
-            if r.is_err() {
+            if take_tasks(s, task, job.n).is_some() {
                 s.panicked.store(true, Relaxed);
             }
             s.exited.fetch_add(1, Release);

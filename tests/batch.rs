@@ -213,3 +213,27 @@ fn three_threads_match_one_thread() {
     assert_eq!(token_by_token(exec, path), want);
     check_batches(exec, path, &[6], &want, "x3");
 }
+
+/// A task that panics on a worker thread makes `run` panic on the caller, after every other
+/// task has finished, and the pool stays usable.
+#[test]
+fn pool_propagates_panics_and_survives() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let pool = ThreadPool::new(2).unwrap();
+    let done = AtomicUsize::new(0);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pool.run(16, &|i| {
+            if i == 7 {
+                panic!("task 7");
+            }
+            done.fetch_add(1, Ordering::Relaxed);
+        })
+    }));
+    assert!(r.is_err());
+    assert_eq!(done.load(Ordering::Relaxed), 15);
+    let again = AtomicUsize::new(0);
+    pool.run(64, &|_| {
+        again.fetch_add(1, Ordering::Relaxed);
+    });
+    assert_eq!(again.into_inner(), 64);
+}

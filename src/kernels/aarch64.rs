@@ -8,7 +8,7 @@
 //! canonical accumulators as eight vectors, so the final reduction is vertical adds. `exp` is a
 //! lane-wise transcription of libm's `expf`, so `silu` and `softmax` match too. What is the same
 //! logic on AVX2 (`expf8`, `silu_mul`, `softmax`, the float drivers, `dot_blocks`) is written
-//! once in [`super::lanes`] over the eight-lane vocabulary `imp` defines on pairs of vectors.
+//! once in `kernels/lanes.rs` over the eight-lane vocabulary `imp` defines on pairs of vectors.
 //!
 //! NEON is part of the aarch64 baseline: [`Neon`] is available whenever the build enables the
 //! `neon` target feature (every aarch64 Linux/macOS target) on a little-endian target; its

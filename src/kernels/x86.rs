@@ -18,7 +18,7 @@
 //!   sequential as specified; top-k and RMSNorm keep the scalar kernel (BENCHMARKS.md has the
 //!   kernel x ISA table).
 //!
-//! The kernels that are the same logic on NEON are written once in [`super::lanes`] over the
+//! The kernels that are the same logic on NEON are written once in `kernels/lanes.rs` over the
 //! eight-lane vocabulary `imp` defines (one-line `#[target_feature]` wrappers of intrinsics).
 //!
 //! One input is outside the `vpsignb` trick: a Q8_0 *activation* holding -128 (which
