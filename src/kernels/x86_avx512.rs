@@ -337,9 +337,9 @@ mod imp {
 
     // ---- one row, eight blocks per step ----
 
-    /// How far ahead of the current group the GEMV prefetches weights (past the row end: the
-    /// next rows, which are contiguous).
-    const PREFETCH: usize = 4096;
+    /// How far ahead of the current group the Q4_0 GEMV prefetches weights (past the row end:
+    /// the next rows, which are contiguous).
+    const Q4_PREFETCH: usize = 4096;
 
     /// Lane `i` of a group's block-sum vector holds block `PERM[i]` of the group.
     const PERM: [i32; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
@@ -520,10 +520,17 @@ mod imp {
         let n = row.len();
         let (groups, tail) = row.as_chunks::<8>();
         let mut acc = _mm256_setzero_ps();
+        // A row is one sequential stream (rows follow each other). Q8_0: no software prefetch;
+        // the hardware prefetchers follow the stream on their own once the weights are in huge
+        // pages (`ModelBytes::read`), and prefetching 2-8 KiB ahead into L1 or L2 measured
+        // 3-25% slower decode on the d = 1024 model. Q4_0 (compute-bound, half the bytes per
+        // block) still gains from an L1 prefetch 4 KiB ahead (BENCHMARKS.md).
         for (g, blocks) in groups.iter().enumerate() {
-            let at = blocks.as_ptr().cast::<i8>().wrapping_add(PREFETCH);
-            for k in 0..(8 * B).div_ceil(64) {
-                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(64 * k));
+            if B == Q4_0_BLOCK_BYTES {
+                let at = blocks.as_ptr().cast::<i8>().wrapping_add(Q4_PREFETCH);
+                for k in 0..(8 * B).div_ceil(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(64 * k));
+                }
             }
             let x = gx(g);
             acc = group::<B>(acc, blocks, &x, sums(blocks, g, &x));
