@@ -201,8 +201,8 @@ pub struct Out<'a> {
     _buf: core::marker::PhantomData<&'a mut [f32]>,
 }
 
-// SAFETY: an `Out` is a unique borrow of the elements of its row range (no two `Out`s made by
-// `split_rows` share an element), like a `&mut [f32]`, which is `Send` and `Sync`.
+// SAFETY: an `Out` is a unique borrow of the elements of its row range (`sub_rows`' contract
+// keeps the ranges of live outputs disjoint), like a `&mut [f32]`, which is `Send` and `Sync`.
 unsafe impl Send for Out<'_> {}
 // SAFETY: as above; `&Out` allows no writes.
 unsafe impl Sync for Out<'_> {}
@@ -224,19 +224,6 @@ impl<'a> Out<'a> {
     #[inline(always)]
     pub fn rows(&self) -> usize {
         self.rows
-    }
-
-    /// Splits off rows `[at, rows)` as a second output; `self` keeps `[0, at)` (`at` is clamped
-    /// to the row count).
-    pub fn split_rows(&mut self, at: usize) -> Out<'a> {
-        let at = at.min(self.rows);
-        let tail = Out {
-            start: self.start + at,
-            rows: self.rows - at,
-            ..*self
-        };
-        self.rows = at;
-        tail
     }
 
     /// Rows `r0..r1` of this output (clamped to its rows), as a second output over the same
