@@ -189,8 +189,9 @@ macro_rules! with_isa {
 ///
 /// Item-major outputs of different row ranges interleave in memory, so threads that split a
 /// product by rows cannot each hold a `&mut [f32]` of their part. An `Out` holds exactly the
-/// elements of its row range: [`Out::split_rows`] divides one into disjoint row ranges, and
-/// every write is bounds-checked against both the range and the buffer.
+/// elements of its row range: [`Out::sub_rows`] narrows one to a range (the thread split in
+/// `parallel` gives each thread a disjoint one), and every write is bounds-checked against both
+/// the range and the buffer.
 #[derive(Debug)]
 pub struct Out<'a> {
     ptr: core::ptr::NonNull<f32>,
