@@ -17,9 +17,9 @@
 //! time otherwise (`-C target-feature=+dotprod`), and reaches the instruction through `asm!`
 //! (the `vdotq_s32` intrinsic is not stable on Rust 1.95).
 
+use super::{same_as, Isa, Kernels, Out};
 #[cfg(all(target_feature = "neon", target_endian = "little"))]
 use super::{scalar, Act};
-use super::{Isa, Kernels, Out};
 #[cfg(all(target_feature = "neon", target_endian = "little"))]
 use crate::model::Matrix;
 #[cfg(all(target_feature = "neon", target_endian = "little"))]
@@ -173,25 +173,12 @@ macro_rules! with_sdot {
     };
 }
 
-/// [`Kernels`] methods that have no SDOT form: the [`Neon`] kernels, called with the same
-/// arguments.
-#[cfg(all(target_feature = "neon", target_endian = "little"))]
-macro_rules! same_as_neon {
-    ($(fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?;)*) => {
-        $(
-            #[inline(always)]
-            fn $name($($arg: $ty),*) $(-> $ret)? {
-                Neon::$name($($arg),*)
-            }
-        )*
-    };
-}
-
 #[cfg(all(target_feature = "neon", target_endian = "little"))]
 impl Kernels for NeonDotprod {
     const ISA: Isa = Isa::NeonDotprod;
 
-    same_as_neon! {
+    // The methods that have no SDOT form: the NEON kernels.
+    same_as! { Neon;
         fn quantize_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32]);
         fn dot_f32_row(row: &[u8], x: &[f32]) -> f32;
         fn dot_f16_row(row: &[u8], x: &[f32]) -> f32;

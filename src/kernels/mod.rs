@@ -21,6 +21,23 @@ pub mod x86;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_avx512;
 
+/// Writes [`Kernels`] methods that call kernel set `$base`'s method of the same name with the
+/// same arguments: for the methods an ISA shares with a narrower one (AVX-512 with AVX2, NEON
+/// with SDOT with plain NEON).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! same_as {
+    ($base:ident; $(fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?;)*) => {
+        $(
+            #[inline(always)]
+            fn $name($($arg: $ty),*) $(-> $ret)? {
+                $base::$name($($arg),*)
+            }
+        )*
+    };
+}
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+use same_as;
+
 use core::sync::atomic::{AtomicU8, Ordering};
 
 use crate::error::{Error, Result};

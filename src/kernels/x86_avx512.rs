@@ -33,7 +33,7 @@
 //! to small helpers with `// SAFETY:` comments.
 
 use super::x86::Avx2;
-use super::{scalar, Act, Isa, Kernels, Out, Scalar};
+use super::{same_as, scalar, Act, Isa, Kernels, Out, Scalar};
 use crate::model::Matrix;
 use crate::quant::GgmlType;
 
@@ -96,9 +96,18 @@ fn small(w: &Matrix<'_>) -> bool {
 impl Kernels for Avx512 {
     const ISA: Isa = Isa::Avx512;
 
-    #[inline(always)]
-    fn quantize_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32]) {
-        Avx2::quantize_q8_0(x, q, d)
+    // Everything but the quantized products: the AVX2 kernels.
+    same_as! { Avx2;
+        fn quantize_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32]);
+        fn dot_f32_row(row: &[u8], x: &[f32]) -> f32;
+        fn dot_f16_row(row: &[u8], x: &[f32]) -> f32;
+        fn dot_bf16_row(row: &[u8], x: &[f32]) -> f32;
+        fn dot_f32(a: &[f32], b: &[f32]) -> f32;
+        fn axpy(out: &mut [f32], a: f32, v: &[f32]);
+        fn scores(q: &[f32], keys: &[f32], stride: usize, scale: f32, out: &mut [f32]);
+        fn weighted_rows(w: &[f32], values: &[f32], stride: usize, out: &mut [f32]);
+        fn softmax(x: &mut [f32]) -> f32;
+        fn silu_mul(gate: &mut [f32], up: &[f32]);
     }
 
     #[inline(always)]
@@ -115,51 +124,6 @@ impl Kernels for Avx512 {
             imp::dot_q4_0(row, xq, xd),
             scalar::dot_q4_0_q8_0(row, xq, xd)
         )
-    }
-
-    #[inline(always)]
-    fn dot_f32_row(row: &[u8], x: &[f32]) -> f32 {
-        Avx2::dot_f32_row(row, x)
-    }
-
-    #[inline(always)]
-    fn dot_f16_row(row: &[u8], x: &[f32]) -> f32 {
-        Avx2::dot_f16_row(row, x)
-    }
-
-    #[inline(always)]
-    fn dot_bf16_row(row: &[u8], x: &[f32]) -> f32 {
-        Avx2::dot_bf16_row(row, x)
-    }
-
-    #[inline(always)]
-    fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-        Avx2::dot_f32(a, b)
-    }
-
-    #[inline(always)]
-    fn axpy(out: &mut [f32], a: f32, v: &[f32]) {
-        Avx2::axpy(out, a, v)
-    }
-
-    #[inline(always)]
-    fn scores(q: &[f32], keys: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
-        Avx2::scores(q, keys, stride, scale, out)
-    }
-
-    #[inline(always)]
-    fn weighted_rows(w: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
-        Avx2::weighted_rows(w, values, stride, out)
-    }
-
-    #[inline(always)]
-    fn softmax(x: &mut [f32]) -> f32 {
-        Avx2::softmax(x)
-    }
-
-    #[inline(always)]
-    fn silu_mul(gate: &mut [f32], up: &[f32]) {
-        Avx2::silu_mul(gate, up)
     }
 
     fn gemv(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
