@@ -65,47 +65,58 @@ impl Rng {
     }
 }
 
-/// An empty vector with room for `n` elements whose memory asks for transparent huge pages
-/// (Linux; a hint), as `ModelBytes::read` does for models: large buffers are then read without
-/// a TLB miss and a prefetcher restart every 4 KiB, for the GEMVs and the read probe alike.
-fn huge_vec<T>(n: usize) -> Vec<T> {
-    let v: Vec<T> = Vec::with_capacity(n);
-    #[cfg(target_os = "linux")]
-    {
-        let bytes = n * std::mem::size_of::<T>();
-        let start = (v.as_ptr() as usize).next_multiple_of(4096);
-        let end = (v.as_ptr() as usize + bytes) & !4095;
-        if bytes >= 4 << 20 && end > start {
-            // SAFETY: madvise only changes how the kernel backs these pages (whole pages inside
-            // the vector's untouched allocation); it reads or writes no memory.
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+/// `bytes` of memory that asks for huge pages, as models are read (`ModelBytes::read`), so
+/// the GEMVs and the read probe stream the same kind of memory.
+fn huge(bytes: usize) -> memmap2::MmapMut {
+    mhmoe::file::huge_page_memory(bytes).expect("allocating benchmark memory")
+}
+
+/// The read probe: `bytes` of huge-page memory holding a count, and its words.
+struct Probe(memmap2::MmapMut);
+
+impl Probe {
+    fn new(bytes: usize) -> Probe {
+        let mut m = huge(bytes);
+        for (i, w) in m.chunks_exact_mut(8).enumerate() {
+            w.copy_from_slice(&(i as u64).to_le_bytes());
         }
+        Probe(m)
     }
-    v
+
+    fn words(&self) -> &[u64] {
+        // SAFETY: every bit pattern is a valid u64; `align_to` puts only whole, aligned u64s in
+        // the middle part (all of it: the map is page-aligned and a multiple of 8 bytes long).
+        unsafe { self.0.align_to::<u64>().1 }
+    }
 }
 
 /// Random weights of `ty` (any bytes for the quants; scales about 0.01).
-fn weights(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
+fn weights(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> memmap2::MmapMut {
     let n = rows * cols;
-    let mut out = huge_vec(ty.row_bytes(cols) * rows);
+    let mut out = huge(ty.row_bytes(cols) * rows);
+    let mut at = 0;
+    let mut put = |b: &[u8]| {
+        out[at..at + b.len()].copy_from_slice(b);
+        at += b.len();
+    };
     match ty {
-        GgmlType::F32 => (0..n).for_each(|_| out.extend(rng.unit().to_le_bytes())),
+        GgmlType::F32 => (0..n).for_each(|_| put(&rng.unit().to_le_bytes())),
         GgmlType::F16 => {
-            (0..n).for_each(|_| out.extend(half::f16::from_f32(rng.unit()).to_bits().to_le_bytes()))
+            (0..n).for_each(|_| put(&half::f16::from_f32(rng.unit()).to_bits().to_le_bytes()))
         }
         GgmlType::BF16 => {
-            (0..n).for_each(|_| out.extend(((rng.unit().to_bits() >> 16) as u16).to_le_bytes()))
+            (0..n).for_each(|_| put(&((rng.unit().to_bits() >> 16) as u16).to_le_bytes()))
         }
         GgmlType::Q8_0 | GgmlType::Q4_0 => {
             let qbytes = ty.type_size() - 2;
             let mut quants = [0u8; 32];
             for _ in 0..n / QK {
                 let d = half::f16::from_f32(0.01 + 0.001 * rng.unit());
-                out.extend(d.to_bits().to_le_bytes());
+                put(&d.to_bits().to_le_bytes());
                 for c in quants.chunks_exact_mut(8) {
                     c.copy_from_slice(&rng.next().to_le_bytes());
                 }
-                out.extend(&quants[..qbytes]);
+                put(&quants[..qbytes]);
             }
         }
     }
@@ -117,7 +128,7 @@ struct Gemv {
     ty: GgmlType,
     rows: usize,
     cols: usize,
-    w: Vec<u8>,
+    w: memmap2::MmapMut,
     x: Vec<f32>,
     q: Vec<i8>,
     d: Vec<f32>,
@@ -460,8 +471,8 @@ fn speedup_table(cases: &mut [Case]) {
 
 /// The large Q8_0 GEMV against the read bandwidth of a `probe_mb` MiB buffer, interleaved.
 fn roofline(probe_mb: usize, rows: usize, cols: usize, rounds: usize) {
-    let mut buf: Vec<u64> = huge_vec(probe_mb * (1 << 20) / 8);
-    buf.extend((0..buf.capacity()).map(|i| i as u64));
+    let probe = Probe::new(probe_mb << 20);
+    let buf = probe.words();
     let g = Rc::new(Gemv::new(&mut Rng(3), GgmlType::Q8_0, rows, cols, 1));
     let isas = isas();
     let mut runs: Vec<Run> = isas
@@ -469,10 +480,10 @@ fn roofline(probe_mb: usize, rows: usize, cols: usize, rounds: usize) {
         .map(|&i| with_kernels!(i, gemv_run(g.clone())))
         .collect();
     let mut one = || {
-        black_box(read_sum_one_stream(black_box(&buf)));
+        black_box(read_sum_one_stream(black_box(buf)));
     };
     let mut eight = || {
-        black_box(read_sum(black_box(&buf)));
+        black_box(read_sum(black_box(buf)));
     };
     let mut fs: Vec<&mut dyn FnMut()> = vec![&mut one, &mut eight];
     fs.extend(runs.iter_mut().map(|r| &mut **r as &mut dyn FnMut()));
@@ -504,8 +515,8 @@ fn roofline_table(rounds: usize) {
     println!("\n| type | cols | rows | MiB | ISA | GB/s | % of read bandwidth |");
     println!("|---|---|---|---|---|---|---|");
     let isas = isas();
-    let mut buf: Vec<u64> = huge_vec(TABLE_BYTES / 8);
-    buf.extend((0..buf.capacity()).map(|i| i as u64));
+    let probe = Probe::new(TABLE_BYTES);
+    let buf = probe.words();
     let mut rng = Rng(4);
     for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::F16] {
         for cols in [1024, 2048, 4096, 8192] {
@@ -516,10 +527,10 @@ fn roofline_table(rounds: usize) {
                 .map(|&i| with_kernels!(i, gemv_run(g.clone())))
                 .collect();
             let mut one = || {
-                black_box(read_sum_one_stream(black_box(&buf)));
+                black_box(read_sum_one_stream(black_box(buf)));
             };
             let mut eight = || {
-                black_box(read_sum(black_box(&buf)));
+                black_box(read_sum(black_box(buf)));
             };
             let mut fs: Vec<&mut dyn FnMut()> = vec![&mut one, &mut eight];
             fs.extend(runs.iter_mut().map(|r| &mut **r as &mut dyn FnMut()));

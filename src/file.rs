@@ -33,9 +33,7 @@ impl ModelBytes {
         if len == 0 {
             return Ok(ModelBytes::Owned(Vec::new()));
         }
-        let mut mem = memmap2::MmapOptions::new().len(len).map_anon()?;
-        #[cfg(target_os = "linux")]
-        let _ = mem.advise(memmap2::Advice::HugePage); // a hint; without it pages are small
+        let mut mem = huge_page_memory(len)?;
         file.read_exact(&mut mem)?;
         let mut rest = [0u8; 1];
         if file.read(&mut rest)? != 0 {
@@ -70,6 +68,18 @@ impl ModelBytes {
     pub fn model(&self) -> Result<Model<'_>> {
         Model::from_bytes(self.bytes())
     }
+}
+
+/// `len` bytes of zeroed, page-aligned anonymous memory that asks the OS for transparent huge
+/// pages (`madvise(MADV_HUGEPAGE)` on Linux; a hint: where huge pages are not available the
+/// pages are small). Large buffers that are streamed (model weights, the KV cache, a benchmark's
+/// read probe) are then read without a TLB miss and a hardware-prefetcher restart every 4 KiB.
+/// [`ModelBytes::read`] and large [`StateBuffer`]s use it.
+pub fn huge_page_memory(len: usize) -> Result<memmap2::MmapMut> {
+    let mem = memmap2::MmapOptions::new().len(len.max(1)).map_anon()?;
+    #[cfg(target_os = "linux")]
+    let _ = mem.advise(memmap2::Advice::HugePage);
+    Ok(mem)
 }
 
 /// A heap buffer aligned for [`State`], sized for a model and context length.
@@ -114,13 +124,7 @@ impl StateBuffer {
         };
         let mem = if len >= HUGE_PAGE_MIN && !cfg!(miri) {
             // Page-aligned (more than State::ALIGN), zero-filled by the OS.
-            let mem = memmap2::MmapOptions::new()
-                .len(len)
-                .map_anon()
-                .map_err(|_| failed)?;
-            #[cfg(target_os = "linux")]
-            let _ = mem.advise(memmap2::Advice::HugePage); // a hint
-            StateMemory::Anon(mem)
+            StateMemory::Anon(huge_page_memory(len).map_err(|_| failed)?)
         } else {
             let n = len.div_ceil(16);
             let mut words = Vec::new();
