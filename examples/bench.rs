@@ -69,8 +69,8 @@ struct Sample {
 /// A buffer of `bytes` bytes for the bandwidth measurement, in memory like the model's
 /// ([`ModelBytes::read`] asks for huge pages, so this does too: the roofline is the read speed
 /// the model's memory can have), filled so that no page is left unmapped.
-fn read_buffer(bytes: usize) -> mhmoe::Result<memmap2::MmapMut> {
-    let mut mem = mhmoe::file::huge_page_memory(bytes.max(64))?;
+fn read_buffer(bytes: usize) -> Result<memmap2::MmapMut, String> {
+    let mut mem = mhmoe::file::huge_page_memory(bytes.max(64)).map_err(|e| e.to_string())?;
     for (i, b) in mem.iter_mut().enumerate() {
         *b = i as u8;
     }
