@@ -469,12 +469,10 @@ fn speedup_table(cases: &mut [Case]) {
     }
 }
 
-/// The large Q8_0 GEMV against the read bandwidth of a `probe_mb` MiB buffer, interleaved.
-fn roofline(probe_mb: usize, rows: usize, cols: usize, rounds: usize) {
-    let probe = Probe::new(probe_mb << 20);
+/// Interleaves one- and eight-stream reads of `probe` with the GEMV of `g` on each ISA; returns
+/// GB/s as (one stream, eight streams, per ISA).
+fn gemv_vs_probe(probe: &Probe, g: &Rc<Gemv>, isas: &[Isa], rounds: usize) -> (f64, f64, Vec<f64>) {
     let buf = probe.words();
-    let g = Rc::new(Gemv::new(&mut Rng(3), GgmlType::Q8_0, rows, cols, 1));
-    let isas = isas();
     let mut runs: Vec<Run> = isas
         .iter()
         .map(|&i| with_kernels!(i, gemv_run(g.clone())))
@@ -488,14 +486,21 @@ fn roofline(probe_mb: usize, rows: usize, cols: usize, rounds: usize) {
     let mut fs: Vec<&mut dyn FnMut()> = vec![&mut one, &mut eight];
     fs.extend(runs.iter_mut().map(|r| &mut **r as &mut dyn FnMut()));
     let t = interleaved(rounds, &mut fs);
-    let gbs = |bytes: usize, t: Duration| bytes as f64 / t.as_secs_f64() / 1e9;
-    let bw = gbs(buf.len() * 8, t[1]);
+    let gbs = |bytes: usize, t: &Duration| bytes as f64 / t.as_secs_f64() / 1e9;
+    let gemv = t[2..].iter().map(|t| gbs(g.w.len(), t)).collect();
+    (gbs(buf.len() * 8, &t[0]), gbs(buf.len() * 8, &t[1]), gemv)
+}
+
+/// The large Q8_0 GEMV against the read bandwidth of a `probe_mb` MiB buffer, interleaved.
+fn roofline(probe_mb: usize, rows: usize, cols: usize, rounds: usize) {
+    let probe = Probe::new(probe_mb << 20);
+    let g = Rc::new(Gemv::new(&mut Rng(3), GgmlType::Q8_0, rows, cols, 1));
+    let isas = isas();
+    let (one, bw, gemv) = gemv_vs_probe(&probe, &g, &isas, rounds);
     println!(
-        "\nread bandwidth, {probe_mb} MiB buffer: {bw:.2} GB/s with 8 streams, {:.2} GB/s with one",
-        gbs(buf.len() * 8, t[0])
+        "\nread bandwidth, {probe_mb} MiB buffer: {bw:.2} GB/s with 8 streams, {one:.2} GB/s with one"
     );
-    for (isa, t) in isas.iter().zip(&t[2..]) {
-        let r = gbs(g.w.len(), *t);
+    for (isa, r) in isas.iter().zip(gemv) {
         println!(
             "Q8_0 GEMV {rows}x{cols} ({} MiB) on {}: {r:.2} GB/s = {:.0}% of the read bandwidth",
             g.w.len() >> 20,
@@ -516,35 +521,18 @@ fn roofline_table(rounds: usize) {
     println!("|---|---|---|---|---|---|---|");
     let isas = isas();
     let probe = Probe::new(TABLE_BYTES);
-    let buf = probe.words();
     let mut rng = Rng(4);
     for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::F16] {
         for cols in [1024, 2048, 4096, 8192] {
             let rows = TABLE_BYTES / ty.row_bytes(cols);
             let g = Rc::new(Gemv::new(&mut rng, ty, rows, cols, 1));
-            let mut runs: Vec<Run> = isas
-                .iter()
-                .map(|&i| with_kernels!(i, gemv_run(g.clone())))
-                .collect();
-            let mut one = || {
-                black_box(read_sum_one_stream(black_box(buf)));
-            };
-            let mut eight = || {
-                black_box(read_sum(black_box(buf)));
-            };
-            let mut fs: Vec<&mut dyn FnMut()> = vec![&mut one, &mut eight];
-            fs.extend(runs.iter_mut().map(|r| &mut **r as &mut dyn FnMut()));
-            let t = interleaved(rounds, &mut fs);
-            let gbs = |bytes: usize, t: Duration| bytes as f64 / t.as_secs_f64() / 1e9;
-            let bw = gbs(buf.len() * 8, t[0]).max(gbs(buf.len() * 8, t[1]));
+            let (one, eight, gemv) = gemv_vs_probe(&probe, &g, &isas, rounds);
+            let bw = one.max(eight);
             println!(
-                "| read probe | | | {} | 1 stream / 8 streams | {:.2} / {:.2} | 100 |",
-                TABLE_BYTES >> 20,
-                gbs(buf.len() * 8, t[0]),
-                gbs(buf.len() * 8, t[1])
+                "| read probe | | | {} | 1 stream / 8 streams | {one:.2} / {eight:.2} | 100 |",
+                TABLE_BYTES >> 20
             );
-            for (isa, t) in isas.iter().zip(&t[2..]) {
-                let r = gbs(g.w.len(), *t);
+            for (isa, r) in isas.iter().zip(gemv) {
                 println!(
                     "| {} | {cols} | {rows} | {} | {} | {r:.2} | {:.0} |",
                     ty.name(),
