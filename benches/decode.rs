@@ -28,7 +28,7 @@ fn bench_mode() -> bool {
 /// Decodes tokens one after the other on `isa`, starting over when the context is full.
 fn bench_model(c: &mut Criterion, label: &str, bytes: &[u8]) {
     let model: Model<'_> = Model::from_bytes(bytes).expect("synthetic model loads");
-    let ctx = model.config.context_length.min(64);
+    let ctx = model.config().context_length().min(64);
     let mut buf = StateBuffer::for_model(&model, ctx).unwrap();
     let mut state = buf.state(&model, ctx).unwrap();
     mhmoe::forward_on(Isa::Scalar, &model, &mut state, 1).unwrap();
@@ -42,7 +42,7 @@ fn bench_model(c: &mut Criterion, label: &str, bytes: &[u8]) {
             per_token as f64 / 1e6
         );
     }
-    let vocab = model.config.vocab_size as u32;
+    let vocab = model.config().vocab_size() as u32;
     for isa in mhmoe::kernels::ALL_ISAS
         .into_iter()
         .filter(|i| i.is_available())
@@ -66,7 +66,7 @@ fn bench_model(c: &mut Criterion, label: &str, bytes: &[u8]) {
 /// minimum over rounds), so that a shared machine's load affects all ISAs alike.
 fn summary(label: &str, bytes: &[u8], rounds: usize) {
     let model: Model<'_> = Model::from_bytes(bytes).expect("model loads");
-    let ctx = model.config.context_length.min(64);
+    let ctx = model.config().context_length().min(64);
     let isas: Vec<Isa> = mhmoe::kernels::ALL_ISAS
         .into_iter()
         .filter(|i| i.is_available())
@@ -90,7 +90,7 @@ fn summary(label: &str, bytes: &[u8], rounds: usize) {
             black_box(read_sum(black_box(&probe)));
             probe_best = probe_best.min(t.elapsed().as_secs_f64());
         }
-        let token = (round as u32 * 7919 + 1) % model.config.vocab_size as u32;
+        let token = (round as u32 * 7919 + 1) % model.config().vocab_size() as u32;
         for ((isa, state), b) in isas.iter().zip(states.iter_mut()).zip(best.iter_mut()) {
             if state.pos() == ctx {
                 state.reset();

@@ -152,12 +152,7 @@ impl Gemv {
         }
     }
     fn matrix(&self) -> Matrix<'_> {
-        Matrix {
-            ty: self.ty,
-            rows: self.rows,
-            cols: self.cols,
-            data: &self.w,
-        }
+        Matrix::new(self.ty, self.rows, self.cols, &self.w).expect("a whole matrix")
     }
     fn act(&self) -> Act<'_> {
         Act {
@@ -204,7 +199,7 @@ fn group_run<K: Kernels>(g: Rc<Gemv>, members: &'static [u32], in_div: usize) ->
             black_box(&a),
             members,
             in_div,
-            &mut Out::new(&mut out, w.rows),
+            &mut Out::new(&mut out, w.rows()),
         )
     })
 }

@@ -140,13 +140,13 @@ fn run(args: Args) -> Result<(), String> {
     };
     let (prompt, decode) = (args.prompt.max(1), args.decode);
     let ctx = prompt + decode;
-    if ctx > model.config.context_length {
+    if ctx > model.config().context_length() {
         return Err(format!(
             "--prompt + --decode = {ctx} exceeds the model's context length {}",
-            model.config.context_length
+            model.config().context_length()
         ));
     }
-    let vocab = model.config.vocab_size;
+    let vocab = model.config().vocab_size();
     let tokens: Vec<u32> = (0..ctx).map(|i| (i * 7919 % vocab) as u32).collect();
     let pools = threads
         .iter()

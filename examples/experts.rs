@@ -39,7 +39,7 @@ fn run(args: Args) -> Result<(), String> {
     let model = file
         .model()
         .map_err(|e| format!("cannot load model {}: {e}", args.model.display()))?;
-    let c = model.config.clone();
+    let c = model.config().clone();
     let tok_buf = TokenizerBuf::new(model.gguf()).map_err(|e| format!("tokenizer: {e}"))?;
     let text = std::fs::read(&args.text)
         .map_err(|e| format!("cannot read {}: {e}", args.text.display()))?;
@@ -50,16 +50,16 @@ fn run(args: Args) -> Result<(), String> {
     if args.limit > 0 {
         ids.truncate(args.limit);
     }
-    let ctx = c.context_length;
+    let ctx = c.context_length();
     let mut buf = StateBuffer::for_model(&model, ctx).map_err(|e| format!("context: {e}"))?;
     let mut state = buf.state(&model, ctx).map_err(|e| format!("state: {e}"))?;
 
-    let moe_layers: Vec<usize> = (0..c.n_layers).filter(|&l| c.is_moe_layer(l)).collect();
+    let moe_layers: Vec<usize> = (0..c.n_layers()).filter(|&l| c.is_moe_layer(l)).collect();
     if moe_layers.is_empty() {
         return Err("the model has no MoE layer".into());
     }
     // [moe layer][expert] assignments, and the sum over tokens of distinct experts reached.
-    let mut load = vec![vec![0u64; c.n_experts]; moe_layers.len()];
+    let mut load = vec![vec![0u64; c.n_experts()]; moe_layers.len()];
     let mut distinct_sum = vec![0u64; moe_layers.len()];
     let mut tokens = 0u64;
     for window in ids.chunks(ctx) {
@@ -69,7 +69,7 @@ fn run(args: Args) -> Result<(), String> {
             tokens += 1;
             for (i, &l) in moe_layers.iter().enumerate() {
                 let (idx, _) = state.routing(&model, l).ok_or("no routing")?;
-                let mut seen = vec![false; c.n_experts];
+                let mut seen = vec![false; c.n_experts()];
                 for &e in idx {
                     load[i][e as usize] += 1;
                     seen[e as usize] = true;
@@ -81,9 +81,9 @@ fn run(args: Args) -> Result<(), String> {
     println!(
         "{}: h = {}, E = {}, k = {}, {tokens} tokens of {}",
         args.model.display(),
-        c.moe_heads,
-        c.n_experts,
-        c.top_k,
+        c.moe_heads(),
+        c.n_experts(),
+        c.top_k(),
         args.text.display()
     );
     println!("layer  experts/token  activation  load share per expert (%)");
@@ -96,7 +96,7 @@ fn run(args: Args) -> Result<(), String> {
             .collect();
         println!(
             "{l:>5}  {mean:>13.2}  {:>9.1}%  {}",
-            100.0 * mean / c.n_experts as f64,
+            100.0 * mean / c.n_experts() as f64,
             shares.join(" ")
         );
     }

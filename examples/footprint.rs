@@ -33,11 +33,11 @@ struct Args {
 fn run(args: Args) -> Result<(), String> {
     let file = ModelBytes::read(&args.model)
         .map_err(|e| format!("cannot read model {}: {e}", args.model.display()))?;
-    let model: Model<'_, 16> = Model::from_bytes(file.bytes())
+    let model: Model<'_> = Model::from_bytes(file.bytes())
         .map_err(|e| format!("cannot load model {}: {e}", args.model.display()))?;
-    let c = &model.config;
+    let c = model.config();
     let state = State::bytes_needed(&model, args.ctx).map_err(|e| e.to_string())?;
-    let kv = 2 * c.n_layers * args.ctx * c.kv_dim() * 4;
+    let kv = 2 * c.n_layers() * args.ctx * c.kv_dim() * 4;
     let tok_words = Tokenizer::workspace_len(model.gguf()).map_err(|e| e.to_string())?;
     println!("model {} (context {}):", args.model.display(), args.ctx);
     println!("flash");
@@ -66,8 +66,8 @@ fn run(args: Args) -> Result<(), String> {
     );
     println!("  tokenizer workspace   {:>10} bytes", tok_words * 4);
     println!(
-        "  Model<16> value       {:>10} bytes (target-dependent: pointer width)",
-        std::mem::size_of::<Model<'_, 16>>()
+        "  Model value           {:>10} bytes (target-dependent: pointer width)",
+        std::mem::size_of::<Model<'_>>()
     );
     println!(
         "  Tokenizer value       {:>10} bytes",
@@ -77,7 +77,7 @@ fn run(args: Args) -> Result<(), String> {
         "  total                 {:>10} bytes",
         state
             + tok_words * 4
-            + std::mem::size_of::<Model<'_, 16>>()
+            + std::mem::size_of::<Model<'_>>()
             + std::mem::size_of::<Tokenizer<'_, '_>>()
     );
     Ok(())

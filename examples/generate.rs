@@ -78,7 +78,7 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot load model {}: {e}", args.model.display()))?;
     let tok_buf = TokenizerBuf::new(model.gguf()).map_err(|e| ctx_err("tokenizer", e))?;
     let tok = tok_buf.tokenizer();
-    let ctx = args.ctx.unwrap_or(model.config.context_length);
+    let ctx = args.ctx.unwrap_or(model.config().context_length());
     let params = if args.greedy {
         SamplerParams::GREEDY
     } else {
@@ -89,7 +89,7 @@ fn run(args: Args) -> Result<(), String> {
         }
     };
     let mut sampler = Sampler::new(params, args.seed).map_err(|e| e.to_string())?;
-    let mut scratch = vec![0u32; sampler.scratch_len(model.config.vocab_size)];
+    let mut scratch = vec![0u32; sampler.scratch_len(model.config().vocab_size())];
 
     let mut prompt: Vec<u32> = tok.bos().into_iter().collect();
     prompt.extend(

@@ -65,7 +65,7 @@ fn run(args: Args) -> Result<(), String> {
     if ids.len() < 2 {
         return Err("the text has fewer than 2 tokens".into());
     }
-    let ctx = args.ctx.unwrap_or(model.config.context_length);
+    let ctx = args.ctx.unwrap_or(model.config().context_length());
     let mut buf = StateBuffer::for_model(&model, ctx).map_err(|e| format!("context: {e}"))?;
     let mut state = buf.state(&model, ctx).map_err(|e| format!("state: {e}"))?;
 

@@ -12,45 +12,99 @@ pub enum RouterKind {
     XMoe,
 }
 
-/// The hyper-parameters of an `mhmoe` model (see FORMAT.md for the keys).
+/// The hyper-parameters of an `mhmoe` model (see FORMAT.md for the keys), read from a GGUF file
+/// and checked by [`Config::from_gguf`]; read them through the accessors of the same names.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Longest context the model was trained for.
-    pub context_length: usize,
+    pub(crate) context_length: usize,
     /// Model width `d`.
-    pub dim: usize,
+    pub(crate) dim: usize,
     /// Number of layers.
-    pub n_layers: usize,
+    pub(crate) n_layers: usize,
     /// Hidden width of the dense SwiGLU FFN.
-    pub ff_dim: usize,
+    pub(crate) ff_dim: usize,
     /// Attention heads.
-    pub n_heads: usize,
+    pub(crate) n_heads: usize,
     /// Key/value heads (grouped-query attention when smaller than `n_heads`).
-    pub n_kv_heads: usize,
+    pub(crate) n_kv_heads: usize,
     /// Width of one attention head (`dim / n_heads`).
-    pub head_dim: usize,
+    pub(crate) head_dim: usize,
     /// RMSNorm epsilon.
-    pub norm_eps: f32,
+    pub(crate) norm_eps: f32,
     /// RoPE base.
-    pub rope_base: f32,
+    pub(crate) rope_base: f32,
     /// Experts per MoE layer `E`.
-    pub n_experts: usize,
+    pub(crate) n_experts: usize,
     /// Experts used per sub-token `k`.
-    pub top_k: usize,
+    pub(crate) top_k: usize,
     /// Expert hidden width `F`.
-    pub expert_ff_dim: usize,
+    pub(crate) expert_ff_dim: usize,
     /// Whether top-k gates are renormalized to sum to 1.
-    pub renormalize_gates: bool,
+    pub(crate) renormalize_gates: bool,
     /// Shared expert hidden width (0 = none).
-    pub shared_ff_dim: usize,
+    pub(crate) shared_ff_dim: usize,
     /// MH-MoE heads `h` (1 = plain SMoE).
-    pub moe_heads: usize,
+    pub(crate) moe_heads: usize,
     /// Layer `i` is MoE iff `(i + 1) % moe_interval == 0`.
-    pub moe_interval: usize,
+    pub(crate) moe_interval: usize,
     /// Router kind.
-    pub router: RouterKind,
+    pub(crate) router: RouterKind,
     /// Vocabulary size (rows of the token embedding).
-    pub vocab_size: usize,
+    pub(crate) vocab_size: usize,
+}
+
+/// Read-only accessors, one per field, each documented like its field.
+macro_rules! getters {
+    ($($(#[$doc:meta])* $field:ident: $ty:ty,)*) => {
+        impl Config {
+            $(
+                $(#[$doc])*
+                pub const fn $field(&self) -> $ty {
+                    self.$field
+                }
+            )*
+        }
+    };
+}
+
+getters! {
+    /// Longest context the model was trained for.
+    context_length: usize,
+    /// Model width `d`.
+    dim: usize,
+    /// Number of layers.
+    n_layers: usize,
+    /// Hidden width of the dense SwiGLU FFN.
+    ff_dim: usize,
+    /// Attention heads.
+    n_heads: usize,
+    /// Key/value heads (grouped-query attention when smaller than `n_heads`).
+    n_kv_heads: usize,
+    /// Width of one attention head (`dim / n_heads`).
+    head_dim: usize,
+    /// RMSNorm epsilon.
+    norm_eps: f32,
+    /// RoPE base.
+    rope_base: f32,
+    /// Experts per MoE layer `E`.
+    n_experts: usize,
+    /// Experts used per sub-token `k`.
+    top_k: usize,
+    /// Expert hidden width `F`.
+    expert_ff_dim: usize,
+    /// Whether top-k gates are renormalized to sum to 1.
+    renormalize_gates: bool,
+    /// Shared expert hidden width (0 = none).
+    shared_ff_dim: usize,
+    /// MH-MoE heads `h` (1 = plain SMoE).
+    moe_heads: usize,
+    /// Layer `i` is MoE iff `(i + 1) % moe_interval == 0`.
+    moe_interval: usize,
+    /// Router kind.
+    router: RouterKind,
+    /// Vocabulary size (rows of the token embedding).
+    vocab_size: usize,
 }
 
 /// Largest value accepted for any single dimension: keeps every size computation far from
@@ -161,7 +215,7 @@ impl Config {
     }
 
     /// Checks that the hyper-parameters are consistent.
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         let c = self;
         let checks: [(bool, &'static str); 16] = [
             (c.context_length >= 1, "context_length must be at least 1"),
@@ -216,17 +270,17 @@ impl Config {
     }
 
     /// True if layer `i` is an MH-MoE layer.
-    pub fn is_moe_layer(&self, i: usize) -> bool {
+    pub const fn is_moe_layer(&self, i: usize) -> bool {
         self.moe_interval != 0 && (i + 1).is_multiple_of(self.moe_interval)
     }
 
     /// Sub-token width `m = d / h`.
-    pub fn sub_dim(&self) -> usize {
+    pub const fn sub_dim(&self) -> usize {
         self.dim / self.moe_heads
     }
 
     /// Width of the key/value vectors of one position.
-    pub fn kv_dim(&self) -> usize {
+    pub const fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
     }
 }

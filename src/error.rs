@@ -118,6 +118,12 @@ pub enum Error {
         /// The tensor.
         tensor: Name,
     },
+    /// A layer's tensor outside its layer's run: the tensors of a layer must be contiguous in
+    /// the tensor table and the layers in increasing order (FORMAT.md, "Tensor order").
+    TensorOutOfOrder {
+        /// The tensor.
+        tensor: Name,
+    },
     /// A required metadata key is missing.
     MissingKey {
         /// The key.
@@ -282,6 +288,11 @@ impl fmt::Display for Error {
                 "tensor {tensor}: data ends at byte {end}, past the end of the file ({file_size} bytes)"
             ),
             DuplicateTensor { tensor } => write!(f, "tensor {tensor} appears twice"),
+            TensorOutOfOrder { tensor } => write!(
+                f,
+                "tensor {tensor} is out of order: a layer's tensors must be contiguous in the \
+                 tensor table, layers in increasing order"
+            ),
             MissingKey { key } => write!(f, "metadata key {key} is missing"),
             BadKey { key, expected } => write!(f, "metadata key {key}: expected {expected}"),
             WrongArchitecture => write!(f, "general.architecture is not \"mhmoe\""),

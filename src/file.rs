@@ -105,17 +105,13 @@ impl StateBuffer {
     ///
     /// A model can ask for more memory than there is (a long `context_length`, say): if the
     /// allocation fails the result is [`Error::BufferTooSmall`] with `got: 0`, not an abort.
-    pub fn for_model<const N: usize>(model: &Model<'_, N>, ctx: usize) -> Result<Self> {
+    pub fn for_model(model: &Model<'_>, ctx: usize) -> Result<Self> {
         Self::for_batch(model, ctx, 1)
     }
 
     /// Allocates exactly [`State::bytes_needed_batch`] bytes, for states whose forward passes
     /// take up to `batch` tokens ([`crate::forward_batch`]).
-    pub fn for_batch<const N: usize>(
-        model: &Model<'_, N>,
-        ctx: usize,
-        batch: usize,
-    ) -> Result<Self> {
+    pub fn for_batch(model: &Model<'_>, ctx: usize, batch: usize) -> Result<Self> {
         let len = State::bytes_needed_batch(model, ctx, batch)?;
         let failed = Error::BufferTooSmall {
             what: "state (allocating it failed)",
@@ -136,11 +132,7 @@ impl StateBuffer {
     }
 
     /// Carves a [`State`] out of this buffer, with the batch capacity it was allocated for.
-    pub fn state<'b, const N: usize>(
-        &'b mut self,
-        model: &Model<'_, N>,
-        ctx: usize,
-    ) -> Result<State<'b>> {
+    pub fn state<'b>(&'b mut self, model: &Model<'_>, ctx: usize) -> Result<State<'b>> {
         let bytes: &mut [u8] = match &mut self.mem {
             StateMemory::Anon(m) => {
                 let len = self.len.min(m.len());

@@ -18,7 +18,7 @@ use crate::kernels::{Act, Isa, Kernels, Out, Scalar};
 use crate::model::{Ffn, Layer, Matrix, Model, Moe, Router, SwiGlu};
 use crate::parallel::{for_chunks, for_row_ranges, Parallel, Serial};
 use crate::quant::QK;
-use crate::state::{router_red_width, Plan, State};
+use crate::state::{Plan, State};
 
 /// Runs one token through the model at the state's next position and returns the logits,
 /// on the active instruction set ([`Isa::active`]) and the calling thread.
@@ -30,18 +30,14 @@ use crate::state::{router_red_width, Plan, State};
 /// an attention score or router logit (a softmax would turn -inf into a weight of 0), an
 /// RMSNorm sum of squares (an overflow would scale the token to zeros) or an X-MoE expert
 /// norm. On error the state's position does not advance.
-pub fn forward<'s, const N: usize>(
-    model: &Model<'_, N>,
-    s: &'s mut State<'_>,
-    token: u32,
-) -> Result<&'s [f32]> {
+pub fn forward<'s>(model: &Model<'_>, s: &'s mut State<'_>, token: u32) -> Result<&'s [f32]> {
     Exec::serial().forward(model, s, token)
 }
 
 /// [`forward`] on a given instruction set; fails if it is not available here.
-pub fn forward_on<'s, const N: usize>(
+pub fn forward_on<'s>(
     isa: Isa,
-    model: &Model<'_, N>,
+    model: &Model<'_>,
     s: &'s mut State<'_>,
     token: u32,
 ) -> Result<&'s [f32]> {
@@ -51,8 +47,8 @@ pub fn forward_on<'s, const N: usize>(
 /// Runs `tokens` (e.g. a prompt) through the model at the state's next positions in one pass
 /// and returns the logits of the last one: the same bits as [`forward`] on each token in turn,
 /// reading each weight once per batch instead of once per token. See [`Exec::forward_batch`].
-pub fn forward_batch<'s, const N: usize>(
-    model: &Model<'_, N>,
+pub fn forward_batch<'s>(
+    model: &Model<'_>,
     s: &'s mut State<'_>,
     tokens: &[u32],
 ) -> Result<&'s [f32]> {
@@ -72,7 +68,7 @@ pub fn forward_batch<'s, const N: usize>(
 /// let mut state = buf.state(&model, 64)?;
 /// exec.forward_batch(&model, &mut state, &[1, 2, 3, 4])?; // a prompt, in one pass
 /// let logits = exec.forward(&model, &mut state, 5)?;     // then token by token
-/// # assert_eq!(logits.len(), model.config.vocab_size);
+/// # assert_eq!(logits.len(), model.config().vocab_size);
 /// # Ok(())
 /// # }
 /// ```
@@ -145,9 +141,9 @@ impl<'p> Exec<'p> {
     }
 
     /// [`forward`] with this instruction set and executor.
-    pub fn forward<'s, const N: usize>(
+    pub fn forward<'s>(
         &self,
-        model: &Model<'_, N>,
+        model: &Model<'_>,
         s: &'s mut State<'_>,
         token: u32,
     ) -> Result<&'s [f32]> {
@@ -163,9 +159,9 @@ impl<'p> Exec<'p> {
     /// tokens, [`Error::BatchTooLarge`] for more than [`State::batch_capacity`] tokens,
     /// [`Error::ContextFull`] when they do not all fit in the remaining context, and the
     /// errors of [`forward`].
-    pub fn forward_batch<'s, const N: usize>(
+    pub fn forward_batch<'s>(
         &self,
-        model: &Model<'_, N>,
+        model: &Model<'_>,
         s: &'s mut State<'_>,
         tokens: &[u32],
     ) -> Result<&'s [f32]> {
@@ -176,8 +172,8 @@ impl<'p> Exec<'p> {
         };
         crate::with_isa!(
             self.isa,
-            K => run::<K, N>(pass, model, s, tokens),
-            _ => run::<Scalar, N>(pass, model, s, tokens)
+            K => run::<K>(pass, model, s, tokens),
+            _ => run::<Scalar>(pass, model, s, tokens)
         )
     }
 }
@@ -257,20 +253,14 @@ fn first(members: &mut [u32], n: usize) -> &[u32] {
 }
 
 /// The forward pass of `tokens` with kernels `K`.
-fn run<'s, K: Kernels, const N: usize>(
+fn run<'s, K: Kernels>(
     mut pass: Pass<'_>,
-    model: &Model<'_, N>,
+    model: &Model<'_>,
     st: &'s mut State<'_>,
     tokens: &[u32],
 ) -> Result<&'s [f32]> {
-    let c: &Config = &model.config;
-    if Plan::new(
-        c,
-        st.ctx,
-        st.plan.batch(),
-        router_red_width(model.layers(), c),
-    )? != st.plan
-    {
+    let c: &Config = model.config();
+    if Plan::new(c, st.ctx, st.plan.batch(), model.router_red_width())? != st.plan {
         return Err(Error::InvalidConfig {
             reason: "the state was made for a different model",
         });
@@ -301,14 +291,15 @@ fn run<'s, K: Kernels, const N: usize>(
 
     for (t, &token) in tokens.iter().enumerate() {
         model
-            .token_embd
+            .token_embd()
             .dequantize_row(token as usize, &mut st.s.x[t * d..(t + 1) * d]);
-        pass.bytes += model.token_embd.row_bytes() as u64;
+        pass.bytes += model.token_embd().row_bytes() as u64;
         rope_tables(c, pos0 + t, &mut st.attn.rope[t * c.head_dim..]);
     }
 
-    for (l, layer) in model.layers().iter().enumerate() {
-        attention::<K>(&mut pass, c, l, layer, st, pos0, n)?;
+    let mut layers = 0;
+    for (l, layer) in model.layers().enumerate() {
+        attention::<K>(&mut pass, c, l, &layer, st, pos0, n)?;
         norm_batch::<K>(st.s.x, st.s.xb, d, n, layer.ffn_norm, c.norm_eps)?;
         match &layer.ffn {
             Ffn::Dense(f) => dense_ffn::<K>(&mut pass, d, f, st, n),
@@ -317,14 +308,22 @@ fn run<'s, K: Kernels, const N: usize>(
         for (x, &v) in st.s.x[..n * d].iter_mut().zip(st.s.xb2.iter()) {
             *x += v;
         }
+        layers += 1;
+    }
+    // The walk of the tensor table was checked when the model loaded; a short one would mean
+    // the bytes changed since.
+    if layers != c.n_layers {
+        return Err(Error::InvalidConfig {
+            reason: "the model's tensor table changed after loading",
+        });
     }
 
     // Logits of the last token only.
     let last = &st.s.x[(n - 1) * d..n * d];
-    norm::<K>(&mut st.s.xb[..d], last, model.output_norm, c.norm_eps)?;
+    norm::<K>(&mut st.s.xb[..d], last, model.output_norm(), c.norm_eps)?;
     let q = &mut st.quant;
-    let a = K::prepare(&st.s.xb[..d], &[model.output.ty], q.in_q, q.in_d);
-    pass.mm_batch::<K>(&model.output, &a, st.ffn.members, 1, st.logits);
+    let a = K::prepare(&st.s.xb[..d], &[model.output().ty], q.in_q, q.in_d);
+    pass.mm_batch::<K>(model.output(), &a, st.ffn.members, 1, st.logits);
     st.weight_bytes = pass.bytes;
     st.last_batch = n;
     if !st.logits.iter().all(|v| v.is_finite()) {

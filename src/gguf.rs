@@ -313,11 +313,11 @@ impl<'a> Cursor<'a> {
         let end = self
             .pos
             .checked_add(n)
-            .ok_or(Error::Overflow { what, offset })?;
+            .ok_or_else(|| Error::Overflow { what, offset })?;
         let s = self
             .data
             .get(self.pos..end)
-            .ok_or(Error::UnexpectedEof { what, offset })?;
+            .ok_or_else(|| Error::UnexpectedEof { what, offset })?;
         self.pos = end;
         Ok(s)
     }
@@ -345,7 +345,7 @@ impl<'a> Cursor<'a> {
         let remaining = (self.data.len() - self.pos) as u64;
         let bytes = n
             .checked_mul(min_elem_size as u64)
-            .ok_or(Error::Overflow { what, offset })?;
+            .ok_or_else(|| Error::Overflow { what, offset })?;
         if bytes > remaining {
             return Err(Error::Overflow { what, offset });
         }
@@ -393,7 +393,7 @@ fn read_value<'a>(cur: &mut Cursor<'a>, ty: ValueType, depth: u32) -> Result<Val
         ValueType::Array => {
             let type_offset = cur.offset();
             let raw = cur.u32("array element type")?;
-            let elem = ValueType::from_u32(raw).ok_or(Error::InvalidValueType {
+            let elem = ValueType::from_u32(raw).ok_or_else(|| Error::InvalidValueType {
                 value_type: raw,
                 offset: type_offset,
             })?;
@@ -447,7 +447,7 @@ fn read_kv<'a>(cur: &mut Cursor<'a>) -> Result<(&'a str, Value<'a>)> {
     let key = cur.string("metadata key")?;
     let type_offset = cur.offset();
     let raw = cur.u32("metadata value type")?;
-    let ty = ValueType::from_u32(raw).ok_or(Error::InvalidValueType {
+    let ty = ValueType::from_u32(raw).ok_or_else(|| Error::InvalidValueType {
         value_type: raw,
         offset: type_offset,
     })?;
@@ -530,7 +530,7 @@ impl<'a> Gguf<'a> {
         }
         let data_start = align_up(infos_end.pos as u64, alignment)
             .and_then(|v| usize::try_from(v).ok())
-            .ok_or(Error::Overflow {
+            .ok_or_else(|| Error::Overflow {
                 what: "data section start",
                 offset: infos_end.pos,
             })?;
@@ -558,7 +558,7 @@ impl<'a> Gguf<'a> {
 
     fn resolve(&self, cur: &mut Cursor<'a>) -> Result<TensorInfo<'a>> {
         let (tname, n_dims, dims, ty_raw, offset) = read_tensor_info(cur)?;
-        let ty = GgmlType::from_u32(ty_raw).ok_or(Error::UnsupportedTensorType {
+        let ty = GgmlType::from_u32(ty_raw).ok_or_else(|| Error::UnsupportedTensorType {
             tensor: name(tname),
             type_id: ty_raw,
         })?;
@@ -570,17 +570,18 @@ impl<'a> Gguf<'a> {
                 block,
             });
         }
-        let overflow = Error::Overflow {
+        let at = cur.offset();
+        let overflow = || Error::Overflow {
             what: "tensor size",
-            offset: cur.offset(),
+            offset: at,
         };
         let n = dims
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .ok_or(overflow.clone())?;
+            .ok_or_else(overflow)?;
         let size = (n / block)
             .checked_mul(ty.type_size() as u64)
-            .ok_or(overflow.clone())?;
+            .ok_or_else(overflow)?;
         if offset % self.alignment != 0 {
             return Err(Error::MisalignedTensor {
                 tensor: name(tname),
@@ -590,8 +591,8 @@ impl<'a> Gguf<'a> {
         }
         let start = (self.data_start as u64)
             .checked_add(offset)
-            .ok_or(overflow.clone())?;
-        let end = start.checked_add(size).ok_or(overflow)?;
+            .ok_or_else(overflow)?;
+        let end = start.checked_add(size).ok_or_else(overflow)?;
         if end > self.data.len() as u64 {
             return Err(Error::TensorOutOfBounds {
                 tensor: name(tname),

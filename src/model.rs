@@ -1,31 +1,94 @@
 //! The model: configuration plus views of every weight, borrowed from the GGUF bytes.
+//!
+//! A [`Model`] is small (a few hundred bytes, whatever the number of layers): it keeps the
+//! configuration, the parsed file and the three tensors outside the layers. A layer's tensors
+//! are looked up in the file's tensor table when they are needed: [`Model::layers`] walks the
+//! table once, in file order, and yields each [`Layer`] as a set of views. For that walk to
+//! be one pass, the tensors of a layer are contiguous in the table and the layers come in
+//! increasing order (FORMAT.md, "Tensor order"); [`Model::from_bytes`] checks this along with
+//! every tensor's presence, uniqueness, shape and type, so the walk at run time cannot fail.
 
 use core::fmt::Write;
 
 use crate::config::{Config, RouterKind};
 use crate::error::{name, Error, Name, Result};
-use crate::gguf::{Gguf, TensorInfo};
+use crate::gguf::{Gguf, TensorInfo, TensorIter, MAX_DIMS};
 use crate::quant::{dequantize_row, GgmlType};
 
 /// A weight matrix `rows x cols` (GGUF dims `[cols, rows]`), stored row-major in `ty`.
+///
+/// The fields are private: a `Matrix` always holds exactly `rows * ty.row_bytes(cols)` bytes,
+/// with `cols` a whole number of blocks, so the kernels never see a short or ragged matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Matrix<'a> {
-    /// Element type.
-    pub ty: GgmlType,
-    /// Output width.
-    pub rows: usize,
-    /// Input width.
-    pub cols: usize,
-    /// `rows * ty.row_bytes(cols)` bytes.
-    pub data: &'a [u8],
+    pub(crate) ty: GgmlType,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) data: &'a [u8],
 }
 
 impl<'a> Matrix<'a> {
+    /// A `rows x cols` matrix of type `ty` over `data`.
+    ///
+    /// # Errors
+    /// [`Error::RowNotBlockAligned`] if `cols` is not a multiple of the type's block size,
+    /// [`Error::Overflow`] if the size overflows, [`Error::BufferTooSmall`] if `data` is not
+    /// exactly `rows * ty.row_bytes(cols)` bytes long (a longer slice is refused too, as a sign
+    /// of a wrong shape).
+    pub fn new(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self> {
+        if !cols.is_multiple_of(ty.block_size()) {
+            return Err(Error::RowNotBlockAligned {
+                tensor: name("matrix"),
+                ne0: cols as u64,
+                block: ty.block_size() as u64,
+            });
+        }
+        let bytes = (cols / ty.block_size())
+            .checked_mul(ty.type_size())
+            .and_then(|rb| rb.checked_mul(rows))
+            .ok_or(Error::Overflow {
+                what: "matrix size",
+                offset: 0,
+            })?;
+        if data.len() != bytes {
+            return Err(Error::BufferTooSmall {
+                what: "matrix data (must be exactly rows x row bytes)",
+                needed: bytes,
+                got: data.len(),
+            });
+        }
+        Ok(Matrix {
+            ty,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    /// Element type.
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+
+    /// Output width (number of rows).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input width (elements per row).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The bytes, `rows * row_bytes()` of them.
+    pub fn data(&self) -> &'a [u8] {
+        self.data
+    }
+
     /// Bytes of one row.
     pub fn row_bytes(&self) -> usize {
         self.ty.row_bytes(self.cols)
     }
-
     /// The bytes of row `r` (empty if out of range).
     pub fn row(&self, r: usize) -> &'a [u8] {
         let rb = self.row_bytes();
@@ -58,24 +121,46 @@ impl<'a> Matrix<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stacked<'a> {
     /// Number of matrices.
-    pub n: usize,
+    pub(crate) n: usize,
     /// Shape and type of each; `data` covers all of them.
-    pub all: Matrix<'a>,
+    pub(crate) all: Matrix<'a>,
 }
 
 impl<'a> Stacked<'a> {
-    /// Matrix `e` (with no data if out of range).
+    /// Number of matrices.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// True when there are no matrices.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Element type of every matrix.
+    pub fn ty(&self) -> GgmlType {
+        self.all.ty
+    }
+
+    /// Bytes of all matrices together.
+    pub fn data(&self) -> &'a [u8] {
+        self.all.data
+    }
+
+    /// Matrix `e` (with no rows if out of range).
     pub fn get(&self, e: usize) -> Matrix<'a> {
-        let data = self
-            .all
-            .rows
-            .checked_mul(self.all.row_bytes())
-            .and_then(|bytes| {
-                let start = e.checked_mul(bytes)?;
-                self.all.data.get(start..start.checked_add(bytes)?)
-            })
-            .unwrap_or(&[]);
-        Matrix { data, ..self.all }
+        let bytes = self.all.rows.saturating_mul(self.all.row_bytes());
+        let data = e
+            .checked_mul(bytes)
+            .and_then(|start| self.all.data.get(start..start.checked_add(bytes)?));
+        match data {
+            Some(data) if e < self.n => Matrix { data, ..self.all },
+            _ => Matrix {
+                rows: 0,
+                data: &[],
+                ..self.all
+            },
+        }
     }
 }
 
@@ -156,97 +241,343 @@ pub struct Layer<'a> {
     pub ffn: Ffn<'a>,
 }
 
-/// A loaded model. `MAX_LAYERS` is the capacity of the layer table (the table lives inside the
-/// struct, so firmware can put a `Model` in a static); loading a model with more layers fails.
+// At most 1 KiB on microcontrollers, whatever the model (a test checks 64-bit targets).
+#[cfg(target_pointer_width = "32")]
+const _: () = assert!(core::mem::size_of::<Model<'static>>() <= 1024);
+
+/// A loaded model: its configuration and views of its weights in the GGUF bytes.
+///
+/// Small and of one type whatever the model (no capacity parameter): the layers are read from
+/// the file's tensor table on demand ([`Model::layers`]). See the module docs.
 #[derive(Debug, Clone)]
-pub struct Model<'a, const MAX_LAYERS: usize = 64> {
-    /// Hyper-parameters.
-    pub config: Config,
-    /// Token embedding, `V x d`.
-    pub token_embd: Matrix<'a>,
-    /// Final RMSNorm.
-    pub output_norm: Vector<'a>,
-    /// Output projection, `V x d` (the token embedding when tied).
-    pub output: Matrix<'a>,
-    /// True when the output projection is the token embedding.
-    pub tied_output: bool,
-    layers: heapless::Vec<Layer<'a>, MAX_LAYERS>,
+pub struct Model<'a> {
+    config: Config,
+    token_embd: Matrix<'a>,
+    output_norm: Vector<'a>,
+    output: Matrix<'a>,
+    tied_output: bool,
+    /// The tensor table from the first layer's first tensor on.
+    first_layer: TensorIter<'a>,
+    /// Widest X-MoE reduction over the layers (0 for softmax routers).
+    router_red: usize,
     file: Gguf<'a>,
 }
 
-struct Loader<'f, 'a> {
-    file: &'f Gguf<'a>,
-}
+impl<'a> Model<'a> {
+    /// Parses `bytes` as GGUF and loads the model.
+    pub fn from_bytes(bytes: &'a [u8]) -> Result<Self> {
+        Self::from_gguf(Gguf::parse(bytes)?)
+    }
 
-impl<'a> Loader<'_, 'a> {
-    /// Finds `tname`, failing if it is missing or appears twice.
-    fn find(&self, tname: &str) -> Result<Option<TensorInfo<'a>>> {
-        let mut found = None;
-        for t in self.file.tensors() {
-            if t.name == tname {
-                if found.is_some() {
-                    return Err(Error::DuplicateTensor {
-                        tensor: name(tname),
-                    });
+    /// Loads the model from a parsed GGUF file, checking every tensor's presence, uniqueness,
+    /// shape and type against the configuration, and the order of the tensor table (module
+    /// docs). Nothing is copied: the model borrows the file's bytes.
+    pub fn from_gguf(file: Gguf<'a>) -> Result<Self> {
+        let config = Config::from_gguf(&file)?;
+        let c = &config;
+        let (d, v) = (c.dim, c.vocab_size);
+        let named =
+            |tname| -> Result<_> { Ok((Entry::of(&require(&file, tname)?), Label::Str(tname))) };
+        let (e, label) = named("token_embd.weight")?;
+        let token_embd = matrix_of(&e, label, v, d)?;
+        let (e, label) = named("output_norm.weight")?;
+        let output_norm = vector_of(&e, label, d)?;
+        let (output, tied_output) = match find(&file, "output.weight")? {
+            Some(t) => (matrix_of(&Entry::of(&t), Label::Str(t.name), v, d)?, false),
+            None => (token_embd, true),
+        };
+        // Walk every layer once, with all the checks; the walk at run time repeats it.
+        let mut walk = LayerWalk {
+            tensors: file.tensors(),
+            pending: None,
+            next: 0,
+        };
+        let mut router_red = 0;
+        while walk.next < c.n_layers {
+            let layer = walk.layer(c).map_err(|e| match e {
+                // Present, but not in its layer's run.
+                Error::MissingTensor { tensor } if file.tensor(&tensor).is_some() => {
+                    Error::TensorOutOfOrder { tensor }
                 }
-                found = Some(t);
+                e => e,
+            })?;
+            if let Ffn::Moe(Moe {
+                router: Router::XMoe { reduce, .. },
+                ..
+            }) = &layer.ffn
+            {
+                router_red = router_red.max(reduce.rows);
             }
         }
-        Ok(found)
-    }
-
-    fn require(&self, tname: &str) -> Result<TensorInfo<'a>> {
-        self.find(tname)?.ok_or_else(|| Error::MissingTensor {
-            tensor: name(tname),
+        // No tensor of a layer may come after the last layer's run (a copy, or a layer out of
+        // order); tensors of layers the configuration does not have are ignored.
+        for t in walk.pending.into_iter().chain(walk.tensors) {
+            if let Some((j, _)) = parse_blk(t.name) {
+                if j < c.n_layers {
+                    find(&file, t.name)?; // a second copy is a duplicate
+                    return Err(Error::TensorOutOfOrder {
+                        tensor: name(t.name),
+                    });
+                }
+            }
+        }
+        Ok(Model {
+            config,
+            token_embd,
+            output_norm,
+            output,
+            tied_output,
+            first_layer: first_layer(&file),
+            router_red,
+            file,
         })
     }
 
-    fn check_dims(t: &TensorInfo<'a>, expected: [usize; 3]) -> Result<()> {
-        let want = [
-            expected[0] as u64,
-            expected[1] as u64,
-            expected[2] as u64,
-            1,
-        ];
-        if t.dims != want {
-            return Err(Error::WrongShape {
-                tensor: name(t.name),
-                expected: [want[0], want[1], want[2]],
-                found: [t.dims[0], t.dims[1], t.dims[2]],
-            });
-        }
-        Ok(())
+    /// The hyper-parameters.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
-    fn vector(&self, tname: &str, n: usize) -> Result<Vector<'a>> {
-        let t = self.require(tname)?;
-        Self::check_dims(&t, [n, 1, 1])?;
-        if t.ty != GgmlType::F32 {
-            return Err(Error::WrongTensorType {
-                tensor: name(tname),
-                expected: "F32 (1-D tensors)",
-            });
-        }
-        Ok(t.data)
+    /// Token embedding, `V x d`.
+    pub fn token_embd(&self) -> &Matrix<'a> {
+        &self.token_embd
     }
 
-    fn matrix_of(t: &TensorInfo<'a>, rows: usize, cols: usize) -> Result<Matrix<'a>> {
-        Self::check_dims(t, [cols, rows, 1])?;
-        Ok(Matrix {
-            ty: t.ty,
-            rows,
-            cols,
-            data: t.data,
+    /// Final RMSNorm weights (`d` little-endian f32).
+    pub fn output_norm(&self) -> Vector<'a> {
+        self.output_norm
+    }
+
+    /// Output projection, `V x d` (the token embedding when tied).
+    pub fn output(&self) -> &Matrix<'a> {
+        &self.output
+    }
+
+    /// True when the output projection is the token embedding.
+    pub fn tied_output(&self) -> bool {
+        self.tied_output
+    }
+
+    /// The layers in order, each looked up in the tensor table as the walk reaches it (one
+    /// pass over the table for all of them).
+    pub fn layers(&self) -> Layers<'_, 'a> {
+        Layers {
+            config: &self.config,
+            walk: LayerWalk {
+                tensors: self.first_layer.clone(),
+                pending: None,
+                next: 0,
+            },
+        }
+    }
+
+    /// Layer `i` (a walk of the table up to it), or `None` past the last layer.
+    pub fn layer(&self, i: usize) -> Option<Layer<'a>> {
+        self.layers().nth(i)
+    }
+
+    /// The widest X-MoE router reduction of any layer (0 when the routers are softmax).
+    pub(crate) fn router_red_width(&self) -> usize {
+        self.router_red
+    }
+
+    /// The parsed file (for metadata such as the tokenizer).
+    pub fn gguf(&self) -> &Gguf<'a> {
+        &self.file
+    }
+}
+
+/// The layers of a [`Model`], in order: see [`Model::layers`].
+#[derive(Debug, Clone)]
+pub struct Layers<'m, 'a> {
+    config: &'m Config,
+    walk: LayerWalk<'a>,
+}
+
+impl<'a> Iterator for Layers<'_, 'a> {
+    type Item = Layer<'a>;
+
+    fn next(&mut self) -> Option<Layer<'a>> {
+        if self.walk.next >= self.config.n_layers {
+            return None;
+        }
+        // The loader made this same walk with the same checks on the same bytes, so it cannot
+        // fail here; if it somehow did, the iteration ends (and the forward pass, which counts
+        // the layers, reports it).
+        match self.walk.layer(self.config) {
+            Ok(layer) => Some(layer),
+            Err(_) => {
+                self.walk.next = usize::MAX;
+                None
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.config.n_layers.saturating_sub(self.walk.next);
+        (0, Some(left))
+    }
+}
+
+/// A position in the tensor table and the next layer to read from it.
+#[derive(Debug, Clone)]
+struct LayerWalk<'a> {
+    tensors: TensorIter<'a>,
+    /// The tensor read last that did not belong to the layer read last.
+    pending: Option<TensorInfo<'a>>,
+    next: usize,
+}
+
+/// The tensor a layer can have, by name suffix (`blk.{i}.{suffix}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    AttnNorm,
+    Q,
+    K,
+    V,
+    O,
+    FfnNorm,
+    Gate,
+    Up,
+    Down,
+    Head,
+    HeadBias,
+    Merge,
+    MergeBias,
+    RouterW,
+    RouterRed,
+    GateExps,
+    UpExps,
+    DownExps,
+    GateShared,
+    UpShared,
+    DownShared,
+}
+
+impl Slot {
+    /// The slot of a name suffix.
+    fn of(suffix: &str) -> Option<Slot> {
+        use Slot::*;
+        Some(match suffix {
+            "attn_norm.weight" => AttnNorm,
+            "attn_q.weight" => Q,
+            "attn_k.weight" => K,
+            "attn_v.weight" => V,
+            "attn_output.weight" => O,
+            "ffn_norm.weight" => FfnNorm,
+            "ffn_gate.weight" => Gate,
+            "ffn_up.weight" => Up,
+            "ffn_down.weight" => Down,
+            "ffn_head.weight" => Head,
+            "ffn_head.bias" => HeadBias,
+            "ffn_merge.weight" => Merge,
+            "ffn_merge.bias" => MergeBias,
+            "ffn_gate_inp.weight" => RouterW,
+            "ffn_gate_inp_red.weight" => RouterRed,
+            "ffn_gate_exps.weight" => GateExps,
+            "ffn_up_exps.weight" => UpExps,
+            "ffn_down_exps.weight" => DownExps,
+            "ffn_gate_shexp.weight" => GateShared,
+            "ffn_up_shexp.weight" => UpShared,
+            "ffn_down_shexp.weight" => DownShared,
+            _ => return None,
         })
     }
 
-    fn matrix(&self, tname: &str, rows: usize, cols: usize) -> Result<Matrix<'a>> {
-        Self::matrix_of(&self.require(tname)?, rows, cols)
+    /// The name suffix of the slot.
+    fn suffix(self) -> &'static str {
+        use Slot::*;
+        match self {
+            AttnNorm => "attn_norm.weight",
+            Q => "attn_q.weight",
+            K => "attn_k.weight",
+            V => "attn_v.weight",
+            O => "attn_output.weight",
+            FfnNorm => "ffn_norm.weight",
+            Gate => "ffn_gate.weight",
+            Up => "ffn_up.weight",
+            Down => "ffn_down.weight",
+            Head => "ffn_head.weight",
+            HeadBias => "ffn_head.bias",
+            Merge => "ffn_merge.weight",
+            MergeBias => "ffn_merge.bias",
+            RouterW => "ffn_gate_inp.weight",
+            RouterRed => "ffn_gate_inp_red.weight",
+            GateExps => "ffn_gate_exps.weight",
+            UpExps => "ffn_up_exps.weight",
+            DownExps => "ffn_down_exps.weight",
+            GateShared => "ffn_gate_shexp.weight",
+            UpShared => "ffn_up_shexp.weight",
+            DownShared => "ffn_down_shexp.weight",
+        }
+    }
+}
+
+/// Number of [`Slot`]s.
+const SLOTS: usize = 21;
+
+/// `(i, suffix)` for a name `blk.{i}.{suffix}` with `i` in canonical decimal (no leading zero).
+fn parse_blk(tname: &str) -> Option<(usize, &str)> {
+    let rest = tname.strip_prefix("blk.")?.as_bytes();
+    let mut i: usize = 0;
+    for (at, &b) in rest.iter().enumerate() {
+        match b {
+            b'.' if at > 0 => return Some((i, tname.get(4 + at + 1..)?)),
+            // No leading zero, so that each layer has one spelling.
+            b'0'..=b'9' if !(at == 1 && rest[0] == b'0') => {
+                i = i.checked_mul(10)?.checked_add((b - b'0') as usize)?;
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// What a layer needs of one tensor: its type, dimensions and bytes.
+#[derive(Clone, Copy)]
+struct Entry<'a> {
+    ty: GgmlType,
+    dims: [u64; MAX_DIMS],
+    data: &'a [u8],
+}
+
+/// The tensors found for one layer, by [`Slot`].
+struct Found<'a>([Option<Entry<'a>>; SLOTS]);
+
+impl<'a> Found<'a> {
+    /// The tensor of `slot` in layer `i`.
+    fn get(&self, i: usize, slot: Slot) -> Result<Entry<'a>> {
+        self.0[slot as usize].ok_or_else(|| Error::MissingTensor {
+            tensor: blk(i, slot.suffix()),
+        })
     }
 
-    fn stacked(&self, tname: &str, n: usize, rows: usize, cols: usize) -> Result<Stacked<'a>> {
-        let t = self.require(tname)?;
-        Self::check_dims(&t, [cols, rows, n])?;
+    fn matrix(&self, i: usize, slot: Slot, rows: usize, cols: usize) -> Result<Matrix<'a>> {
+        matrix_of(&self.get(i, slot)?, Label::Blk(i, slot), rows, cols)
+    }
+
+    fn vector(&self, i: usize, slot: Slot, n: usize) -> Result<Vector<'a>> {
+        vector_of(&self.get(i, slot)?, Label::Blk(i, slot), n)
+    }
+
+    fn swiglu(&self, i: usize, s: [Slot; 3], hidden: usize, d: usize) -> Result<SwiGlu<'a>> {
+        Ok(SwiGlu {
+            gate: self.matrix(i, s[0], hidden, d)?,
+            up: self.matrix(i, s[1], hidden, d)?,
+            down: self.matrix(i, s[2], d, hidden)?,
+        })
+    }
+
+    fn stacked(
+        &self,
+        i: usize,
+        slot: Slot,
+        n: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Stacked<'a>> {
+        let t = self.get(i, slot)?;
+        check_dims(&t, Label::Blk(i, slot), [cols, rows, n])?;
         Ok(Stacked {
             n,
             all: Matrix {
@@ -256,6 +587,127 @@ impl<'a> Loader<'_, 'a> {
                 data: t.data,
             },
         })
+    }
+
+    /// The layer these tensors make, checked against the configuration.
+    fn layer(&self, c: &Config, i: usize) -> Result<Layer<'a>> {
+        let d = c.dim;
+        let (qd, kvd, m) = (c.n_heads * c.head_dim, c.kv_dim(), c.sub_dim());
+        let ffn = if c.is_moe_layer(i) {
+            let (e, f) = (c.n_experts, c.expert_ff_dim);
+            let linear = |w: Slot, b: Slot| -> Result<_> {
+                Ok((self.matrix(i, w, d, d)?, self.vector(i, b, d)?))
+            };
+            let (head, merge) = if c.moe_heads > 1 {
+                (
+                    Some(linear(Slot::Head, Slot::HeadBias)?),
+                    Some(linear(Slot::Merge, Slot::MergeBias)?),
+                )
+            } else {
+                (None, None)
+            };
+            let router = match c.router {
+                RouterKind::Softmax => Router::Softmax(self.matrix(i, Slot::RouterW, e, m)?),
+                RouterKind::XMoe => {
+                    let red = self.get(i, Slot::RouterRed)?;
+                    let r = usize::try_from(red.dims[1]).unwrap_or(usize::MAX);
+                    if r > d {
+                        return Err(Error::InvalidConfig {
+                            reason: "x-moe reduction width must not exceed embedding_length",
+                        });
+                    }
+                    Router::XMoe {
+                        reduce: matrix_of(&red, Label::Blk(i, Slot::RouterRed), r, m)?,
+                        experts: self.matrix(i, Slot::RouterW, e, r)?,
+                    }
+                }
+            };
+            let shared = if c.shared_ff_dim > 0 {
+                let s = [Slot::GateShared, Slot::UpShared, Slot::DownShared];
+                Some(self.swiglu(i, s, c.shared_ff_dim, d)?)
+            } else {
+                None
+            };
+            Ffn::Moe(Moe {
+                head,
+                merge,
+                router,
+                gate: self.stacked(i, Slot::GateExps, e, f, m)?,
+                up: self.stacked(i, Slot::UpExps, e, f, m)?,
+                down: self.stacked(i, Slot::DownExps, e, m, f)?,
+                shared,
+            })
+        } else {
+            Ffn::Dense(self.swiglu(i, [Slot::Gate, Slot::Up, Slot::Down], c.ff_dim, d)?)
+        };
+        Ok(Layer {
+            attn_norm: self.vector(i, Slot::AttnNorm, d)?,
+            wq: self.matrix(i, Slot::Q, qd, d)?,
+            wk: self.matrix(i, Slot::K, kvd, d)?,
+            wv: self.matrix(i, Slot::V, kvd, d)?,
+            wo: self.matrix(i, Slot::O, d, qd)?,
+            ffn_norm: self.vector(i, Slot::FfnNorm, d)?,
+            ffn,
+        })
+    }
+}
+
+impl<'a> LayerWalk<'a> {
+    /// Reads layer `self.next`: skips tensors outside the layers, then takes the run of
+    /// `blk.{i}.*` tensors, and keeps the first tensor after the run for the next layer.
+    fn layer(&mut self, c: &Config) -> Result<Layer<'a>> {
+        let i = self.next;
+        let mut found = Found([None; SLOTS]);
+        let mut started = false;
+        while let Some(t) = self.pending.take().or_else(|| self.tensors.next()) {
+            match parse_blk(t.name) {
+                Some((j, suffix)) if j == i => {
+                    started = true;
+                    // Unknown suffixes (tensors this engine does not use) are skipped.
+                    if let Some(slot) = Slot::of(suffix) {
+                        let entry = &mut found.0[slot as usize];
+                        if entry.is_some() {
+                            return Err(Error::DuplicateTensor {
+                                tensor: name(t.name),
+                            });
+                        }
+                        *entry = Some(Entry::of(&t));
+                    }
+                }
+                // A tensor of an earlier layer: that layer's run is over, so it is out of order.
+                Some((j, _)) if j < i => {
+                    return Err(Error::TensorOutOfOrder {
+                        tensor: name(t.name),
+                    });
+                }
+                // A later layer ends this run (or shows that layer i has no tensors at all).
+                Some((j, _)) if j < c.n_layers => {
+                    self.pending = Some(t);
+                    break;
+                }
+                // Tensors outside the configured layers end the run, or are skipped before it.
+                _ => {
+                    if started {
+                        self.pending = Some(t);
+                        break;
+                    }
+                }
+            }
+        }
+        self.next = i + 1;
+        found.layer(c, i)
+    }
+}
+
+/// The tensor table from its first layer tensor on (where the walks start).
+fn first_layer<'a>(file: &Gguf<'a>) -> TensorIter<'a> {
+    let mut at = file.tensors();
+    loop {
+        let before = at.clone();
+        match at.next() {
+            Some(t) if parse_blk(t.name).is_none() => {}
+            _ => return before,
+        }
     }
 }
 
@@ -267,124 +719,88 @@ fn blk(i: usize, suffix: &str) -> Name {
     s
 }
 
-impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
-    /// Parses `bytes` as GGUF and loads the model.
-    pub fn from_bytes(bytes: &'a [u8]) -> Result<Self> {
-        Self::from_gguf(Gguf::parse(bytes)?)
-    }
-
-    /// Loads the model from a parsed GGUF file, checking every tensor's presence, uniqueness,
-    /// shape and type against the configuration.
-    pub fn from_gguf(file: Gguf<'a>) -> Result<Self> {
-        let config = Config::from_gguf(&file)?;
-        let c = &config;
-        if c.n_layers > MAX_LAYERS {
-            return Err(Error::InvalidConfig {
-                reason: "more layers than the Model's MAX_LAYERS capacity",
-            });
+/// The tensor called `tname`, failing if it appears twice.
+fn find<'a>(file: &Gguf<'a>, tname: &str) -> Result<Option<TensorInfo<'a>>> {
+    let mut found = None;
+    for t in file.tensors() {
+        if t.name == tname {
+            if found.is_some() {
+                return Err(Error::DuplicateTensor {
+                    tensor: name(tname),
+                });
+            }
+            found = Some(t);
         }
-        let ld = Loader { file: &file };
-        let (d, v) = (c.dim, c.vocab_size);
-        let token_embd = ld.matrix("token_embd.weight", v, d)?;
-        let output_norm = ld.vector("output_norm.weight", d)?;
-        let (output, tied_output) = match ld.find("output.weight")? {
-            Some(t) => (Loader::matrix_of(&t, v, d)?, false),
-            None => (token_embd, true),
-        };
-        let (qd, kvd, m) = (c.n_heads * c.head_dim, c.kv_dim(), c.sub_dim());
-        let mut layers = heapless::Vec::new();
-        for i in 0..c.n_layers {
-            let ffn = if c.is_moe_layer(i) {
-                let (e, f) = (c.n_experts, c.expert_ff_dim);
-                let (head, merge) = if c.moe_heads > 1 {
-                    (
-                        Some((
-                            ld.matrix(&blk(i, "ffn_head.weight"), d, d)?,
-                            ld.vector(&blk(i, "ffn_head.bias"), d)?,
-                        )),
-                        Some((
-                            ld.matrix(&blk(i, "ffn_merge.weight"), d, d)?,
-                            ld.vector(&blk(i, "ffn_merge.bias"), d)?,
-                        )),
-                    )
-                } else {
-                    (None, None)
-                };
-                let router = match c.router {
-                    RouterKind::Softmax => {
-                        Router::Softmax(ld.matrix(&blk(i, "ffn_gate_inp.weight"), e, m)?)
-                    }
-                    RouterKind::XMoe => {
-                        let red = ld.require(&blk(i, "ffn_gate_inp_red.weight"))?;
-                        let r = usize::try_from(red.dims[1]).unwrap_or(usize::MAX);
-                        if r > d {
-                            return Err(Error::InvalidConfig {
-                                reason: "x-moe reduction width must not exceed embedding_length",
-                            });
-                        }
-                        Router::XMoe {
-                            reduce: Loader::matrix_of(&red, r, m)?,
-                            experts: ld.matrix(&blk(i, "ffn_gate_inp.weight"), e, r)?,
-                        }
-                    }
-                };
-                let shared = if c.shared_ff_dim > 0 {
-                    let fs = c.shared_ff_dim;
-                    Some(SwiGlu {
-                        gate: ld.matrix(&blk(i, "ffn_gate_shexp.weight"), fs, d)?,
-                        up: ld.matrix(&blk(i, "ffn_up_shexp.weight"), fs, d)?,
-                        down: ld.matrix(&blk(i, "ffn_down_shexp.weight"), d, fs)?,
-                    })
-                } else {
-                    None
-                };
-                Ffn::Moe(Moe {
-                    head,
-                    merge,
-                    router,
-                    gate: ld.stacked(&blk(i, "ffn_gate_exps.weight"), e, f, m)?,
-                    up: ld.stacked(&blk(i, "ffn_up_exps.weight"), e, f, m)?,
-                    down: ld.stacked(&blk(i, "ffn_down_exps.weight"), e, m, f)?,
-                    shared,
-                })
-            } else {
-                let ff = c.ff_dim;
-                Ffn::Dense(SwiGlu {
-                    gate: ld.matrix(&blk(i, "ffn_gate.weight"), ff, d)?,
-                    up: ld.matrix(&blk(i, "ffn_up.weight"), ff, d)?,
-                    down: ld.matrix(&blk(i, "ffn_down.weight"), d, ff)?,
-                })
-            };
-            let layer = Layer {
-                attn_norm: ld.vector(&blk(i, "attn_norm.weight"), d)?,
-                wq: ld.matrix(&blk(i, "attn_q.weight"), qd, d)?,
-                wk: ld.matrix(&blk(i, "attn_k.weight"), kvd, d)?,
-                wv: ld.matrix(&blk(i, "attn_v.weight"), kvd, d)?,
-                wo: ld.matrix(&blk(i, "attn_output.weight"), d, qd)?,
-                ffn_norm: ld.vector(&blk(i, "ffn_norm.weight"), d)?,
-                ffn,
-            };
-            // Capacity was checked against n_layers above.
-            let _ = layers.push(layer);
+    }
+    Ok(found)
+}
+
+fn require<'a>(file: &Gguf<'a>, tname: &str) -> Result<TensorInfo<'a>> {
+    find(file, tname)?.ok_or_else(|| Error::MissingTensor {
+        tensor: name(tname),
+    })
+}
+
+/// How a tensor is named in an error message (built only when there is an error).
+#[derive(Clone, Copy)]
+enum Label<'n> {
+    Str(&'n str),
+    Blk(usize, Slot),
+}
+
+impl Label<'_> {
+    fn name(self) -> Name {
+        match self {
+            Label::Str(s) => name(s),
+            Label::Blk(i, slot) => blk(i, slot.suffix()),
         }
-        Ok(Model {
-            config,
-            token_embd,
-            output_norm,
-            output,
-            tied_output,
-            layers,
-            file,
-        })
     }
+}
 
-    /// The layers.
-    pub fn layers(&self) -> &[Layer<'a>] {
-        &self.layers
+impl<'a> Entry<'a> {
+    fn of(t: &TensorInfo<'a>) -> Self {
+        Entry {
+            ty: t.ty,
+            dims: t.dims,
+            data: t.data,
+        }
     }
+}
 
-    /// The parsed file (for metadata such as the tokenizer).
-    pub fn gguf(&self) -> &Gguf<'a> {
-        &self.file
+fn check_dims(e: &Entry<'_>, label: Label<'_>, expected: [usize; 3]) -> Result<()> {
+    let want = [
+        expected[0] as u64,
+        expected[1] as u64,
+        expected[2] as u64,
+        1,
+    ];
+    if e.dims != want {
+        return Err(Error::WrongShape {
+            tensor: label.name(),
+            expected: [want[0], want[1], want[2]],
+            found: [e.dims[0], e.dims[1], e.dims[2]],
+        });
     }
+    Ok(())
+}
+
+fn vector_of<'a>(e: &Entry<'a>, label: Label<'_>, n: usize) -> Result<Vector<'a>> {
+    check_dims(e, label, [n, 1, 1])?;
+    if e.ty != GgmlType::F32 {
+        return Err(Error::WrongTensorType {
+            tensor: label.name(),
+            expected: "F32 (1-D tensors)",
+        });
+    }
+    Ok(e.data)
+}
+
+fn matrix_of<'a>(e: &Entry<'a>, label: Label<'_>, rows: usize, cols: usize) -> Result<Matrix<'a>> {
+    check_dims(e, label, [cols, rows, 1])?;
+    Ok(Matrix {
+        ty: e.ty,
+        rows,
+        cols,
+        data: e.data,
+    })
 }

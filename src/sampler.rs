@@ -259,7 +259,7 @@ impl Sampler {
         }
 
         let got = scratch.len();
-        let cands = scratch.get_mut(..n).ok_or(Error::BufferTooSmall {
+        let cands = scratch.get_mut(..n).ok_or_else(|| Error::BufferTooSmall {
             what: "sampler scratch (u32 words)",
             needed: n,
             got,

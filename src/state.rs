@@ -5,7 +5,7 @@
 //! must start at a multiple of [`State::ALIGN`] bytes ([`AlignedBuffer`] guarantees that for
 //! statics); every sub-buffer then starts 16-byte aligned as SIMD kernels like.
 
-use crate::config::{Config, RouterKind};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::quant::QK;
 
@@ -261,25 +261,6 @@ pub struct State<'b> {
     pub(crate) ctx: usize,
 }
 
-/// Reduction width of an X-MoE router (0 for the softmax router): the second dimension of
-/// `blk.N.ffn_gate_inp_red.weight`, the same in every layer.
-pub(crate) fn router_red_width(model_layers: &[crate::model::Layer<'_>], c: &Config) -> usize {
-    if c.router == RouterKind::Softmax {
-        return 0;
-    }
-    model_layers
-        .iter()
-        .filter_map(|l| match l.ffn {
-            crate::model::Ffn::Moe(crate::model::Moe {
-                router: crate::model::Router::XMoe { reduce, .. },
-                ..
-            }) => Some(reduce.rows),
-            _ => None,
-        })
-        .max()
-        .unwrap_or(0)
-}
-
 /// Splits `n * size_of::<T>()` bytes (rounded up to 16) off the front of `buf` as a `&mut [T]`.
 fn carve<'b, T: Pod>(buf: &mut &'b mut [u8], n: usize) -> &'b mut [T] {
     let bytes = n * core::mem::size_of::<T>();
@@ -307,23 +288,20 @@ impl<'b> State<'b> {
 
     /// Exact bytes of buffer needed for `model` with a context of `ctx` positions and a batch
     /// capacity of 1 (one token per forward pass).
-    pub fn bytes_needed<const N: usize>(
-        model: &crate::model::Model<'_, N>,
-        ctx: usize,
-    ) -> Result<usize> {
+    pub fn bytes_needed(model: &crate::model::Model<'_>, ctx: usize) -> Result<usize> {
         Self::bytes_needed_batch(model, ctx, 1)
     }
 
     /// Exact bytes of buffer needed for `model`, `ctx` positions and forward passes of up to
     /// `batch` tokens ([`crate::forward_batch`]). The KV cache, attention scores and logits do
     /// not grow with `batch`; the activations and scratch do.
-    pub fn bytes_needed_batch<const N: usize>(
-        model: &crate::model::Model<'_, N>,
+    pub fn bytes_needed_batch(
+        model: &crate::model::Model<'_>,
         ctx: usize,
         batch: usize,
     ) -> Result<usize> {
-        let c = &model.config;
-        Plan::new(c, ctx, batch, router_red_width(model.layers(), c))?
+        let c = model.config();
+        Plan::new(c, ctx, batch, model.router_red_width())?
             .bytes()
             .ok_or(Error::Overflow {
                 what: "state size",
@@ -334,24 +312,20 @@ impl<'b> State<'b> {
     /// Carves the state for `model` and `ctx` positions (batch capacity 1) out of `buf`, which
     /// must be at least [`State::bytes_needed`] bytes and start at a multiple of
     /// [`State::ALIGN`].
-    pub fn new<const N: usize>(
-        model: &crate::model::Model<'_, N>,
-        ctx: usize,
-        buf: &'b mut [u8],
-    ) -> Result<Self> {
+    pub fn new(model: &crate::model::Model<'_>, ctx: usize, buf: &'b mut [u8]) -> Result<Self> {
         Self::new_batch(model, ctx, 1, buf)
     }
 
     /// Carves a state for forward passes of up to `batch` tokens out of `buf`, which must be at
     /// least [`State::bytes_needed_batch`] bytes and start at a multiple of [`State::ALIGN`].
-    pub fn new_batch<const N: usize>(
-        model: &crate::model::Model<'_, N>,
+    pub fn new_batch(
+        model: &crate::model::Model<'_>,
         ctx: usize,
         batch: usize,
         buf: &'b mut [u8],
     ) -> Result<Self> {
-        let c = &model.config;
-        let plan = Plan::new(c, ctx, batch, router_red_width(model.layers(), c))?;
+        let c = model.config();
+        let plan = Plan::new(c, ctx, batch, model.router_red_width())?;
         let overflow = Error::Overflow {
             what: "state size",
             offset: 0,
@@ -448,9 +422,9 @@ impl<'b> State<'b> {
     /// experts and their gates, `k` per sub-token, sub-token-major (`h * k` each). `None` for
     /// dense and out of range layers, and before the first forward pass; stale (from an
     /// earlier pass) if the last forward pass failed.
-    pub fn routing<const N: usize>(
+    pub fn routing(
         &self,
-        model: &crate::model::Model<'_, N>,
+        model: &crate::model::Model<'_>,
         layer: usize,
     ) -> Option<(&[u32], &[f32])> {
         self.routing_of(model, layer, self.last_batch.checked_sub(1)?)
@@ -458,13 +432,13 @@ impl<'b> State<'b> {
 
     /// Routing of layer `layer` for token `t` of the last forward pass (`t` below the number
     /// of tokens it took), as [`State::routing`].
-    pub fn routing_of<const N: usize>(
+    pub fn routing_of(
         &self,
-        model: &crate::model::Model<'_, N>,
+        model: &crate::model::Model<'_>,
         layer: usize,
         t: usize,
     ) -> Option<(&[u32], &[f32])> {
-        if layer >= model.config.n_layers || !model.config.is_moe_layer(layer) {
+        if layer >= model.config().n_layers || !model.config().is_moe_layer(layer) {
             return None;
         }
         if t >= self.last_batch {

@@ -696,7 +696,7 @@ impl<'a, 'w> Tokenizer<'a, 'w> {
             let got = out.len();
             let syms = out
                 .get_mut(n..n + piece.len())
-                .ok_or(Error::BufferTooSmall {
+                .ok_or_else(|| Error::BufferTooSmall {
                     what: "token output",
                     needed: text.len(),
                     got,

@@ -17,7 +17,7 @@ fn token_by_token(exec: Exec<'_>, path: &std::path::Path) -> (Vec<Vec<f32>>, Vec
     let model = file.model().unwrap();
     let mut buf = StateBuffer::for_model(&model, 16).unwrap();
     let mut state = buf.state(&model, 16).unwrap();
-    let v = model.config.vocab_size as u32;
+    let v = model.config().vocab_size() as u32;
     let logits = TOKENS
         .iter()
         .map(|&t| exec.forward(&model, &mut state, t % v).unwrap().to_vec())
@@ -41,7 +41,7 @@ fn check_batches(
     let mut buf = StateBuffer::for_batch(&model, 16, cap).unwrap();
     let mut state = buf.state(&model, 16).unwrap();
     assert_eq!(state.batch_capacity(), cap);
-    let v = model.config.vocab_size as u32;
+    let v = model.config().vocab_size() as u32;
     let tokens: Vec<u32> = TOKENS.iter().map(|&t| t % v).collect();
     let mut at = 0;
     for &n in sizes.iter().cycle() {
@@ -195,8 +195,8 @@ fn bad_batches_and_thread_counts_are_errors_that_change_nothing() {
     exec.forward_batch(&model, &mut state, &[1, 2, 3]).unwrap();
     assert_eq!(state.logits(), &before[..]);
     // The cache is [layer][kv head][position][head_dim]: positions 0..3 of every head.
-    let (hd, ctx) = (model.config.head_dim, 8);
-    for lh in 0..model.config.n_layers * model.config.n_kv_heads {
+    let (hd, ctx) = (model.config().head_dim(), 8);
+    for lh in 0..model.config().n_layers() * model.config().n_kv_heads() {
         let r = lh * ctx * hd..lh * ctx * hd + 3 * hd;
         assert_eq!(state.kv_cache().0[r.clone()], k0[r.clone()]);
         assert_eq!(state.kv_cache().1[r.clone()], v0[r]);

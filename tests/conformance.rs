@@ -763,12 +763,7 @@ fn check_gemv<K: Kernels>(isa: Isa) {
         }
         for (rows, cols) in shapes {
             let data = random_matrix_bytes(&mut rng, ty, rows, cols);
-            let w = Matrix {
-                ty,
-                rows,
-                cols,
-                data: &data,
-            };
+            let w = Matrix::new(ty, rows, cols, &data).unwrap();
             let x: Vec<f32> = (0..cols).map(|_| rng.unit() * 2.0).collect();
             let (mut q, mut d) = (vec![0i8; cols], vec![0.0f32; cols.div_ceil(QK)]);
             let (mut q2, mut d2) = (q.clone(), d.clone());
@@ -798,12 +793,7 @@ fn check_gemv<K: Kernels>(isa: Isa) {
     }
     // A Q8_0 activation holding -128 (the fallback path).
     let data = random_matrix_bytes(&mut rng, GgmlType::Q8_0, 6, 64);
-    let w = Matrix {
-        ty: GgmlType::Q8_0,
-        rows: 6,
-        cols: 64,
-        data: &data,
-    };
+    let w = Matrix::new(GgmlType::Q8_0, 6, 64, &data).unwrap();
     let x = vec![0.0f32; 64];
     let (q, d) = q8_act(&mut rng, 2, |_| -128);
     let a = Act {
@@ -830,12 +820,7 @@ fn check_gemv_group<K: Kernels>(isa: Isa) {
         {
             let pairs = items * in_div;
             let data = random_matrix_bytes(&mut rng, ty, rows, cols);
-            let w = Matrix {
-                ty,
-                rows,
-                cols,
-                data: &data,
-            };
+            let w = Matrix::new(ty, rows, cols, &data).unwrap();
             let x: Vec<f32> = (0..items * cols).map(|_| rng.unit()).collect();
             let (mut q, mut d) = (vec![0i8; items * cols], vec![0.0f32; items * cols / QK]);
             let batch = Scalar::prepare(&x, &[ty], &mut q, &mut d);
@@ -959,12 +944,7 @@ fn check_gemv_group_stress<K: Kernels>(isa: Isa) {
                     d: &d,
                 };
                 let data = stress_weights(&mut rng, ty, rows, cols, case % 6);
-                let w = Matrix {
-                    ty,
-                    rows,
-                    cols,
-                    data: &data,
-                };
+                let w = Matrix::new(ty, rows, cols, &data).unwrap();
                 // `count` distinct members in a scrambled order.
                 let mut members: Vec<u32> = (0..pairs as u32).collect();
                 for i in (1..members.len()).rev() {
@@ -1013,7 +993,7 @@ fn check_models<K: Kernels>(isa: Isa) {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let file = ModelBytes::read(&path).unwrap();
         let model = file.model().unwrap();
-        let v = model.config.vocab_size as u32;
+        let v = model.config().vocab_size() as u32;
         let mut sb = StateBuffer::for_model(&model, TOKENS).unwrap();
         let mut ib = StateBuffer::for_model(&model, TOKENS).unwrap();
         let mut scalar = sb.state(&model, TOKENS).unwrap();
@@ -1027,7 +1007,7 @@ fn check_models<K: Kernels>(isa: Isa) {
             assert_same_slice(isa, &format!("{name}: logits at position {p}"), got, &want);
             assert_eq!(other.weight_bytes_read(), scalar.weight_bytes_read());
         }
-        for l in 0..model.config.n_layers {
+        for l in 0..model.config().n_layers() {
             assert_eq!(
                 other.routing(&model, l),
                 scalar.routing(&model, l),

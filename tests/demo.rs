@@ -91,7 +91,7 @@ fn greedy_output_matches_the_reference() {
 fn mean_nll(name: &str, ids: &[u32]) -> f64 {
     let file = ModelBytes::read(model_path(name)).unwrap();
     let model = file.model().unwrap();
-    let ctx = model.config.context_length;
+    let ctx = model.config().context_length();
     let mut buf = StateBuffer::for_model(&model, ctx).unwrap();
     let mut state = buf.state(&model, ctx).unwrap();
     let (mut total, mut n) = (0.0f64, 0usize);

@@ -32,7 +32,7 @@ fn every_test_model_matches_the_reference() {
         let golden = Golden::read(&common::root().join(format!("tests/golden/{stem}.golden")));
         let file = ModelBytes::read(&path).unwrap();
         let model = file.model().unwrap();
-        assert_eq!(model.config.vocab_size, golden.vocab, "{stem}: vocab");
+        assert_eq!(model.config().vocab_size(), golden.vocab, "{stem}: vocab");
         let tol = logit_tolerance(model_class(file.bytes()));
         let n = golden.tokens.len();
         let mut buf = StateBuffer::for_model(&model, n).unwrap();

@@ -14,39 +14,41 @@ use mhmoe::{Model, State};
 /// once, `n` embedding rows, and per MoE layer each expert chosen by any sub-token once.
 /// Notes in `shared` whether a shared expert was seen.
 fn active_bytes(model: &Model<'_>, state: &State<'_>, n: usize, shared: &mut bool) -> u64 {
-    let c = &model.config;
-    let mut active = n * model.token_embd.row_bytes() + model.output.data.len();
-    for (l, layer) in model.layers().iter().enumerate() {
+    let c = model.config();
+    let mut active = n * model.token_embd().row_bytes() + model.output().data().len();
+    for (l, layer) in model.layers().enumerate() {
         active += [layer.wq, layer.wk, layer.wv, layer.wo]
             .iter()
-            .map(|m| m.data.len())
+            .map(|m| m.data().len())
             .sum::<usize>();
         match &layer.ffn {
-            Ffn::Dense(f) => active += f.gate.data.len() + f.up.data.len() + f.down.data.len(),
+            Ffn::Dense(f) => {
+                active += f.gate.data().len() + f.up.data().len() + f.down.data().len()
+            }
             Ffn::Moe(moe) => {
                 let mut distinct = BTreeSet::new();
                 for t in 0..n {
                     let (idx, gates) = state.routing_of(model, l, t).unwrap();
-                    assert_eq!(idx.len(), c.moe_heads * c.top_k);
+                    assert_eq!(idx.len(), c.moe_heads() * c.top_k());
                     assert!(gates.iter().all(|g| g.is_finite() && *g > 0.0));
                     distinct.extend(idx.iter().copied());
                 }
                 assert!(state.routing_of(model, l, n).is_none());
-                assert!(distinct.iter().all(|&e| (e as usize) < c.n_experts));
-                let per_expert = moe.gate.get(0).data.len()
-                    + moe.up.get(0).data.len()
-                    + moe.down.get(0).data.len();
+                assert!(distinct.iter().all(|&e| (e as usize) < c.n_experts()));
+                let per_expert = moe.gate.get(0).data().len()
+                    + moe.up.get(0).data().len()
+                    + moe.down.get(0).data().len();
                 active += distinct.len() * per_expert;
                 for (w, _) in moe.head.iter().chain(moe.merge.iter()) {
-                    active += w.data.len();
+                    active += w.data().len();
                 }
                 active += match moe.router {
-                    Router::Softmax(w) => w.data.len(),
-                    Router::XMoe { reduce, experts } => reduce.data.len() + experts.data.len(),
+                    Router::Softmax(w) => w.data().len(),
+                    Router::XMoe { reduce, experts } => reduce.data().len() + experts.data().len(),
                 };
                 if let Some(s) = &moe.shared {
                     *shared = true;
-                    active += s.gate.data.len() + s.up.data.len() + s.down.data.len();
+                    active += s.gate.data().len() + s.up.data().len() + s.down.data().len();
                 }
             }
         }
@@ -112,14 +114,14 @@ fn sub_tokens_share_experts_in_the_test_models() {
     for path in common::test_models() {
         let file = ModelBytes::read(&path).unwrap();
         let model = file.model().unwrap();
-        if model.config.moe_heads == 1 {
+        if model.config().moe_heads() == 1 {
             continue;
         }
         let mut buf = StateBuffer::for_model(&model, 16).unwrap();
         let mut state = buf.state(&model, 16).unwrap();
         for token in 0..16u32 {
             mhmoe::forward(&model, &mut state, token * 13 % 256).unwrap();
-            for l in 0..model.config.n_layers {
+            for l in 0..model.config().n_layers() {
                 if let Some((idx, _)) = state.routing(&model, l) {
                     let distinct: BTreeSet<u32> = idx.iter().copied().collect();
                     if distinct.len() < idx.len() {

@@ -144,9 +144,9 @@ fn tiny_model() -> Vec<u8> {
 }
 
 /// The tiny model's bytes and the model, built and loaded once (loading is slow under Miri).
-fn tiny() -> &'static Model<'static, 4> {
+fn tiny() -> &'static Model<'static> {
     static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
-    static MODEL: OnceLock<Model<'static, 4>> = OnceLock::new();
+    static MODEL: OnceLock<Model<'static>> = OnceLock::new();
     MODEL.get_or_init(|| Model::from_bytes(BYTES.get_or_init(tiny_model)).unwrap())
 }
 
@@ -272,7 +272,7 @@ fn state_carving_in_every_kind_of_buffer() {
 
 /// Forward steps on the scalar kernels match the reference's logits.
 fn forward_matches_golden(bytes: &[u8], stem: &str) {
-    let model = Model::<4>::from_bytes(bytes).unwrap();
+    let model = Model::from_bytes(bytes).unwrap();
     let golden = Golden::read(&common::root().join(format!("tests/golden/{stem}.golden")));
     let class = Gguf::parse(bytes)
         .unwrap()

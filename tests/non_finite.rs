@@ -32,7 +32,7 @@ fn isas() -> Vec<Isa> {
 /// Runs `tokens` from position 0 on `isa`; the last logits, or the first error (after which the
 /// position must not have advanced).
 fn run(isa: Isa, bytes: &[u8], tokens: &[u32]) -> Result<Vec<f32>, Error> {
-    let model = Model::<8>::from_bytes(bytes).expect("the edited model still loads");
+    let model = Model::from_bytes(bytes).expect("the edited model still loads");
     let mut buf = mhmoe::file::StateBuffer::for_model(&model, tokens.len()).unwrap();
     let mut st = buf.state(&model, tokens.len()).unwrap();
     let mut last = Vec::new();
@@ -147,7 +147,7 @@ fn nan_embedding_row_flags_its_token_and_the_state_recovers() {
         ));
         let clean = run(isa, &bytes, &[5, 8]).unwrap();
 
-        let model = Model::<8>::from_bytes(&bytes).unwrap();
+        let model = Model::from_bytes(&bytes).unwrap();
         let mut buf = mhmoe::file::StateBuffer::for_model(&model, 2).unwrap();
         let mut st = buf.state(&model, 2).unwrap();
         forward_on(isa, &model, &mut st, 5).unwrap();
@@ -288,7 +288,7 @@ fn errors_do_not_change_the_state_size() {
     let bytes = edit("a_f32_h2_k2_gqa.gguf", "output_norm.weight", |d| {
         f32_at(d, 0, f32::NAN)
     });
-    let model = Model::<8>::from_bytes(&bytes).unwrap();
+    let model = Model::from_bytes(&bytes).unwrap();
     let need = State::bytes_needed(&model, 2).unwrap();
     let mut buf = mhmoe::file::StateBuffer::for_model(&model, 2).unwrap();
     let mut st = buf.state(&model, 2).unwrap();

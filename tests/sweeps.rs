@@ -90,9 +90,9 @@ fn sweep_bytes(name: &str, original: &[u8], plan: &Plan) {
     let header = every.max(g.data_offset().min(original.len()));
     // The state the undamaged model needs: damaged ones may differ (a flipped top-k, say) but
     // only by a small factor.
-    let base_state = Model::<64>::from_bytes(original)
+    let base_state = Model::from_bytes(original)
         .ok()
-        .and_then(|m| State::bytes_needed(&m, m.config.context_length.min(plan.ctx)).ok());
+        .and_then(|m| State::bytes_needed(&m, m.config().context_length().min(plan.ctx)).ok());
 
     let mut failures = Vec::new();
     let mut slowest = (Duration::ZERO, String::new());
@@ -129,7 +129,7 @@ fn sweep_bytes(name: &str, original: &[u8], plan: &Plan) {
                 hostile::model(bytes);
                 hostile::tokenizer_gguf(bytes);
             } else {
-                assert!(Model::<64>::from_bytes(bytes).is_err());
+                assert!(Model::from_bytes(bytes).is_err());
             }
         });
         if r.is_err() {
@@ -158,11 +158,11 @@ fn sweep_bytes(name: &str, original: &[u8], plan: &Plan) {
         let label = format!("{name} flip #{i}: byte {pos} {old:#04x} -> {new:#04x}");
         let d = run_case(&label, &bytes, plan.ctx, &mut failures);
         note(d, &label);
-        if let Ok(m) = Model::<64>::from_bytes(&bytes) {
+        if let Ok(m) = Model::from_bytes(&bytes) {
             loaded += 1;
             if let (Some(base), Ok(need)) = (
                 base_state,
-                State::bytes_needed(&m, m.config.context_length.min(plan.ctx)),
+                State::bytes_needed(&m, m.config().context_length().min(plan.ctx)),
             ) {
                 assert!(
                     need <= 16 * base,

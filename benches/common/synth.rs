@@ -198,6 +198,18 @@ pub fn build(s: &Synth, seed: u64) -> Vec<u8> {
             tensors.push(vec_t(format!("blk.{l}.ffn_merge.bias"), d, 0.0));
         }
     }
+    // FORMAT.md's tensor order: a layer's tensors together, layers in increasing order.
+    tensors.sort_by_key(|t| match t.name.strip_prefix("blk.") {
+        Some(rest) => (
+            1,
+            rest.split('.')
+                .next()
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(0),
+        ),
+        None if t.name == "token_embd.weight" => (0, 0),
+        None => (2, 0),
+    });
     let u = |v: usize| Kv::U32(v as u32);
     let kvs = vec![
         ("general.architecture".to_owned(), Kv::Str("mhmoe".into())),

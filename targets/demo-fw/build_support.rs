@@ -25,8 +25,6 @@ use mhmoe::{Model, State};
 
 /// Must match `demo_fw::PROMPT`.
 const PROMPT: &str = "It is a truth universally acknowledged";
-/// Must match `demo_fw::MAX_LAYERS`.
-const MAX_LAYERS: usize = 8;
 /// Must match `demo_fw::MAX_PROMPT`.
 const MAX_PROMPT: usize = 64;
 /// Must match `demo_fw::MAX_TOKENS`.
@@ -138,9 +136,9 @@ impl Board {
                 model_path.display()
             ))
         });
-        let model: Model<'_, MAX_LAYERS> = Model::from_bytes(file.bytes()).unwrap_or_else(|e| {
+        let model: Model<'_> = Model::from_bytes(file.bytes()).unwrap_or_else(|e| {
             fail(format!(
-                "{}: cannot load {} (at most {MAX_LAYERS} layers): {e}",
+                "{}: cannot load {}: {e}",
                 self.name,
                 model_path.display()
             ))
@@ -203,7 +201,7 @@ impl Board {
             problems.push(format!(
                 "RAM: needed {need_ram} bytes ({:.1} KiB) = state {state} (context {ctx}, of which KV cache {}) + tokenizer workspace {} + {STACK_RESERVE} for the stack, available {ram} bytes ({:.1} KiB): {} bytes short",
                 kib(need_ram),
-                2 * model.config.n_layers as u64 * ctx as u64 * model.config.kv_dim() as u64 * 4,
+                2 * model.config().n_layers() as u64 * ctx as u64 * model.config().kv_dim() as u64 * 4,
                 tok_words * 4,
                 kib(ram),
                 need_ram - ram

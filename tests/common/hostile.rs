@@ -125,25 +125,22 @@ impl Aligned {
 /// (context 0 and past the model's maximum are errors) and `State::new` with a buffer one byte
 /// too small.
 pub fn model(data: &[u8]) {
-    let Ok(m) = Model::<64>::from_bytes(data) else {
+    let Ok(m) = Model::from_bytes(data) else {
         // Still exercise the configuration reader on whatever parsed.
         if let Ok(g) = Gguf::parse(data) {
             let _ = Config::from_gguf(&g);
         }
         return;
     };
-    let c = &m.config;
-    c.validate()
-        .expect("a loaded model's configuration validates");
-    assert_eq!(m.layers().len(), c.n_layers);
-    assert!(c.vocab_size >= 1 && c.context_length >= 1);
-    if c.n_layers > 1 {
-        assert!(matches!(
-            Model::<1>::from_bytes(data),
-            Err(Error::InvalidConfig { .. })
-        ));
-    }
-    let max = c.context_length;
+    let c = m.config();
+    assert_eq!(
+        Config::from_gguf(m.gguf()).as_ref(),
+        Ok(c),
+        "a loaded model's configuration reads back the same"
+    );
+    assert_eq!(m.layers().count(), c.n_layers());
+    assert!(c.vocab_size() >= 1 && c.context_length() >= 1);
+    let max = c.context_length();
     for bad in [0, max + 1] {
         assert_eq!(
             State::bytes_needed(&m, bad),
@@ -186,11 +183,11 @@ pub fn forward_steps(data: &[u8]) {
 
 /// [`forward_steps`] with a context of at most `max_ctx` positions.
 pub fn run_steps(data: &[u8], max_ctx: usize) {
-    let Ok(m) = Model::<64>::from_bytes(data) else {
+    let Ok(m) = Model::from_bytes(data) else {
         return;
     };
-    let c = &m.config;
-    let ctx = c.context_length.min(max_ctx).max(1);
+    let c = m.config();
+    let ctx = c.context_length().min(max_ctx).max(1);
     match State::bytes_needed(&m, ctx) {
         Ok(need) if need <= MAX_STATE_BYTES => {}
         _ => return,
@@ -203,7 +200,7 @@ pub fn run_steps(data: &[u8], max_ctx: usize) {
         .state(&m, ctx)
         .expect("a StateBuffer fits its model");
 
-    let v = c.vocab_size;
+    let v = c.vocab_size();
     let oor = u32::try_from(v).unwrap_or(u32::MAX);
     assert_eq!(
         forward(&m, &mut st, oor).err(),

@@ -33,8 +33,6 @@ pub mod stack;
 
 /// The prompt every board continues.
 pub const PROMPT: &str = "It is a truth universally acknowledged";
-/// Layer capacity of the [`Model`] value (the build checks the model has at most this many).
-pub const MAX_LAYERS: usize = 8;
 /// Capacity for prompt tokens (beginning-of-sequence token included).
 pub const MAX_PROMPT: usize = 64;
 /// Capacity for generated tokens.
@@ -171,7 +169,7 @@ pub fn generate(
     cycles: &dyn Fn() -> u32,
 ) -> Result<Summary, Failure> {
     let fail = |stage| move |error| Failure { stage, error };
-    let model: Model<'_, MAX_LAYERS> = Model::from_bytes(demo.model).map_err(fail(Stage::Model))?;
+    let model: Model<'_> = Model::from_bytes(demo.model).map_err(fail(Stage::Model))?;
     let tokenizer_bytes =
         Tokenizer::workspace_len(model.gguf()).map_err(fail(Stage::Tokenizer))? * 4;
     let tok = Tokenizer::new(model.gguf(), tok_workspace).map_err(fail(Stage::Tokenizer))?;

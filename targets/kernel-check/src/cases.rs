@@ -410,37 +410,32 @@ fn quantized<K: Kernels>(bufs: &mut Bufs, ck: &mut Checker<'_>, rng: &mut Rng) {
     }
 
     for (ty, k) in [(GgmlType::Q8_0, GEMV_Q8), (GgmlType::Q4_0, GEMV_Q4)] {
-        let mut shapes = [(0usize, 0usize, Fill::Random, 0usize, 0usize); 200];
+        let mut shapes = [(0usize, 0usize, Fill::Random, 0usize); 200];
         let mut n = 0;
         for &rows in &GEMV_ROWS {
             for &nb in &GEMV_NBS {
                 for fill in [Fill::Random, Fill::AllMin, Fill::MaxScale, Fill::WideScale] {
-                    shapes[n] = (rows, nb, fill, 0, 0);
+                    shapes[n] = (rows, nb, fill, 0);
                     n += 1;
                 }
             }
         }
-        // Long rows (past the 64-block sum cache), an odd start address, and a matrix whose
-        // data ends inside row 4 (the missing rows give 0, as in the scalar GEMV).
-        shapes[n] = (5, 65, Fill::Random, 0, 0);
-        shapes[n + 1] = (5, 9, Fill::Random, 1, 0);
-        shapes[n + 2] = (9, 8, Fill::Random, 2, 0);
-        shapes[n + 3] = (6, 9, Fill::Random, 0, 1);
-        shapes[n + 4] = (7, 8, Fill::NonFinite, 0, 0);
-        shapes[n + 5] = (8, 16, Fill::F32Scale, 0, 0);
+        // Long rows (past the 64-block sum cache) and odd start addresses. (A matrix whose data
+        // ends inside a row cannot be made: `Matrix::new` refuses it.)
+        shapes[n] = (5, 65, Fill::Random, 0);
+        shapes[n + 1] = (5, 9, Fill::Random, 1);
+        shapes[n + 2] = (9, 8, Fill::Random, 2);
+        shapes[n + 3] = (6, 9, Fill::Random, 3);
+        shapes[n + 4] = (7, 8, Fill::NonFinite, 0);
+        shapes[n + 5] = (8, 16, Fill::F32Scale, 0);
         n += 6;
-        for &(rows, nb, fill, off, cut) in &shapes[..n] {
+        for &(rows, nb, fill, off) in &shapes[..n] {
             let cols = nb * QK;
             let rb = ty.row_bytes(cols);
             fill_blocks(&mut bufs.w[off..], ty, rows * nb, fill, rng);
             fill_act(&mut bufs.xq[..cols], &mut bufs.xd[..nb], fill, rng);
-            let len = if cut > 0 { 4 * rb + rb / 2 } else { rows * rb };
-            let m = Matrix {
-                ty,
-                rows,
-                cols,
-                data: &bufs.w[off..off + len],
-            };
+            let m =
+                Matrix::new(ty, rows, cols, &bufs.w[off..off + rows * rb]).expect("a whole matrix");
             let act = Act {
                 x: &[],
                 q: &bufs.xq[..cols],
@@ -452,7 +447,7 @@ fn quantized<K: Kernels>(bufs: &mut Bufs, ck: &mut Checker<'_>, rng: &mut Rng) {
             Scalar::gemv(&m, &act, &mut bufs.b[..rows + 3]);
             ck.f32s(
                 k,
-                format_args!("{rows}x{cols} {fill:?} offset {off} cut {cut}"),
+                format_args!("{rows}x{cols} {fill:?} offset {off}"),
                 &bufs.a[..rows + 3],
                 &bufs.b[..rows + 3],
             );
@@ -529,12 +524,7 @@ fn floats<K: Kernels>(bufs: &mut Bufs, ck: &mut Checker<'_>, rng: &mut Rng) {
                 }
             }
             fill_floats(&mut bufs.f[0][..n], rng, 3.0);
-            let m = Matrix {
-                ty,
-                rows,
-                cols: n,
-                data: &bufs.w[..bytes],
-            };
+            let m = Matrix::new(ty, rows, n, &bufs.w[..bytes]).expect("a whole matrix");
             let act = Act {
                 x: &bufs.f[0][..n],
                 q: &[],

@@ -101,12 +101,7 @@ fn main() -> ! {
             let d = 0x2400u16 | (blk[2] as u16 & 0x3FF);
             blk[..2].copy_from_slice(&d.to_le_bytes());
         }
-        let m = Matrix {
-            ty,
-            rows: ROWS,
-            cols: COLS,
-            data: &w[..ROWS * COLS / QK * bb],
-        };
+        let m = Matrix::new(ty, ROWS, COLS, &w[..ROWS * COLS / QK * bb]).expect("a whole matrix");
         measure(
             &mut n,
             match ty {
