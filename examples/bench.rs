@@ -164,13 +164,13 @@ fn run(args: Args) -> Result<(), String> {
             state.reset();
             let t = Instant::now();
             exec.forward_batch(&model, &mut state, &tokens[..prompt])
-                .map_err(|e| err("prompt", e))?;
+                .map_err(|e| err("prompt", e.into()))?;
             let prompt_secs = t.elapsed().as_secs_f64();
             let mut bytes = 0u64;
             let t = Instant::now();
             for &tok in &tokens[prompt..] {
                 exec.forward(&model, &mut state, tok)
-                    .map_err(|e| err("decode", e))?;
+                    .map_err(|e| err("decode", e.into()))?;
                 bytes += state.weight_bytes_read();
             }
             let decode_secs = t.elapsed().as_secs_f64();

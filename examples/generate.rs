@@ -64,6 +64,7 @@ struct Args {
 
 fn run(args: Args) -> Result<(), String> {
     let ctx_err = |what: &str, e: mhmoe::Error| format!("{what}: {e}");
+    let token_err = |what: &str, e: mhmoe::TokenError| format!("{what}: {e}");
     if let Some(name) = &args.isa {
         let isa = mhmoe::kernels::ALL_ISAS
             .into_iter()
@@ -124,7 +125,7 @@ fn run(args: Args) -> Result<(), String> {
     let mut logits_ready = false;
     for chunk in prompt.chunks(batch) {
         exec.forward_batch(&model, &mut state, chunk)
-            .map_err(|e| ctx_err("forward", e))?;
+            .map_err(|e| token_err("forward", e))?;
         logits_ready = true;
     }
     let prompt_time = t_prompt.elapsed();
@@ -136,7 +137,7 @@ fn run(args: Args) -> Result<(), String> {
     while generated < args.tokens && logits_ready {
         let next = sampler
             .sample(state.logits(), &mut scratch)
-            .map_err(|e| ctx_err("sampling", e))?;
+            .map_err(|e| token_err("sampling", e))?;
         if Some(next) == tok.eos() {
             stop_reason = "end-of-sequence token";
             break;
@@ -153,7 +154,7 @@ fn run(args: Args) -> Result<(), String> {
             break;
         }
         exec.forward(&model, &mut state, next)
-            .map_err(|e| ctx_err("forward", e))?;
+            .map_err(|e| token_err("forward", e))?;
     }
     decoder.flush(&mut emit);
     emit("\n");

@@ -1,9 +1,15 @@
-//! The one error type of the crate.
+//! The crate's errors: [`Error`] for loading and setting up, [`TokenError`] for each token.
 //!
 //! Every failure is a value of [`Error`]: malformed model files say what was wrong and at which
 //! byte offset, configuration errors say which key or tensor, and run-time errors (a full
 //! context, an out-of-range token, a too-small buffer) say what limit was hit. Nothing in the
 //! public API panics on bad input.
+//!
+//! The per-token path (the forward pass, its steps, sampling) returns [`TokenError`] instead:
+//! the same run-time errors in a `Copy` value of at most 16 bytes (an [`Error`] carries names of
+//! up to 64 bytes), so a firmware's token loop moves no large values around. It converts into
+//! the [`Error`] variant with the same meaning (`?` works in a function returning [`Error`]), and
+//! prints the same message.
 
 use core::fmt;
 
@@ -24,6 +30,155 @@ pub(crate) fn name(s: &str) -> Name {
     }
     out
 }
+
+/// Saturates `v` to a `u32` (for the compact fields of [`TokenError`]).
+fn u32_sat(v: usize) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+/// Where a NaN or infinity was found ([`TokenError::NonFinite`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum NonFinite {
+    /// The logits of a forward pass.
+    Logits,
+    /// An attention score (a softmax would turn -inf into a weight of 0).
+    AttentionScores,
+    /// An RMSNorm sum of squares (an overflow would scale the token to zeros).
+    NormSumOfSquares,
+    /// A router logit or an X-MoE expert norm.
+    Router,
+    /// Logits given to a sampler: a NaN or `+inf`.
+    SampledNanOrInf,
+    /// Logits given to a sampler: all `-inf`.
+    SampledAllNegInf,
+}
+
+impl NonFinite {
+    /// The place, as [`Error::NonFinite`] names it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            NonFinite::Logits => "logits",
+            NonFinite::AttentionScores => "attention scores",
+            NonFinite::NormSumOfSquares => "activations (RMSNorm sum of squares)",
+            NonFinite::Router => "router",
+            NonFinite::SampledNanOrInf => "logits (NaN or +inf)",
+            NonFinite::SampledAllNegInf => "logits (all -inf)",
+        }
+    }
+}
+
+/// An error of the per-token path ([`crate::forward`], [`crate::Exec`], the step API,
+/// [`crate::sampler`]): small and `Copy`. Sizes are `u32`, saturated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum TokenError {
+    /// A token id at or past the vocabulary size.
+    TokenOutOfRange {
+        /// The id.
+        token: u32,
+        /// The vocabulary size.
+        vocab_size: u32,
+    },
+    /// The tokens do not fit in the state's remaining context ([`crate::State::reset`] starts
+    /// over).
+    ContextFull {
+        /// The state's context length.
+        context_length: u32,
+    },
+    /// A forward pass of no tokens.
+    EmptyBatch,
+    /// More tokens than the state's batch capacity.
+    BatchTooLarge {
+        /// Tokens given.
+        len: u32,
+        /// The state's batch capacity.
+        capacity: u32,
+    },
+    /// The state was made for a different model.
+    WrongState,
+    /// A NaN or infinity where it would make the output garbage.
+    NonFinite(NonFinite),
+    /// No logits to sample from (or more than `u32::MAX`).
+    NoLogits,
+    /// A sampler's scratch buffer is shorter than [`crate::sampler::Sampler::scratch_len`].
+    ScratchTooSmall {
+        /// Words needed.
+        needed: u32,
+        /// Words given.
+        got: u32,
+    },
+}
+
+impl TokenError {
+    pub(crate) fn token_out_of_range(token: u32, vocab_size: usize) -> Self {
+        TokenError::TokenOutOfRange {
+            token,
+            vocab_size: u32_sat(vocab_size),
+        }
+    }
+
+    pub(crate) fn context_full(context_length: usize) -> Self {
+        TokenError::ContextFull {
+            context_length: u32_sat(context_length),
+        }
+    }
+
+    pub(crate) fn batch_too_large(len: usize, capacity: usize) -> Self {
+        TokenError::BatchTooLarge {
+            len: u32_sat(len),
+            capacity: u32_sat(capacity),
+        }
+    }
+
+    pub(crate) fn scratch_too_small(needed: usize, got: usize) -> Self {
+        TokenError::ScratchTooSmall {
+            needed: u32_sat(needed),
+            got: u32_sat(got),
+        }
+    }
+}
+
+impl From<TokenError> for Error {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::TokenOutOfRange { token, vocab_size } => Error::TokenOutOfRange {
+                token,
+                vocab_size: vocab_size as usize,
+            },
+            TokenError::ContextFull { context_length } => Error::ContextFull {
+                context_length: context_length as usize,
+            },
+            TokenError::EmptyBatch => Error::EmptyPrompt,
+            TokenError::BatchTooLarge { len, capacity } => Error::BatchTooLarge {
+                len: len as usize,
+                capacity: capacity as usize,
+            },
+            TokenError::WrongState => Error::InvalidConfig {
+                reason: "the state was made for a different model",
+            },
+            TokenError::NonFinite(at) => Error::NonFinite { what: at.as_str() },
+            TokenError::NoLogits => Error::BadSamplerParams {
+                reason: "logits must hold between 1 and u32::MAX values",
+            },
+            TokenError::ScratchTooSmall { needed, got } => Error::BufferTooSmall {
+                what: "sampler scratch (u32 words)",
+                needed: needed as usize,
+                got: got as usize,
+            },
+        }
+    }
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        Error::from(*self).fmt(f)
+    }
+}
+
+impl core::error::Error for TokenError {}
 
 /// What went wrong. Every variant carries enough context to find the problem.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,10 +12,13 @@
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, NonFinite, Result, TokenError};
+
+/// The result of the per-token path.
+type TokenResult<T> = core::result::Result<T, TokenError>;
 use crate::kernels::scalar::{add_bias, rope};
 use crate::kernels::{Act, Isa, Kernels, Out, Scalar};
-use crate::model::{Ffn, Layer, Matrix, Model, Moe, Router, SwiGlu};
+use crate::model::{Ffn, Layer, Layers, Matrix, Model, Moe, Router, SwiGlu};
 use crate::parallel::{for_chunks, for_row_ranges, Parallel, Serial};
 use crate::quant::QK;
 use crate::state::{Plan, State};
@@ -23,25 +26,26 @@ use crate::state::{Plan, State};
 /// Runs one token through the model at the state's next position and returns the logits,
 /// on the active instruction set ([`Isa::active`]) and the calling thread.
 ///
-/// Errors: [`Error::TokenOutOfRange`], [`Error::ContextFull`] when every position of the state
-/// is used (call [`State::reset`] to start over), [`Error::InvalidConfig`] when the state was
-/// made for another model, and [`Error::NonFinite`] when a NaN or infinity (corrupt weights or
+/// Errors ([`TokenError`]): `TokenOutOfRange`, `ContextFull` when every position of the state
+/// is used (call [`State::reset`] to start over), `WrongState` when the state was made for
+/// another model, and `NonFinite` when a NaN or infinity (corrupt weights or
 /// overflowing activations) reaches the logits, or appears where it would otherwise vanish:
 /// an attention score or router logit (a softmax would turn -inf into a weight of 0), an
 /// RMSNorm sum of squares (an overflow would scale the token to zeros) or an X-MoE expert
 /// norm. On error the state's position does not advance.
-pub fn forward<'s>(model: &Model<'_>, s: &'s mut State<'_>, token: u32) -> Result<&'s [f32]> {
+pub fn forward<'s>(model: &Model<'_>, s: &'s mut State<'_>, token: u32) -> TokenResult<&'s [f32]> {
     Exec::serial().forward(model, s, token)
 }
 
-/// [`forward`] on a given instruction set; fails if it is not available here.
+/// [`forward`] on a given instruction set; fails with [`Error::InvalidConfig`] if it is not
+/// available here (a setup error, hence [`Error`]; [`Exec::with_isa`] checks it once).
 pub fn forward_on<'s>(
     isa: Isa,
     model: &Model<'_>,
     s: &'s mut State<'_>,
     token: u32,
 ) -> Result<&'s [f32]> {
-    Exec::serial().with_isa(isa)?.forward(model, s, token)
+    Ok(Exec::serial().with_isa(isa)?.forward(model, s, token)?)
 }
 
 /// Runs `tokens` (e.g. a prompt) through the model at the state's next positions in one pass
@@ -51,7 +55,7 @@ pub fn forward_batch<'s>(
     model: &Model<'_>,
     s: &'s mut State<'_>,
     tokens: &[u32],
-) -> Result<&'s [f32]> {
+) -> TokenResult<&'s [f32]> {
     Exec::serial().forward_batch(model, s, tokens)
 }
 
@@ -68,7 +72,7 @@ pub fn forward_batch<'s>(
 /// let mut state = buf.state(&model, 64)?;
 /// exec.forward_batch(&model, &mut state, &[1, 2, 3, 4])?; // a prompt, in one pass
 /// let logits = exec.forward(&model, &mut state, 5)?;     // then token by token
-/// # assert_eq!(logits.len(), model.config().vocab_size);
+/// # assert_eq!(logits.len(), model.config().vocab_size());
 /// # Ok(())
 /// # }
 /// ```
@@ -146,7 +150,7 @@ impl<'p> Exec<'p> {
         model: &Model<'_>,
         s: &'s mut State<'_>,
         token: u32,
-    ) -> Result<&'s [f32]> {
+    ) -> TokenResult<&'s [f32]> {
         self.forward_batch(model, s, core::slice::from_ref(&token))
     }
 
@@ -155,26 +159,28 @@ impl<'p> Exec<'p> {
     /// token's routing. The logits and the KV cache are bit-identical to running the tokens one
     /// by one with [`forward`].
     ///
-    /// Errors, all leaving the state's position unchanged: [`Error::EmptyPrompt`] for no
-    /// tokens, [`Error::BatchTooLarge`] for more than [`State::batch_capacity`] tokens,
-    /// [`Error::ContextFull`] when they do not all fit in the remaining context, and the
+    /// Errors, all leaving the state's position unchanged: [`TokenError::EmptyBatch`] for no
+    /// tokens, [`TokenError::BatchTooLarge`] for more than [`State::batch_capacity`] tokens,
+    /// [`TokenError::ContextFull`] when they do not all fit in the remaining context, and the
     /// errors of [`forward`].
     pub fn forward_batch<'s>(
         &self,
         model: &Model<'_>,
         s: &'s mut State<'_>,
         tokens: &[u32],
-    ) -> Result<&'s [f32]> {
-        let pass = Pass {
-            par: self.par,
-            min_split: self.min_split,
-            bytes: 0,
-        };
-        crate::with_isa!(
-            self.isa,
-            K => run::<K>(pass, model, s, tokens),
-            _ => run::<Scalar>(pass, model, s, tokens)
-        )
+    ) -> TokenResult<&'s [f32]> {
+        self.begin(model, s, tokens)?.finish()
+    }
+
+    /// Starts a forward pass of `tokens` to be run one layer per [`Steps::step`]: checks them
+    /// (the errors of [`Exec::forward_batch`], before anything changes) and embeds them.
+    pub fn begin<'m, 'a, 's, 'b>(
+        &self,
+        model: &'m Model<'a>,
+        s: &'s mut State<'b>,
+        tokens: &[u32],
+    ) -> TokenResult<Steps<'p, 'm, 'a, 's, 'b>> {
+        begin(*self, model, s, tokens)
     }
 }
 
@@ -252,85 +258,236 @@ fn first(members: &mut [u32], n: usize) -> &[u32] {
     m
 }
 
-/// The forward pass of `tokens` with kernels `K`.
-fn run<'s, K: Kernels>(
-    mut pass: Pass<'_>,
-    model: &Model<'_>,
-    st: &'s mut State<'_>,
+/// A forward pass in progress, run one layer per call so that firmware can do other work
+/// between layers (see [`Exec::begin`]).
+///
+/// Made by [`Exec::begin`], which checks the tokens and embeds them; each [`Steps::step`] runs
+/// one layer; [`Steps::finish`] runs the layers left and the output layer and returns the
+/// logits, the same bits as [`Exec::forward_batch`] (which is `begin` then `finish`).
+///
+/// Dropping it before `finish` abandons the pass: the state's position does not advance, so
+/// the next pass starts where this one started and gives the same results as if it had never
+/// begun (the positions it wrote in the KV cache are past [`State::pos`], and are written
+/// again). The logits and [`State::weight_bytes_read`] keep the last finished pass's values;
+/// the routing record is cleared when a pass begins ([`State::routing`] gives `None` until one
+/// finishes), since the layers that ran have overwritten it.
+///
+/// ```
+/// # fn main() -> Result<(), mhmoe::Error> {
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/models/d_q8_0_h2_k2_gqa.gguf");
+/// # let file = mhmoe::file::ModelBytes::read(path)?;
+/// # let model = file.model()?;
+/// # let mut buf = mhmoe::file::StateBuffer::for_model(&model, 16)?;
+/// # let mut state = buf.state(&model, 16)?;
+/// let mut steps = mhmoe::Exec::serial().begin(&model, &mut state, &[1])?;
+/// while steps.step()? {
+///     // yield to other tasks here: one layer ran
+/// }
+/// let logits = steps.finish()?;
+/// # assert_eq!(logits.len(), model.config().vocab_size());
+/// # Ok(())
+/// # }
+/// ```
+pub struct Steps<'e, 'm, 'a, 's, 'b> {
+    exec: Exec<'e>,
+    model: &'m Model<'a>,
+    st: &'s mut State<'b>,
+    layers: Layers<'m, 'a>,
+    /// Index of the next layer.
+    next: usize,
+    /// Tokens in the pass.
+    n: usize,
+    /// Position of the first token.
+    pos0: usize,
+    /// Weight bytes read so far.
+    bytes: u64,
+    /// The error a step returned; the pass cannot go on after it.
+    failed: Option<TokenError>,
+}
+
+impl core::fmt::Debug for Steps<'_, '_, '_, '_, '_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Steps")
+            .field("exec", &self.exec)
+            .field("next_layer", &self.next)
+            .field("layers", &self.model.config().n_layers)
+            .field("tokens", &self.n)
+            .field("pos", &self.pos0)
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+impl<'s> Steps<'_, '_, '_, 's, '_> {
+    /// Layers run so far.
+    pub fn layers_done(&self) -> usize {
+        self.next
+    }
+
+    /// Layers in the model.
+    pub fn layers_total(&self) -> usize {
+        self.model.config().n_layers
+    }
+
+    /// Runs the next layer: `Ok(true)` if one ran, `Ok(false)` once every layer has (then call
+    /// [`Steps::finish`]). After an error the pass cannot go on: every later call returns the
+    /// same error, and the state is as [`Steps`] describes for an abandoned pass.
+    pub fn step(&mut self) -> TokenResult<bool> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        let Some(layer) = self.layers.next() else {
+            // The walk of the tensor table was checked when the model loaded; a short one
+            // would mean the bytes changed since.
+            if self.next != self.model.config().n_layers {
+                self.failed = Some(TokenError::WrongState);
+                return Err(TokenError::WrongState);
+            }
+            return Ok(false);
+        };
+        let mut pass = Pass {
+            par: self.exec.par,
+            min_split: self.exec.min_split,
+            bytes: self.bytes,
+        };
+        let (c, l, st, pos0, n) = (
+            self.model.config(),
+            self.next,
+            &mut *self.st,
+            self.pos0,
+            self.n,
+        );
+        let ran = crate::with_isa!(
+            self.exec.isa,
+            K => run_layer::<K>(&mut pass, c, l, &layer, st, pos0, n),
+            _ => run_layer::<Scalar>(&mut pass, c, l, &layer, st, pos0, n)
+        );
+        self.bytes = pass.bytes;
+        match ran {
+            Ok(()) => {
+                self.next += 1;
+                Ok(true)
+            }
+            Err(e) => {
+                self.failed = Some(e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs the layers left and the output layer, advances the state's position past the
+    /// pass's tokens and returns the logits of the last one.
+    pub fn finish(mut self) -> TokenResult<&'s [f32]> {
+        while self.step()? {}
+        let mut pass = Pass {
+            par: self.exec.par,
+            min_split: self.exec.min_split,
+            bytes: self.bytes,
+        };
+        let (model, st, n) = (self.model, self.st, self.n);
+        crate::with_isa!(
+            self.exec.isa,
+            K => output::<K>(&mut pass, model, st, n)?,
+            _ => output::<Scalar>(&mut pass, model, st, n)?
+        );
+        st.weight_bytes = pass.bytes;
+        st.last_batch = n;
+        st.pos = self.pos0 + n;
+        Ok(st.logits)
+    }
+}
+
+/// Checks a pass of `tokens` against the model and state, and embeds them.
+fn begin<'e, 'm, 'a, 's, 'b>(
+    exec: Exec<'e>,
+    model: &'m Model<'a>,
+    st: &'s mut State<'b>,
     tokens: &[u32],
-) -> Result<&'s [f32]> {
+) -> TokenResult<Steps<'e, 'm, 'a, 's, 'b>> {
     let c: &Config = model.config();
-    if Plan::new(c, st.ctx, st.plan.batch(), model.router_red_width())? != st.plan {
-        return Err(Error::InvalidConfig {
-            reason: "the state was made for a different model",
-        });
+    let plan = Plan::new(c, st.ctx, st.plan.batch(), model.router_red_width());
+    if plan.as_ref() != Ok(&st.plan) {
+        return Err(TokenError::WrongState);
     }
     let n = tokens.len();
     if n == 0 {
-        return Err(Error::EmptyPrompt);
+        return Err(TokenError::EmptyBatch);
     }
     if n > st.plan.batch() {
-        return Err(Error::BatchTooLarge {
-            len: n,
-            capacity: st.plan.batch(),
-        });
+        return Err(TokenError::batch_too_large(n, st.plan.batch()));
     }
     if let Some(&token) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-        return Err(Error::TokenOutOfRange {
-            token,
-            vocab_size: c.vocab_size,
-        });
+        return Err(TokenError::token_out_of_range(token, c.vocab_size));
     }
     let pos0 = st.pos;
     if pos0 + n > st.ctx {
-        return Err(Error::ContextFull {
-            context_length: st.ctx,
-        });
+        return Err(TokenError::context_full(st.ctx));
     }
     let d = c.dim;
-
+    let mut bytes = 0;
     for (t, &token) in tokens.iter().enumerate() {
-        model
-            .token_embd()
-            .dequantize_row(token as usize, &mut st.s.x[t * d..(t + 1) * d]);
-        pass.bytes += model.token_embd().row_bytes() as u64;
+        let embd = model.token_embd();
+        embd.dequantize_row(token as usize, &mut st.s.x[t * d..(t + 1) * d]);
+        bytes += embd.row_bytes() as u64;
         rope_tables(c, pos0 + t, &mut st.attn.rope[t * c.head_dim..]);
     }
+    // The layers about to run overwrite the routing record.
+    st.last_batch = 0;
+    Ok(Steps {
+        exec,
+        model,
+        st,
+        layers: model.layers(),
+        next: 0,
+        n,
+        pos0,
+        bytes,
+        failed: None,
+    })
+}
 
-    let mut layers = 0;
-    for (l, layer) in model.layers().enumerate() {
-        attention::<K>(&mut pass, c, l, &layer, st, pos0, n)?;
-        norm_batch::<K>(st.s.x, st.s.xb, d, n, layer.ffn_norm, c.norm_eps)?;
-        match &layer.ffn {
-            Ffn::Dense(f) => dense_ffn::<K>(&mut pass, d, f, st, n),
-            Ffn::Moe(moe) => moe_layer::<K>(&mut pass, c, l, moe, st, n)?,
-        }
-        for (x, &v) in st.s.x[..n * d].iter_mut().zip(st.s.xb2.iter()) {
-            *x += v;
-        }
-        layers += 1;
+/// Layer `l` on the `n` tokens of the pass: attention, then the feed-forward block, each added
+/// to the residual stream.
+fn run_layer<K: Kernels>(
+    pass: &mut Pass<'_>,
+    c: &Config,
+    l: usize,
+    layer: &Layer<'_>,
+    st: &mut State<'_>,
+    pos0: usize,
+    n: usize,
+) -> TokenResult<()> {
+    let d = c.dim;
+    attention::<K>(pass, c, l, layer, st, pos0, n)?;
+    norm_batch::<K>(st.s.x, st.s.xb, d, n, layer.ffn_norm, c.norm_eps)?;
+    match &layer.ffn {
+        Ffn::Dense(f) => dense_ffn::<K>(pass, d, f, st, n),
+        Ffn::Moe(moe) => moe_layer::<K>(pass, c, l, moe, st, n)?,
     }
-    // The walk of the tensor table was checked when the model loaded; a short one would mean
-    // the bytes changed since.
-    if layers != c.n_layers {
-        return Err(Error::InvalidConfig {
-            reason: "the model's tensor table changed after loading",
-        });
+    for (x, &v) in st.s.x[..n * d].iter_mut().zip(st.s.xb2.iter()) {
+        *x += v;
     }
+    Ok(())
+}
 
-    // Logits of the last token only.
+/// The logits of the last of the `n` tokens, into `st.logits`.
+fn output<K: Kernels>(
+    pass: &mut Pass<'_>,
+    model: &Model<'_>,
+    st: &mut State<'_>,
+    n: usize,
+) -> TokenResult<()> {
+    let c = model.config();
+    let d = c.dim;
     let last = &st.s.x[(n - 1) * d..n * d];
     norm::<K>(&mut st.s.xb[..d], last, model.output_norm(), c.norm_eps)?;
     let q = &mut st.quant;
     let a = K::prepare(&st.s.xb[..d], &[model.output().ty], q.in_q, q.in_d);
     pass.mm_batch::<K>(model.output(), &a, st.ffn.members, 1, st.logits);
-    st.weight_bytes = pass.bytes;
-    st.last_batch = n;
     if !st.logits.iter().all(|v| v.is_finite()) {
-        return Err(Error::NonFinite { what: "logits" });
+        return Err(TokenError::NonFinite(NonFinite::Logits));
     }
-    st.pos = pos0 + n;
-    Ok(st.logits)
+    Ok(())
 }
 
 /// RoPE tables of position `pos`: `cos` then `sin` of the `hd / 2` frequencies.
@@ -354,7 +511,7 @@ fn attention<K: Kernels>(
     st: &mut State<'_>,
     pos0: usize,
     n: usize,
-) -> Result<()> {
+) -> TokenResult<()> {
     let (d, hd, kvd) = (c.dim, c.head_dim, c.kv_dim());
     let q_dim = c.n_heads * hd;
     let half = hd / 2;
@@ -428,9 +585,7 @@ fn attention<K: Kernels>(
             },
         );
         if !finite.load(Ordering::Relaxed) {
-            return Err(Error::NonFinite {
-                what: "attention scores",
-            });
+            return Err(TokenError::NonFinite(NonFinite::AttentionScores));
         }
     }
 
@@ -447,11 +602,9 @@ fn attention<K: Kernels>(
 /// the mean of squares it used, so the check costs nothing and rejects exactly the inputs whose
 /// scale would not be finite and positive.
 #[inline]
-fn norm<K: Kernels>(out: &mut [f32], x: &[f32], w: &[u8], eps: f32) -> Result<()> {
+fn norm<K: Kernels>(out: &mut [f32], x: &[f32], w: &[u8], eps: f32) -> TokenResult<()> {
     if !K::rmsnorm(out, x, w, eps).is_finite() {
-        return Err(Error::NonFinite {
-            what: "activations (RMSNorm sum of squares)",
-        });
+        return Err(TokenError::NonFinite(NonFinite::NormSumOfSquares));
     }
     Ok(())
 }
@@ -464,7 +617,7 @@ fn norm_batch<K: Kernels>(
     n: usize,
     w: &[u8],
     eps: f32,
-) -> Result<()> {
+) -> TokenResult<()> {
     for (o, x) in out[..n * d].chunks_exact_mut(d).zip(x.chunks_exact(d)) {
         norm::<K>(o, x, w, eps)?;
     }
@@ -532,7 +685,7 @@ fn route<K: Kernels>(
     scratch: (&mut [f32], &mut [f32], &mut [f32], &mut [u32]),
     idx: &mut [u32],
     gates: &mut [f32],
-) -> Result<()> {
+) -> TokenResult<()> {
     let (e_n, k) = (c.n_experts, c.top_k);
     let (probs, red, row, members) = scratch;
     let probs = &mut probs[..n_subs * e_n];
@@ -550,7 +703,7 @@ fn route<K: Kernels>(
                 let sq = K::dot_f32(row, row);
                 // An overflowing norm would make the scale 0 and the logit silently 0.
                 if !sq.is_finite() {
-                    return Err(Error::NonFinite { what: "router" });
+                    return Err(TokenError::NonFinite(NonFinite::Router));
                 }
                 let inv = 1.0 / libm::sqrtf(sq).max(1e-4);
                 for j in 0..n_subs {
@@ -564,7 +717,7 @@ fn route<K: Kernels>(
         let p = &mut probs[j * e_n..(j + 1) * e_n];
         // A -inf logit would silently become a probability of 0: all must be finite.
         if !p.iter().all(|v| v.is_finite()) || !K::softmax(p).is_finite() {
-            return Err(Error::NonFinite { what: "router" });
+            return Err(TokenError::NonFinite(NonFinite::Router));
         }
         let (idx, gates) = (&mut idx[j * k..(j + 1) * k], &mut gates[j * k..(j + 1) * k]);
         K::top_k(p, idx, gates);
@@ -591,7 +744,7 @@ fn moe_layer<K: Kernels>(
     moe: &Moe<'_>,
     st: &mut State<'_>,
     n: usize,
-) -> Result<()> {
+) -> TokenResult<()> {
     let (d, m, k, h) = (c.dim, c.sub_dim(), c.top_k, c.moe_heads);
     let (pairs, f) = (n * h * k, c.expert_ff_dim);
     let (s, q, ffn) = (&mut st.s, &mut st.quant, &mut st.ffn);

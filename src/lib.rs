@@ -21,8 +21,8 @@ pub mod state;
 pub mod tokenizer;
 
 pub use config::Config;
-pub use error::{Error, Result};
-pub use forward::{forward, forward_batch, forward_on, Exec};
+pub use error::{Error, Result, TokenError};
+pub use forward::{forward, forward_batch, forward_on, Exec, Steps};
 pub use kernels::Isa;
 pub use model::Model;
 pub use state::{AlignedBuffer, State};

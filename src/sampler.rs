@@ -19,7 +19,7 @@
 //! `O(V + k log k)` (selection, then sorting the `k` survivors), top-p `O(V log V)` (or
 //! `O(V + k log k)` combined with top-k).
 
-use crate::error::{Error, Result};
+use crate::error::{Error, NonFinite, Result, TokenError};
 
 /// PCG32 (PCG-XSH-RR 64/32 by M. E. O'Neill): a 64-bit linear congruential state
 /// `s = s * 6364136223846793005 + inc`, output `rotr32(((s >> 18) ^ s) >> 27, s >> 59)` of the
@@ -131,9 +131,9 @@ impl SamplerParams {
 /// Argmax of `logits`: the lowest id among the largest values.
 ///
 /// # Errors
-/// [`Error::NonFinite`] if a logit is NaN or `+inf`, or all are `-inf`;
-/// [`Error::BadSamplerParams`] if `logits` is empty or longer than `u32::MAX`.
-pub fn argmax(logits: &[f32]) -> Result<u32> {
+/// [`TokenError::NonFinite`] if a logit is NaN or `+inf`, or all are `-inf`;
+/// [`TokenError::NoLogits`] if `logits` is empty or longer than `u32::MAX`.
+pub fn argmax(logits: &[f32]) -> core::result::Result<u32, TokenError> {
     Ok(scan(logits)?.argmax)
 }
 
@@ -143,19 +143,15 @@ struct Scan {
     argmax: u32,
 }
 
-fn scan(logits: &[f32]) -> Result<Scan> {
+fn scan(logits: &[f32]) -> core::result::Result<Scan, TokenError> {
     if logits.is_empty() || u32::try_from(logits.len()).is_err() {
-        return Err(Error::BadSamplerParams {
-            reason: "logits must hold between 1 and u32::MAX values",
-        });
+        return Err(TokenError::NoLogits);
     }
     let mut max = f32::NEG_INFINITY;
     let mut argmax = 0u32;
     for (i, &l) in logits.iter().enumerate() {
         if l.is_nan() || l == f32::INFINITY {
-            return Err(Error::NonFinite {
-                what: "logits (NaN or +inf)",
-            });
+            return Err(TokenError::NonFinite(NonFinite::SampledNanOrInf));
         }
         if l > max {
             max = l;
@@ -163,9 +159,7 @@ fn scan(logits: &[f32]) -> Result<Scan> {
         }
     }
     if max == f32::NEG_INFINITY {
-        return Err(Error::NonFinite {
-            what: "logits (all -inf)",
-        });
+        return Err(TokenError::NonFinite(NonFinite::SampledAllNegInf));
     }
     Ok(Scan { max, argmax })
 }
@@ -240,10 +234,14 @@ impl Sampler {
     /// `scratch` is not used (it may be empty). `-inf` logits are allowed (probability 0).
     ///
     /// # Errors
-    /// [`Error::NonFinite`] if a logit is NaN or `+inf`, or all are `-inf`;
-    /// [`Error::BadSamplerParams`] for empty logits (or more than `u32::MAX`);
-    /// [`Error::BufferTooSmall`] if `scratch` is shorter than [`Sampler::scratch_len`].
-    pub fn sample(&mut self, logits: &[f32], scratch: &mut [u32]) -> Result<u32> {
+    /// [`TokenError::NonFinite`] if a logit is NaN or `+inf`, or all are `-inf`;
+    /// [`TokenError::NoLogits`] for empty logits (or more than `u32::MAX`);
+    /// [`TokenError::ScratchTooSmall`] if `scratch` is shorter than [`Sampler::scratch_len`].
+    pub fn sample(
+        &mut self,
+        logits: &[f32],
+        scratch: &mut [u32],
+    ) -> core::result::Result<u32, TokenError> {
         let Scan { max, argmax } = scan(logits)?;
         let p = self.params;
         if p.is_greedy() {
@@ -259,11 +257,9 @@ impl Sampler {
         }
 
         let got = scratch.len();
-        let cands = scratch.get_mut(..n).ok_or_else(|| Error::BufferTooSmall {
-            what: "sampler scratch (u32 words)",
-            needed: n,
-            got,
-        })?;
+        let cands = scratch
+            .get_mut(..n)
+            .ok_or_else(|| TokenError::scratch_too_small(n, got))?;
         for (i, c) in cands.iter_mut().enumerate() {
             *c = i as u32;
         }
@@ -556,19 +552,19 @@ mod tests {
             let mut scratch = [0u32; 4];
             assert!(matches!(
                 s.sample(&[0.0, f32::NAN, 1.0], &mut scratch),
-                Err(Error::NonFinite { .. })
+                Err(TokenError::NonFinite(_))
             ));
             assert!(matches!(
                 s.sample(&[0.0, f32::INFINITY], &mut scratch),
-                Err(Error::NonFinite { .. })
+                Err(TokenError::NonFinite(_))
             ));
             assert!(matches!(
                 s.sample(&[f32::NEG_INFINITY; 3], &mut scratch),
-                Err(Error::NonFinite { .. })
+                Err(TokenError::NonFinite(_))
             ));
             assert!(matches!(
                 s.sample(&[], &mut scratch),
-                Err(Error::BadSamplerParams { .. })
+                Err(TokenError::NoLogits)
             ));
         }
     }
@@ -579,11 +575,7 @@ mod tests {
         assert_eq!(s.scratch_len(6), 6);
         assert_eq!(
             s.sample(&LOGITS, &mut [0u32; 5]),
-            Err(Error::BufferTooSmall {
-                what: "sampler scratch (u32 words)",
-                needed: 6,
-                got: 5
-            })
+            Err(TokenError::ScratchTooSmall { needed: 6, got: 5 })
         );
         // Plain temperature sampling needs none.
         let mut s = Sampler::new(params(1.0, 0, 1.0), 0).unwrap();

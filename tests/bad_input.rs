@@ -6,7 +6,7 @@
 mod common;
 
 use common::builder::{Builder, Kv};
-use mhmoe::error::Error;
+use mhmoe::error::{Error, TokenError};
 use mhmoe::gguf::Gguf;
 use mhmoe::{forward, Model, State};
 
@@ -356,9 +356,9 @@ fn buffers_context_and_tokens() {
     let v = model.config().vocab_size() as u32;
     assert_eq!(
         forward(&model, &mut state, v).unwrap_err(),
-        Error::TokenOutOfRange {
+        TokenError::TokenOutOfRange {
             token: v,
-            vocab_size: v as usize
+            vocab_size: v
         }
     );
     assert_eq!(state.pos(), 0, "a failed forward must not advance");
@@ -367,8 +367,8 @@ fn buffers_context_and_tokens() {
     }
     assert_eq!(
         forward(&model, &mut state, 0).unwrap_err(),
-        Error::ContextFull {
-            context_length: ctx
+        TokenError::ContextFull {
+            context_length: ctx as u32
         }
     );
     state.reset();
@@ -385,7 +385,7 @@ fn state_for_another_model_is_rejected() {
     let mut state = buf.state(&m2, 4).unwrap();
     assert!(matches!(
         forward(&m1, &mut state, 0),
-        Err(Error::InvalidConfig { .. })
+        Err(TokenError::WrongState)
     ));
 }
 
@@ -411,7 +411,7 @@ fn context_length_limits_in_state_new() {
     for t in [u32::MAX, model.config().vocab_size() as u32 + 1] {
         assert!(matches!(
             forward(&model, &mut state, t),
-            Err(Error::TokenOutOfRange { token, .. }) if token == t
+            Err(TokenError::TokenOutOfRange { token, .. }) if token == t
         ));
     }
     let last = model.config().vocab_size() as u32 - 1;
@@ -451,8 +451,8 @@ fn prompt_and_generation_past_the_context() {
     assert_eq!(fed, ctx);
     assert_eq!(
         err,
-        Error::ContextFull {
-            context_length: ctx
+        TokenError::ContextFull {
+            context_length: ctx as u32
         }
     );
     assert_eq!(state.pos(), ctx);
@@ -469,8 +469,8 @@ fn prompt_and_generation_past_the_context() {
     let next = sampler.sample(state.logits(), &mut []).unwrap();
     assert_eq!(
         forward(&model, &mut state, next).unwrap_err(),
-        Error::ContextFull {
-            context_length: ctx
+        TokenError::ContextFull {
+            context_length: ctx as u32
         }
     );
 
@@ -521,7 +521,7 @@ fn empty_prompt_has_nothing_to_sample() {
             .collect::<Vec<_>>()
     };
     for r in sample_all(state.logits(), &mut scratch) {
-        assert!(matches!(r, Err(Error::NonFinite { .. })), "{r:?}");
+        assert!(matches!(r, Err(TokenError::NonFinite(_))), "{r:?}");
     }
     assert!(argmax(state.logits()).is_err());
     assert!(argmax(&[]).is_err());
@@ -533,7 +533,7 @@ fn empty_prompt_has_nothing_to_sample() {
     state.reset();
     for r in sample_all(state.logits(), &mut scratch) {
         assert!(
-            matches!(r, Err(Error::NonFinite { .. })),
+            matches!(r, Err(TokenError::NonFinite(_))),
             "after reset: {r:?}"
         );
     }

@@ -7,7 +7,7 @@ mod common;
 use mhmoe::file::{ModelBytes, StateBuffer};
 use mhmoe::kernels::ALL_ISAS;
 use mhmoe::parallel::{Parallel, Serial, ThreadPool};
-use mhmoe::{Error, Exec, Isa};
+use mhmoe::{Error, Exec, Isa, TokenError};
 
 const TOKENS: [u32; 13] = [1, 7, 42, 3, 99, 5, 200, 17, 0, 64, 8, 31, 2];
 
@@ -154,23 +154,24 @@ fn bad_batches_and_thread_counts_are_errors_that_change_nothing() {
     let before = state.logits().to_vec();
     let (k0, v0) = (state.kv_cache().0.to_vec(), state.kv_cache().1.to_vec());
 
-    type Check = fn(&Error) -> bool;
+    type Check = fn(&TokenError) -> bool;
     let bad: [(&[u32], Check); 4] = [
-        (&[], |e| matches!(e, Error::EmptyPrompt)),
+        (&[], |e| matches!(e, TokenError::EmptyBatch)),
         (&[1, 2, 3, 4, 5], |e| {
             matches!(
                 e,
-                Error::BatchTooLarge {
+                TokenError::BatchTooLarge {
                     len: 5,
                     capacity: 4
                 }
             )
         }),
         (&[1, 2, 3, 4, 5][..4], |e| {
-            matches!(e, Error::BatchTooLarge { .. }) || matches!(e, Error::ContextFull { .. })
+            matches!(e, TokenError::BatchTooLarge { .. })
+                || matches!(e, TokenError::ContextFull { .. })
         }),
         (&[1, u32::MAX, 2], |e| {
-            matches!(e, Error::TokenOutOfRange { .. })
+            matches!(e, TokenError::TokenOutOfRange { .. })
         }),
     ];
     // Fill to 6 of 8 positions first so that 4 more do not fit.
@@ -189,7 +190,10 @@ fn bad_batches_and_thread_counts_are_errors_that_change_nothing() {
     let e = exec
         .forward_batch(&model, &mut state, &[1, 2, 3])
         .unwrap_err();
-    assert!(matches!(e, Error::ContextFull { context_length: 8 }), "{e}");
+    assert!(
+        matches!(e, TokenError::ContextFull { context_length: 8 }),
+        "{e}"
+    );
     // The first positions are untouched, and the state carries on as if nothing failed.
     state.reset();
     exec.forward_batch(&model, &mut state, &[1, 2, 3]).unwrap();

@@ -14,7 +14,7 @@
 mod common;
 
 use common::builder::Builder;
-use mhmoe::error::Error;
+use mhmoe::error::{Error, TokenError};
 use mhmoe::kernels::ALL_ISAS;
 use mhmoe::{forward_on, Isa, Model, State};
 
@@ -124,6 +124,30 @@ fn nan_and_inf_in_norm_weights_of_every_model() {
             assert_flagged(&bytes, &[3], None, &format!("{name} {tensor} = {v}"));
         }
     }
+}
+
+/// With the step API, the layer that meets the NaN fails, and the pass stays failed: later
+/// steps and `finish` give the same error, and the position does not advance.
+#[test]
+fn a_failed_step_stays_failed() {
+    let name = common::test_models()[0]
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let bytes = edit(&name, "blk.1.ffn_norm.weight", |d| f32_at(d, 1, f32::NAN));
+    let model = Model::from_bytes(&bytes).unwrap();
+    let mut buf = mhmoe::file::StateBuffer::for_model(&model, 4).unwrap();
+    let mut st = buf.state(&model, 4).unwrap();
+    let mut steps = mhmoe::Exec::serial().begin(&model, &mut st, &[3]).unwrap();
+    assert_eq!(steps.step(), Ok(true), "layer 0 is fine");
+    let e = steps.step().unwrap_err();
+    assert!(matches!(e, TokenError::NonFinite(_)), "{e:?}");
+    assert_eq!(steps.layers_done(), 1);
+    assert_eq!(steps.step(), Err(e));
+    assert_eq!(steps.finish().unwrap_err(), e);
+    assert_eq!(st.pos(), 0);
 }
 
 /// A NaN in one embedding row matters only when that token is used (untied output), and the

@@ -7,12 +7,12 @@
 //! invariants that must hold whatever the bytes are. A panic is a bug.
 #![allow(dead_code)]
 
-use mhmoe::error::Error;
+use mhmoe::error::{Error, TokenError};
 use mhmoe::file::StateBuffer;
 use mhmoe::gguf::{Array, Gguf, Value, ValueType};
 use mhmoe::sampler::{argmax, Sampler, SamplerParams};
 use mhmoe::tokenizer::{Decoder, Tokenizer, TokenizerBuf};
-use mhmoe::{forward, forward_on, Config, Isa, Model, State};
+use mhmoe::{forward, Config, Exec, Isa, Model, State};
 
 /// Largest state buffer the harness allocates. A hostile model can legitimately ask for more
 /// (`State::bytes_needed` reports it; allocating is the caller's decision), so such models are
@@ -195,6 +195,9 @@ pub fn run_steps(data: &[u8], max_ctx: usize) {
     let mut buf = StateBuffer::for_model(&m, ctx).expect("sized above");
     let mut st = buf.state(&m, ctx).expect("a StateBuffer fits its model");
     let active = Isa::active();
+    let scalar = Exec::serial()
+        .with_isa(Isa::Scalar)
+        .expect("scalar is always available");
     let mut twin_buf = StateBuffer::for_model(&m, ctx).expect("sized above");
     let mut twin = twin_buf
         .state(&m, ctx)
@@ -204,9 +207,9 @@ pub fn run_steps(data: &[u8], max_ctx: usize) {
     let oor = u32::try_from(v).unwrap_or(u32::MAX);
     assert_eq!(
         forward(&m, &mut st, oor).err(),
-        Some(Error::TokenOutOfRange {
+        Some(TokenError::TokenOutOfRange {
             token: oor,
-            vocab_size: v
+            vocab_size: v as u32
         })
     );
     assert_eq!(st.pos(), 0);
@@ -224,7 +227,7 @@ pub fn run_steps(data: &[u8], max_ctx: usize) {
         let pos = st.pos();
         let got = forward(&m, &mut st, token).map(<[f32]>::to_vec);
         if active != Isa::Scalar {
-            let want = forward_on(Isa::Scalar, &m, &mut twin, token).map(<[f32]>::to_vec);
+            let want = scalar.forward(&m, &mut twin, token).map(<[f32]>::to_vec);
             assert_same(&got, &want, active, step);
         }
         match got {
@@ -242,7 +245,7 @@ pub fn run_steps(data: &[u8], max_ctx: usize) {
                 if sampler.scratch_len(v) > 0 {
                     assert!(matches!(
                         sampler.sample(&logits, &mut scratch[..v - 1]),
-                        Err(Error::BufferTooSmall { .. })
+                        Err(TokenError::ScratchTooSmall { .. })
                     ));
                 }
                 token = next;
@@ -250,10 +253,10 @@ pub fn run_steps(data: &[u8], max_ctx: usize) {
             Err(e) => {
                 assert_eq!(st.pos(), pos, "a failed forward must not advance");
                 match e {
-                    Error::ContextFull { context_length } => {
-                        assert_eq!((step, context_length), (ctx, ctx));
+                    TokenError::ContextFull { context_length } => {
+                        assert_eq!((step, context_length as usize), (ctx, ctx));
                     }
-                    Error::NonFinite { .. } => {}
+                    TokenError::NonFinite(_) => {}
                     e => panic!("unexpected error from forward: {e:?}"),
                 }
                 break;
@@ -265,8 +268,8 @@ pub fn run_steps(data: &[u8], max_ctx: usize) {
 }
 
 fn assert_same(
-    got: &Result<Vec<f32>, Error>,
-    want: &Result<Vec<f32>, Error>,
+    got: &Result<Vec<f32>, TokenError>,
+    want: &Result<Vec<f32>, TokenError>,
     isa: Isa,
     step: usize,
 ) {
@@ -482,7 +485,7 @@ pub fn sampler(data: &[u8]) {
                     assert!(better < params.top_k, "sampled outside the top-k");
                 }
             }
-            Err(Error::NonFinite { .. }) | Err(Error::BadSamplerParams { .. }) => {
+            Err(TokenError::NonFinite(_)) | Err(TokenError::NoLogits) => {
                 assert!(!finite_max)
             }
             Err(e) => panic!("unexpected sampler error {e:?}"),

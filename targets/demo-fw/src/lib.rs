@@ -168,7 +168,12 @@ pub fn generate(
     tok_workspace: &mut [u32],
     cycles: &dyn Fn() -> u32,
 ) -> Result<Summary, Failure> {
-    let fail = |stage| move |error| Failure { stage, error };
+    fn fail<E: Into<Error>>(stage: Stage) -> impl Fn(E) -> Failure {
+        move |e| Failure {
+            stage,
+            error: e.into(),
+        }
+    }
     let model: Model<'_> = Model::from_bytes(demo.model).map_err(fail(Stage::Model))?;
     let tokenizer_bytes =
         Tokenizer::workspace_len(model.gguf()).map_err(fail(Stage::Tokenizer))? * 4;
