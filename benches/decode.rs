@@ -30,7 +30,7 @@ fn bench_model(c: &mut Criterion, label: &str, bytes: &[u8]) {
     let model: Model<'_> = Model::from_bytes(bytes).expect("synthetic model loads");
     let ctx = model.config().context_length().min(64);
     let mut buf = StateBuffer::for_model(&model, ctx).unwrap();
-    let mut state = buf.state(&model, ctx).unwrap();
+    let mut state = buf.state(&model).unwrap();
     mhmoe::forward_on(Isa::Scalar, &model, &mut state, 1).unwrap();
     let per_token = state.weight_bytes_read();
     let mut g = c.benchmark_group("decode");
@@ -75,10 +75,7 @@ fn summary(label: &str, bytes: &[u8], rounds: usize) {
         .iter()
         .map(|_| StateBuffer::for_model(&model, ctx).unwrap())
         .collect();
-    let mut states: Vec<_> = bufs
-        .iter_mut()
-        .map(|b| b.state(&model, ctx).unwrap())
-        .collect();
+    let mut states: Vec<_> = bufs.iter_mut().map(|b| b.state(&model).unwrap()).collect();
     let mut best = vec![f64::MAX; isas.len()];
     let mut per_token = 0;
     // A read-bandwidth probe of the same order as the weights, run every few rounds.

@@ -25,6 +25,7 @@ use std::time::Instant;
 use clap::Parser;
 use mhmoe::file::{ModelBytes, StateBuffer};
 use mhmoe::parallel::{physical_cores, Parallel, ThreadPool};
+use mhmoe::state::StateOptions;
 use mhmoe::{Exec, Isa};
 
 /// Decode and prompt tokens/s at 1..N threads, against the memory roofline.
@@ -152,8 +153,9 @@ fn run(args: Args) -> Result<(), String> {
         .iter()
         .map(|&n| ThreadPool::new(n).map_err(|e| err("--threads", e)))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut buf = StateBuffer::for_batch(&model, ctx, prompt).map_err(|e| err("state", e))?;
-    let mut state = buf.state(&model, ctx).map_err(|e| err("state", e))?;
+    let mut buf = StateBuffer::for_model(&model, StateOptions::new(ctx).batch(prompt))
+        .map_err(|e| err("state", e))?;
+    let mut state = buf.state(&model).map_err(|e| err("state", e))?;
     let big =
         read_buffer(args.bandwidth_mib << 20).map_err(|e| format!("bandwidth buffer: {e}"))?;
 

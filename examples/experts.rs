@@ -52,7 +52,7 @@ fn run(args: Args) -> Result<(), String> {
     }
     let ctx = c.context_length();
     let mut buf = StateBuffer::for_model(&model, ctx).map_err(|e| format!("context: {e}"))?;
-    let mut state = buf.state(&model, ctx).map_err(|e| format!("state: {e}"))?;
+    let mut state = buf.state(&model).map_err(|e| format!("state: {e}"))?;
 
     let moe_layers: Vec<usize> = (0..c.n_layers()).filter(|&l| c.is_moe_layer(l)).collect();
     if moe_layers.is_empty() {

@@ -16,7 +16,7 @@ use clap::Parser;
 use mhmoe::file::ModelBytes;
 use mhmoe::quant::GgmlType;
 use mhmoe::tokenizer::Tokenizer;
-use mhmoe::{Model, State};
+use mhmoe::{KvType, Model, State, StateOptions};
 
 /// Flash and RAM needed to run a model.
 #[derive(Parser, Debug)]
@@ -28,6 +28,13 @@ struct Args {
     /// Context length (positions of KV cache).
     #[arg(long, default_value_t = 64)]
     ctx: usize,
+    /// KV cache storage: f32, f16, q8_0 or q4_0.
+    #[arg(long, default_value = "f32", value_parser = parse_kv)]
+    kv: KvType,
+}
+
+fn parse_kv(s: &str) -> Result<KvType, String> {
+    KvType::from_name(s).ok_or_else(|| format!("unknown KV type {s:?} (f32, f16, q8_0, q4_0)"))
 }
 
 fn run(args: Args) -> Result<(), String> {
@@ -36,8 +43,10 @@ fn run(args: Args) -> Result<(), String> {
     let model: Model<'_> = Model::from_bytes(file.bytes())
         .map_err(|e| format!("cannot load model {}: {e}", args.model.display()))?;
     let c = model.config();
-    let state = State::bytes_needed(&model, args.ctx).map_err(|e| e.to_string())?;
-    let kv = 2 * c.n_layers() * args.ctx * c.kv_dim() * 4;
+    let opts = StateOptions::new(args.ctx).kv(args.kv);
+    let state = State::bytes_needed(&model, opts).map_err(|e| e.to_string())?;
+    let row = args.kv.row_bytes(c.head_dim()).unwrap_or(0);
+    let kv = 2 * c.n_layers() * c.n_kv_heads() * args.ctx * row;
     let tok_words = Tokenizer::workspace_len(model.gguf()).map_err(|e| e.to_string())?;
     println!("model {} (context {}):", args.model.display(), args.ctx);
     println!("flash");
@@ -61,8 +70,9 @@ fn run(args: Args) -> Result<(), String> {
     }
     println!("RAM");
     println!(
-        "  state                 {:>10} bytes (KV cache {kv})",
-        state
+        "  state                 {:>10} bytes (KV cache {kv}, {})",
+        state,
+        args.kv.name()
     );
     println!("  tokenizer workspace   {:>10} bytes", tok_words * 4);
     println!(

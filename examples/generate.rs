@@ -16,6 +16,7 @@ use clap::Parser;
 use mhmoe::file::{ModelBytes, StateBuffer};
 use mhmoe::parallel::{physical_cores, Parallel, ThreadPool};
 use mhmoe::sampler::{Sampler, SamplerParams};
+use mhmoe::state::{KvType, StateOptions};
 use mhmoe::tokenizer::TokenizerBuf;
 use mhmoe::{Exec, Isa};
 
@@ -60,6 +61,13 @@ struct Args {
     /// Most prompt tokens run in one batched forward pass (longer prompts take several).
     #[arg(long, default_value_t = 256)]
     batch: usize,
+    /// KV cache storage: f32, f16, q8_0 or q4_0 (README, "KV cache").
+    #[arg(long, default_value = "f32", value_parser = parse_kv)]
+    kv: KvType,
+}
+
+fn parse_kv(s: &str) -> Result<KvType, String> {
+    KvType::from_name(s).ok_or_else(|| format!("unknown KV type {s:?} (f32, f16, q8_0, q4_0)"))
 }
 
 fn run(args: Args) -> Result<(), String> {
@@ -107,8 +115,9 @@ fn run(args: Args) -> Result<(), String> {
         ));
     }
     let batch = args.batch.clamp(1, prompt.len());
-    let mut buf = StateBuffer::for_batch(&model, ctx, batch).map_err(|e| ctx_err("context", e))?;
-    let mut state = buf.state(&model, ctx).map_err(|e| ctx_err("state", e))?;
+    let mut buf = StateBuffer::for_model(&model, StateOptions::new(ctx).batch(batch).kv(args.kv))
+        .map_err(|e| ctx_err("context", e))?;
+    let mut state = buf.state(&model).map_err(|e| ctx_err("state", e))?;
     let pool = ThreadPool::new(args.threads.unwrap_or_else(physical_cores))
         .map_err(|e| ctx_err("--threads", e))?;
     let exec = Exec::new(&pool);

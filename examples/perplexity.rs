@@ -15,8 +15,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use mhmoe::file::{ModelBytes, StateBuffer};
-use mhmoe::forward;
 use mhmoe::tokenizer::TokenizerBuf;
+use mhmoe::{forward, KvType, StateOptions};
 
 /// Perplexity of an MH-MoE model on a text file.
 #[derive(Parser, Debug)]
@@ -31,12 +31,19 @@ struct Args {
     /// Window length (default: the model's context length).
     #[arg(long)]
     ctx: Option<usize>,
+    /// KV cache storage: f32, f16, q8_0 or q4_0.
+    #[arg(long, default_value = "f32", value_parser = parse_kv)]
+    kv: KvType,
     /// Stop after this many tokens of text (0 = all).
     #[arg(long, default_value_t = 0)]
     limit: usize,
     /// No progress bar.
     #[arg(short, long)]
     quiet: bool,
+}
+
+fn parse_kv(s: &str) -> Result<KvType, String> {
+    KvType::from_name(s).ok_or_else(|| format!("unknown KV type {s:?} (f32, f16, q8_0, q4_0)"))
 }
 
 /// `-log softmax(logits)[target]`, computed in f64.
@@ -66,8 +73,9 @@ fn run(args: Args) -> Result<(), String> {
         return Err("the text has fewer than 2 tokens".into());
     }
     let ctx = args.ctx.unwrap_or(model.config().context_length());
-    let mut buf = StateBuffer::for_model(&model, ctx).map_err(|e| format!("context: {e}"))?;
-    let mut state = buf.state(&model, ctx).map_err(|e| format!("state: {e}"))?;
+    let opts = StateOptions::new(ctx).kv(args.kv);
+    let mut buf = StateBuffer::for_model(&model, opts).map_err(|e| format!("state: {e}"))?;
+    let mut state = buf.state(&model).map_err(|e| format!("state: {e}"))?;
 
     let windows: Vec<&[u32]> = ids.chunks(ctx).filter(|w| w.len() >= 2).collect();
     let predicted: usize = windows.iter().map(|w| w.len() - 1).sum();
@@ -92,8 +100,9 @@ fn run(args: Args) -> Result<(), String> {
     bar.finish_and_clear();
     let mean = total / predicted as f64;
     println!(
-        "{}: {} tokens of {} in {} windows of up to {ctx}: {mean:.4} nats/token, perplexity {:.3}",
+        "{} (KV cache {}): {} tokens of {} in {} windows of up to {ctx}: {mean:.4} nats/token, perplexity {:.3}",
         args.model.display(),
+        args.kv.name(),
         predicted,
         args.text.display(),
         windows.len(),

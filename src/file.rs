@@ -5,7 +5,7 @@ use std::vec::Vec;
 
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::state::State;
+use crate::state::{State, StateOptions};
 
 /// The bytes of a model file: read into memory or memory-mapped.
 #[derive(Debug)]
@@ -82,12 +82,12 @@ pub fn huge_page_memory(len: usize) -> Result<memmap2::MmapMut> {
     Ok(mem)
 }
 
-/// A heap buffer aligned for [`State`], sized for a model and context length.
+/// A heap buffer aligned for [`State`], sized for a model and [`StateOptions`].
 #[derive(Debug)]
 pub struct StateBuffer {
     mem: StateMemory,
     len: usize,
-    batch: usize,
+    opts: StateOptions,
 }
 
 /// Buffers of at least this many bytes are anonymous memory that asks for huge pages (the KV
@@ -101,18 +101,14 @@ enum StateMemory {
 }
 
 impl StateBuffer {
-    /// Allocates exactly [`State::bytes_needed`] bytes (16-byte aligned).
+    /// Allocates exactly [`State::bytes_needed`] bytes (16-byte aligned) for `model` and `opts`
+    /// (a context length, or [`StateOptions`]).
     ///
     /// A model can ask for more memory than there is (a long `context_length`, say): if the
     /// allocation fails the result is [`Error::BufferTooSmall`] with `got: 0`, not an abort.
-    pub fn for_model(model: &Model<'_>, ctx: usize) -> Result<Self> {
-        Self::for_batch(model, ctx, 1)
-    }
-
-    /// Allocates exactly [`State::bytes_needed_batch`] bytes, for states whose forward passes
-    /// take up to `batch` tokens ([`crate::forward_batch`]).
-    pub fn for_batch(model: &Model<'_>, ctx: usize, batch: usize) -> Result<Self> {
-        let len = State::bytes_needed_batch(model, ctx, batch)?;
+    pub fn for_model(model: &Model<'_>, opts: impl Into<StateOptions>) -> Result<Self> {
+        let opts = opts.into();
+        let len = State::bytes_needed(model, opts)?;
         let failed = Error::BufferTooSmall {
             what: "state (allocating it failed)",
             needed: len,
@@ -128,11 +124,11 @@ impl StateBuffer {
             words.resize(n, 0u128);
             StateMemory::Heap(words)
         };
-        Ok(StateBuffer { mem, len, batch })
+        Ok(StateBuffer { mem, len, opts })
     }
 
-    /// Carves a [`State`] out of this buffer, with the batch capacity it was allocated for.
-    pub fn state<'b>(&'b mut self, model: &Model<'_>, ctx: usize) -> Result<State<'b>> {
+    /// Carves a [`State`] for `model` out of this buffer, with the options it was allocated for.
+    pub fn state<'b>(&'b mut self, model: &Model<'_>) -> Result<State<'b>> {
         let bytes: &mut [u8] = match &mut self.mem {
             StateMemory::Anon(m) => {
                 let len = self.len.min(m.len());
@@ -146,6 +142,6 @@ impl StateBuffer {
                 unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len) }
             }
         };
-        State::new_batch(model, ctx, self.batch, bytes)
+        State::new(model, self.opts, bytes)
     }
 }

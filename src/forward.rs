@@ -20,8 +20,8 @@ use crate::kernels::scalar::{add_bias, rope};
 use crate::kernels::{Act, Isa, Kernels, Out, Scalar};
 use crate::model::{Ffn, Layer, Layers, Matrix, Model, Moe, Router, SwiGlu};
 use crate::parallel::{for_chunks, for_row_ranges, Parallel, Serial};
-use crate::quant::QK;
-use crate::state::{Plan, State};
+use crate::quant::{dequantize_row, store_row, QK};
+use crate::state::{KvStore, KvType, Plan, State};
 
 /// Runs one token through the model at the state's next position and returns the logits,
 /// on the active instruction set ([`Isa::active`]) and the calling thread.
@@ -68,8 +68,8 @@ pub fn forward_batch<'s>(
 /// # let model = file.model()?;
 /// let pool = mhmoe::parallel::ThreadPool::new(2)?;
 /// let exec = mhmoe::Exec::new(&pool);
-/// let mut buf = mhmoe::file::StateBuffer::for_batch(&model, 64, 16)?;
-/// let mut state = buf.state(&model, 64)?;
+/// let mut buf = mhmoe::file::StateBuffer::for_model(&model, mhmoe::StateOptions::new(64).batch(16))?;
+/// let mut state = buf.state(&model)?;
 /// exec.forward_batch(&model, &mut state, &[1, 2, 3, 4])?; // a prompt, in one pass
 /// let logits = exec.forward(&model, &mut state, 5)?;     // then token by token
 /// # assert_eq!(logits.len(), model.config().vocab_size());
@@ -278,7 +278,7 @@ fn first(members: &mut [u32], n: usize) -> &[u32] {
 /// # let file = mhmoe::file::ModelBytes::read(path)?;
 /// # let model = file.model()?;
 /// # let mut buf = mhmoe::file::StateBuffer::for_model(&model, 16)?;
-/// # let mut state = buf.state(&model, 16)?;
+/// # let mut state = buf.state(&model)?;
 /// let mut steps = mhmoe::Exec::serial().begin(&model, &mut state, &[1])?;
 /// while steps.step()? {
 ///     // yield to other tasks here: one layer ran
@@ -405,7 +405,7 @@ fn begin<'e, 'm, 'a, 's, 'b>(
     tokens: &[u32],
 ) -> TokenResult<Steps<'e, 'm, 'a, 's, 'b>> {
     let c: &Config = model.config();
-    let plan = Plan::new(c, st.ctx, st.plan.batch(), model.router_red_width());
+    let plan = Plan::new(c, model.router_red_width(), st.plan.options());
     if plan.as_ref() != Ok(&st.plan) {
         return Err(TokenError::WrongState);
     }
@@ -532,9 +532,10 @@ fn attention<K: Kernels>(
     // of each kv head: the cache is `[layer][kv head][position][head_dim]`, so one head's
     // positions are contiguous for the attention kernels. `xb2` is free until attention.
     let kv = &mut s.xb2[..n * kvd];
+    let (kv_ty, row, ctx) = (st.kv.ty, st.kv.row, st.ctx);
     for (w, cache, rotate) in [
-        (&layer.wk, &mut *st.kv.key, true),
-        (&layer.wv, &mut *st.kv.value, false),
+        (&layer.wk, &mut st.kv.key, true),
+        (&layer.wv, &mut st.kv.value, false),
     ] {
         pass.mm_batch::<K>(w, &a, members, n, kv);
         for (t, v) in kv.chunks_exact_mut(kvd).enumerate() {
@@ -543,21 +544,30 @@ fn attention<K: Kernels>(
                 rope(v, hd, cos, sin);
             }
             for (kvh, head) in v.chunks_exact(hd).enumerate() {
-                let at = ((l * c.n_kv_heads + kvh) * st.ctx + pos0 + t) * hd;
-                cache[at..at + hd].copy_from_slice(head);
+                let slot = (l * c.n_kv_heads + kvh) * ctx + pos0 + t;
+                match cache {
+                    KvStore::F32(f) => f[slot * hd..(slot + 1) * hd].copy_from_slice(head),
+                    KvStore::Rows(b) => store_row(
+                        kv_ty.ggml_type(),
+                        head,
+                        &mut b[slot * row..(slot + 1) * row],
+                    ),
+                }
             }
         }
     }
 
-    // Token t attends positions 0..=pos0 + t, head by head (heads split over threads).
+    // Token t attends positions 0..=pos0 + t, head by head (heads split over threads). With
+    // quantized keys the scores are a Q8_0 product: the queries are quantized once (heads are
+    // whole blocks, so each head's blocks are its own).
     let inv_sqrt_hd = 1.0 / libm::sqrtf(hd as f32);
     let group = c.n_heads / c.n_kv_heads;
-    let layer_base = l * c.n_kv_heads * st.ctx * hd;
-    let (keys, values, st_ctx) = (&*st.kv.key, &*st.kv.value, st.ctx);
+    let layer_rows = l * c.n_kv_heads * ctx;
+    let queries = K::prepare(&s.q[..n * q_dim], &[kv_ty.ggml_type()], q.in_q, q.in_d);
+    let (keys, values) = (&st.kv.key, &st.kv.value);
     let finite = AtomicBool::new(true);
     for t in 0..n {
         let len = pos0 + t + 1;
-        let qt = &s.q[t * q_dim..(t + 1) * q_dim];
         let work = c.n_heads * len * hd;
         let parts = if work >= pass.min_split / 16 {
             pass.par.threads()
@@ -568,20 +578,20 @@ fn attention<K: Kernels>(
             pass.par,
             parts,
             c.n_heads,
-            (&mut *st.attn.att, st.ctx),
+            (&mut *st.attn.att, ctx),
             (&mut s.xb2[t * q_dim..(t + 1) * q_dim], hd),
             &|h, att, out| {
-                let qh = &qt[h * hd..(h + 1) * hd];
-                let kv_off = layer_base + (h / group) * st_ctx * hd;
+                let qh = queries.item(hd, t * c.n_heads + h);
+                let first = layer_rows + (h / group) * ctx;
                 let att = &mut att[..len];
-                K::scores(qh, &keys[kv_off..], hd, inv_sqrt_hd, att);
+                head_scores::<K>(keys, kv_ty, first, len, hd, &qh, inv_sqrt_hd, att);
                 // A -inf score would silently get the weight 0.
                 if !att.iter().all(|a| a.is_finite()) {
                     finite.store(false, Ordering::Relaxed);
                     return;
                 }
                 K::softmax(att);
-                K::weighted_rows(att, &values[kv_off..], hd, out);
+                head_values::<K>(values, kv_ty, first, hd, att, out);
             },
         );
         if !finite.load(Ordering::Relaxed) {
@@ -595,6 +605,68 @@ fn attention<K: Kernels>(
         *x += v;
     }
     Ok(())
+}
+
+/// Scores of one head over positions `0..len`: `att[p] = (q . key(first + p)) * scale`, the
+/// keys' rows starting at row `first` of the cache.
+#[allow(clippy::too_many_arguments)]
+fn head_scores<K: Kernels>(
+    keys: &KvStore<'_>,
+    ty: KvType,
+    first: usize,
+    len: usize,
+    hd: usize,
+    q: &Act<'_>,
+    scale: f32,
+    att: &mut [f32],
+) {
+    match keys {
+        KvStore::F32(k) => K::scores(q.x, &k[first * hd..], hd, scale, att),
+        KvStore::Rows(b) => {
+            let ty = ty.ggml_type();
+            let rb = ty.row_bytes(hd);
+            let rows = b.get(first * rb..(first + len) * rb).unwrap_or(&[]);
+            // The cache was carved for this shape, so the rows are whole.
+            if let Ok(m) = Matrix::new(ty, len, hd, rows) {
+                K::gemv(&m, q, att);
+                for a in att.iter_mut() {
+                    *a *= scale;
+                }
+            }
+        }
+    }
+}
+
+/// Output of one head: the `att`-weighted sum of the values' rows from row `first` on, in
+/// position order (FORMAT.md). Stored rows are widened one block of 32 at a time and added
+/// with the same `axpy` as f32 rows, so each output element sees the same operations in the
+/// same order.
+fn head_values<K: Kernels>(
+    values: &KvStore<'_>,
+    ty: KvType,
+    first: usize,
+    hd: usize,
+    att: &[f32],
+    out: &mut [f32],
+) {
+    match values {
+        KvStore::F32(v) => K::weighted_rows(att, &v[first * hd..], hd, out),
+        KvStore::Rows(b) => {
+            let ty = ty.ggml_type();
+            let (rb, cb) = (ty.row_bytes(hd), ty.row_bytes(QK));
+            out.fill(0.0);
+            let mut wide = [0.0f32; QK];
+            for (p, &w) in att.iter().enumerate() {
+                let row = &b[(first + p) * rb..(first + p + 1) * rb];
+                for (i, o) in out.chunks_mut(QK).enumerate() {
+                    let n = o.len();
+                    let bytes = row.get(i * cb..i * cb + ty.row_bytes(n)).unwrap_or(&[]);
+                    dequantize_row(ty, bytes, &mut wide[..n]);
+                    K::axpy(o, w, &wide[..n]);
+                }
+            }
+        }
+    }
 }
 
 /// `out = rmsnorm(x) * w`, failing if the sum of squares of `x` is not finite: an overflowing

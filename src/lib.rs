@@ -25,4 +25,4 @@ pub use error::{Error, Result, TokenError};
 pub use forward::{forward, forward_batch, forward_on, Exec, Steps};
 pub use kernels::Isa;
 pub use model::Model;
-pub use state::{AlignedBuffer, State};
+pub use state::{AlignedBuffer, KvType, Shape, State, StateOptions};

@@ -381,6 +381,11 @@ impl<'a> Model<'a> {
         self.router_red
     }
 
+    /// The hyper-parameters that size a state, for [`crate::State::bytes_for`].
+    pub fn shape(&self) -> crate::state::Shape {
+        crate::state::Shape::of(&self.config, self.router_red)
+    }
+
     /// The parsed file (for metadata such as the tokenizer).
     pub fn gguf(&self) -> &Gguf<'a> {
         &self.file

@@ -200,6 +200,77 @@ pub fn quantize_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32]) {
     }
 }
 
+/// Quantizes `x` to Q4_0 blocks the way ggml's `quantize_row_q4_0` does, into `out`
+/// (`Q4_0_BLOCK_BYTES` per block of 32).
+///
+/// Per block: `max` is the value of largest magnitude (the first one on ties), `d = max / -8`,
+/// `id = 1 / d` (0 when `d == 0`), `q = min(15, trunc(x * id + 8.5))` as an unsigned nibble
+/// (element `j` low, element `j + 16` high in byte `j`), the stored scale is `f16(d)`. A NaN in
+/// the block makes the scale NaN, as for [`quantize_q8_0`]. `x.len()` must be a multiple of 32
+/// and `out` at least `x.len() / 32 * 18` bytes; extra elements or bytes are left alone.
+pub fn quantize_q4_0(x: &[f32], out: &mut [u8]) {
+    for (xs, b) in x
+        .chunks_exact(QK)
+        .zip(out.chunks_exact_mut(Q4_0_BLOCK_BYTES))
+    {
+        let (mut amax, mut max) = (0.0f32, 0.0f32);
+        for &v in xs {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        let d = max / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let finite = xs.iter().all(|v| !v.is_nan());
+        let stored = if finite { f16::from_f32(d) } else { f16::NAN };
+        b[..2].copy_from_slice(&stored.to_bits().to_le_bytes());
+        let nibble = |v: f32| ((v * id + 8.5) as u8).min(15);
+        for j in 0..QK / 2 {
+            b[2 + j] = nibble(xs[j]) | (nibble(xs[j + QK / 2]) << 4);
+        }
+    }
+}
+
+/// Stores the f32 values `x` as one row of type `ty` (F32, F16 rounded to nearest even, or Q8_0
+/// and Q4_0 blocks as ggml quantizes them) into `out`, `ty.row_bytes(x.len())` bytes: the inverse
+/// of [`dequantize_row`] up to rounding (BF16 also rounds to nearest even). Extra bytes of `out`
+/// are left alone.
+pub fn store_row(ty: GgmlType, x: &[f32], out: &mut [u8]) {
+    match ty {
+        GgmlType::F32 => {
+            for (o, v) in out.chunks_exact_mut(4).zip(x) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        GgmlType::F16 => {
+            for (o, &v) in out.chunks_exact_mut(2).zip(x) {
+                o.copy_from_slice(&f16::from_f32(v).to_bits().to_le_bytes());
+            }
+        }
+        GgmlType::BF16 => {
+            for (o, &v) in out.chunks_exact_mut(2).zip(x) {
+                o.copy_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes());
+            }
+        }
+        GgmlType::Q8_0 => {
+            let (mut q, mut d) = ([0i8; QK], [0.0f32; 1]);
+            for (xs, b) in x
+                .chunks_exact(QK)
+                .zip(out.chunks_exact_mut(Q8_0_BLOCK_BYTES))
+            {
+                quantize_q8_0(xs, &mut q, &mut d);
+                // `d` is f16-rounded (or NaN), so the conversion back is exact.
+                b[..2].copy_from_slice(&f16::from_f32(d[0]).to_bits().to_le_bytes());
+                for (o, &v) in b[2..].iter_mut().zip(&q) {
+                    *o = v as u8;
+                }
+            }
+        }
+        GgmlType::Q4_0 => quantize_q4_0(x, out),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +319,59 @@ mod tests {
         let mut d = [0.0f32; 1];
         quantize_q8_0(&x, &mut q, &mut d);
         assert_eq!((q[1], q[2], q[3]), (3, -3, 1));
+    }
+
+    #[test]
+    fn q4_0_quantize_matches_ggml_rules() {
+        let mut x = [0.0f32; 32];
+        for (i, v) in x.iter_mut().enumerate() {
+            *v = i as f32 - 20.0; // max magnitude -20 at i = 0: d = 2.5, id = 0.4
+        }
+        let mut b = [0u8; Q4_0_BLOCK_BYTES];
+        quantize_q4_0(&x, &mut b);
+        assert_eq!(f16_to_f32(le16(&b, 0)), 2.5);
+        let mut back = [0.0f32; 32];
+        dequantize_row(GgmlType::Q4_0, &b, &mut back);
+        // x = -20 -> trunc(-8 + 8.5) = 0 -> -8 * 2.5; x = 11 -> trunc(4.4 + 8.5) = 12 -> 10.
+        assert_eq!(back[0], -20.0);
+        assert_eq!(back[31], 10.0);
+        for (v, w) in x.iter().zip(back) {
+            assert!((v - w).abs() <= 2.5, "{v} -> {w}");
+        }
+        quantize_q4_0(&[0.0; 32], &mut b);
+        assert_eq!(le16(&b, 0), 0x8000, "0 / -8 is -0, as in ggml");
+        assert!(b[2..].iter().all(|&q| q == 0x88));
+        let mut nan = [1.0f32; 32];
+        nan[3] = f32::NAN;
+        quantize_q4_0(&nan, &mut b);
+        assert!(f16_to_f32(le16(&b, 0)).is_nan());
+    }
+
+    #[test]
+    fn store_row_round_trips_through_dequantize_row() {
+        let x: [f32; 64] = core::array::from_fn(|i| (i as f32 * 0.37).sin() * 3.0);
+        for ty in [
+            GgmlType::F32,
+            GgmlType::F16,
+            GgmlType::BF16,
+            GgmlType::Q8_0,
+            GgmlType::Q4_0,
+        ] {
+            let mut bytes = [0u8; 256];
+            store_row(ty, &x, &mut bytes[..ty.row_bytes(64)]);
+            let mut back = [0.0f32; 64];
+            dequantize_row(ty, &bytes[..ty.row_bytes(64)], &mut back);
+            let tol = match ty {
+                GgmlType::F32 => 0.0,
+                GgmlType::F16 => 2e-3,
+                GgmlType::BF16 => 2e-2,
+                GgmlType::Q8_0 => 3.0 / 127.0,
+                GgmlType::Q4_0 => 3.0 / 8.0,
+            };
+            for (v, w) in x.iter().zip(back) {
+                assert!((v - w).abs() <= tol, "{}: {v} -> {w}", ty.name());
+            }
+        }
     }
 
     #[test]

@@ -7,9 +7,198 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::quant::QK;
+use crate::quant::{GgmlType, QK};
 
-/// A byte buffer aligned for [`State`], for use in statics: `static mut BUF: AlignedBuffer<N>`.
+/// `match` on an `Option` in a `const fn` (where `?` is not allowed).
+macro_rules! tri {
+    ($e:expr) => {
+        match $e {
+            Some(v) => v,
+            None => return None,
+        }
+    };
+}
+
+/// The larger of two sizes, in a `const fn`.
+const fn max(a: usize, b: usize) -> usize {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// How the KV cache stores keys and values ([`StateOptions::kv`]).
+///
+/// Every choice gives the same bits on every instruction set. `F32` is exact (the default); the
+/// others trade a little accuracy for memory (README, "KV cache"): per position and layer, keys
+/// plus values take `2 * kv_dim` times 4 bytes (F32), 2 (F16), 34/32 (Q8_0) or 18/32 (Q4_0).
+/// Keys and values are rounded (F16, ties to even) or quantized (ggml's Q8_0 and Q4_0 rules,
+/// [`crate::quant::quantize_q8_0`], [`crate::quant::quantize_q4_0`]) when they are stored;
+/// attention then reads them as a matrix of that type: the scores are the matrix-vector
+/// product of the keys with the query (quantized to Q8_0 for Q8_0 and Q4_0 keys, as for any
+/// weight matrix), and the values are widened block by block into the weighted sum, whose
+/// order does not change. Q8_0 and Q4_0 need a head width that is a multiple of 32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvType {
+    /// 32-bit floats, exact.
+    #[default]
+    F32,
+    /// IEEE half floats.
+    F16,
+    /// ggml's Q8_0 blocks (32 int8 values and an f16 scale).
+    Q8_0,
+    /// ggml's Q4_0 blocks (32 4-bit values and an f16 scale).
+    Q4_0,
+}
+
+impl KvType {
+    /// Every KV type.
+    pub const ALL: [KvType; 4] = [KvType::F32, KvType::F16, KvType::Q8_0, KvType::Q4_0];
+
+    /// The storage type, as a ggml type.
+    pub const fn ggml_type(self) -> GgmlType {
+        match self {
+            KvType::F32 => GgmlType::F32,
+            KvType::F16 => GgmlType::F16,
+            KvType::Q8_0 => GgmlType::Q8_0,
+            KvType::Q4_0 => GgmlType::Q4_0,
+        }
+    }
+
+    /// Its name (`"f32"`, `"f16"`, `"q8_0"`, `"q4_0"`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+            KvType::Q8_0 => "q8_0",
+            KvType::Q4_0 => "q4_0",
+        }
+    }
+
+    /// The type called `name` (as [`KvType::name`] spells it, any case).
+    pub fn from_name(name: &str) -> Option<KvType> {
+        KvType::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(name))
+    }
+
+    /// Bytes of one stored head vector of `head_dim` values (`None` if a block type does not
+    /// divide it).
+    pub const fn row_bytes(self, head_dim: usize) -> Option<usize> {
+        match self {
+            KvType::F32 => head_dim.checked_mul(4),
+            KvType::F16 => head_dim.checked_mul(2),
+            KvType::Q8_0 | KvType::Q4_0 if !head_dim.is_multiple_of(QK) => None,
+            KvType::Q8_0 => Some(head_dim / QK * crate::quant::Q8_0_BLOCK_BYTES),
+            KvType::Q4_0 => Some(head_dim / QK * crate::quant::Q4_0_BLOCK_BYTES),
+        }
+    }
+}
+
+/// What a [`State`] is made for besides the model: its context length, how many tokens one
+/// forward pass may take, and how the KV cache is stored.
+///
+/// A context length alone converts into options (`State::new(&model, 64, buf)`); otherwise build
+/// them: `StateOptions::new(256).batch(16).kv(KvType::Q8_0)`. All `const`, so a firmware can size
+/// its buffer at compile time ([`State::bytes_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateOptions {
+    /// Context length: positions the KV cache holds (1 up to the model's).
+    pub ctx: usize,
+    /// Most tokens one forward pass takes (default 1).
+    pub batch: usize,
+    /// KV cache storage (default [`KvType::F32`]).
+    pub kv: KvType,
+}
+
+impl StateOptions {
+    /// A context of `ctx` positions, batch capacity 1, f32 KV cache.
+    pub const fn new(ctx: usize) -> Self {
+        StateOptions {
+            ctx,
+            batch: 1,
+            kv: KvType::F32,
+        }
+    }
+
+    /// The same with a batch capacity of `batch` tokens per forward pass.
+    pub const fn batch(self, batch: usize) -> Self {
+        StateOptions { batch, ..self }
+    }
+
+    /// The same with the KV cache stored as `kv`.
+    pub const fn kv(self, kv: KvType) -> Self {
+        StateOptions { kv, ..self }
+    }
+}
+
+impl From<usize> for StateOptions {
+    fn from(ctx: usize) -> Self {
+        StateOptions::new(ctx)
+    }
+}
+
+/// The hyper-parameters that size a [`State`]: what [`State::bytes_for`] needs to compute a
+/// buffer size at compile time. [`crate::Model::shape`] gives a loaded model's; a firmware that
+/// knows its model can write it as a `const` (the build helper prints it), and `State::new`
+/// checks the real model against the buffer anyway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Model width `d`.
+    pub dim: usize,
+    /// Layers.
+    pub n_layers: usize,
+    /// Dense FFN hidden width (0 if every layer is MoE).
+    pub ff_dim: usize,
+    /// Attention heads.
+    pub n_heads: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Width of one attention head.
+    pub head_dim: usize,
+    /// Experts per MoE layer.
+    pub n_experts: usize,
+    /// Experts per sub-token.
+    pub top_k: usize,
+    /// Expert hidden width.
+    pub expert_ff_dim: usize,
+    /// Shared expert hidden width (0 = none).
+    pub shared_ff_dim: usize,
+    /// MH-MoE heads `h`.
+    pub moe_heads: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Longest context of the model.
+    pub context_length: usize,
+    /// Widest X-MoE router reduction (0 for softmax routers).
+    pub router_red: usize,
+}
+
+impl Shape {
+    /// The shape of configuration `c` with X-MoE reduction width `router_red`.
+    pub(crate) const fn of(c: &Config, router_red: usize) -> Shape {
+        Shape {
+            dim: c.dim,
+            n_layers: c.n_layers,
+            ff_dim: c.ff_dim,
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            n_experts: c.n_experts,
+            top_k: c.top_k,
+            expert_ff_dim: c.expert_ff_dim,
+            shared_ff_dim: c.shared_ff_dim,
+            moe_heads: c.moe_heads,
+            vocab_size: c.vocab_size,
+            context_length: c.context_length,
+            router_red,
+        }
+    }
+}
+
+/// A byte buffer aligned for [`State`], for statics (EMBEDDING.md shows one without `static
+/// mut`).
 #[derive(Debug)]
 #[repr(C, align(16))]
 pub struct AlignedBuffer<const N: usize>(pub [u8; N]);
@@ -49,108 +238,143 @@ pub(crate) struct Plan {
     n_layers: usize,
     /// Tokens one forward pass can take at once; every per-token buffer is this many deep.
     batch: usize,
+    /// KV cache storage.
+    kv: KvType,
+    /// Bytes of one stored head vector.
+    kv_row: usize,
+    /// Key/value heads.
+    kv_heads: usize,
 }
 
-fn round16(n: usize) -> Option<usize> {
-    n.checked_add(15).map(|v| v & !15)
+const fn round16(n: usize) -> Option<usize> {
+    match n.checked_add(15) {
+        Some(v) => Some(v & !15),
+        None => None,
+    }
 }
 
 /// Number of buffers a state is carved into.
 const BUFFERS: usize = 23;
 
 impl Plan {
-    pub(crate) fn new(c: &Config, ctx: usize, batch: usize, router_red: usize) -> Result<Plan> {
-        if ctx == 0 || ctx > c.context_length {
-            return Err(Error::BadContextLength {
-                requested: ctx,
-                max: c.context_length,
-            });
+    /// The layout for `shape` and `opts`, or `None` if they do not go together (a context of 0
+    /// or past the model's, a batch of 0, a block KV type on heads that are not a whole number
+    /// of blocks) or the size overflows.
+    const fn of(shape: &Shape, opts: StateOptions) -> Option<Plan> {
+        let c = shape;
+        if opts.ctx == 0 || opts.ctx > c.context_length || opts.batch == 0 {
+            return None;
         }
-        if batch == 0 {
-            return Err(Error::BadBatchCapacity);
-        }
-        let overflow = Error::Overflow {
-            what: "state size",
-            offset: 0,
-        };
-        let q_dim = c.n_heads * c.head_dim;
+        let q_dim = tri!(c.n_heads.checked_mul(c.head_dim));
         // Config values are at most 2^24, so products of two fit in u64 but not always usize.
-        let pairs = c.moe_heads.checked_mul(c.top_k).ok_or(overflow.clone())?;
-        let hidden = pairs
-            .checked_mul(c.expert_ff_dim)
-            .ok_or(overflow.clone())?
-            .max(c.ff_dim)
-            .max(c.shared_ff_dim);
-        let expert_out = c
-            .top_k
-            .checked_mul(c.dim)
-            .ok_or(overflow.clone())?
-            .max(c.dim);
+        let pairs = tri!(c.moe_heads.checked_mul(c.top_k));
+        let hidden = max(
+            max(tri!(pairs.checked_mul(c.expert_ff_dim)), c.ff_dim),
+            c.shared_ff_dim,
+        );
+        let expert_out = max(tri!(c.top_k.checked_mul(c.dim)), c.dim);
         // Widest input of a single matrix product (quantized activations need this many).
-        let max_in = c.dim.max(q_dim).max(router_red);
+        let max_in = max(max(c.dim, q_dim), c.router_red);
         let plan = Plan {
             dim: c.dim,
             q_dim,
-            kv_dim: c.kv_dim(),
+            kv_dim: tri!(c.n_kv_heads.checked_mul(c.head_dim)),
             n_heads: c.n_heads,
             half_head: c.head_dim / 2,
             hidden,
             expert_out,
             max_in,
             n_experts: c.n_experts,
-            router_red,
+            router_red: c.router_red,
             pairs,
             heads: c.moe_heads,
             vocab: c.vocab_size,
-            ctx,
+            ctx: opts.ctx,
             n_layers: c.n_layers,
-            batch,
+            batch: opts.batch,
+            kv: opts.kv,
+            kv_row: tri!(opts.kv.row_bytes(c.head_dim)),
+            kv_heads: c.n_kv_heads,
         };
-        plan.bytes().ok_or(overflow)?;
-        Ok(plan)
+        tri!(plan.bytes());
+        Some(plan)
+    }
+
+    /// [`Plan::of`] for a model's configuration, with the reason when it fails.
+    pub(crate) fn new(c: &Config, router_red: usize, opts: StateOptions) -> Result<Plan> {
+        if opts.ctx == 0 || opts.ctx > c.context_length {
+            return Err(Error::BadContextLength {
+                requested: opts.ctx,
+                max: c.context_length,
+            });
+        }
+        if opts.batch == 0 {
+            return Err(Error::BadBatchCapacity);
+        }
+        if opts.kv.row_bytes(c.head_dim).is_none() {
+            return Err(Error::InvalidConfig {
+                reason: "a Q8_0 or Q4_0 KV cache needs a head width that is a multiple of 32",
+            });
+        }
+        Plan::of(&Shape::of(c, router_red), opts).ok_or(Error::Overflow {
+            what: "state size",
+            offset: 0,
+        })
     }
 
     /// (element count, element size) of each buffer, in carving order.
-    fn buffers(&self) -> Option<[(usize, usize); BUFFERS]> {
-        let kv = self
-            .n_layers
-            .checked_mul(self.ctx)?
-            .checked_mul(self.kv_dim)?;
+    const fn buffers(&self) -> Option<[(usize, usize); BUFFERS]> {
+        // Bytes of the key (and of the value) cache: one row per layer, kv head and position.
+        let kv = tri!(
+            tri!(tri!(self.n_layers.checked_mul(self.kv_heads)).checked_mul(self.ctx))
+                .checked_mul(self.kv_row)
+        );
         let in_blocks = self.max_in.div_ceil(QK);
         let hid_blocks = self.hidden.div_ceil(QK);
         // Per-token sizes, times the batch capacity.
-        let b = |n: usize| n.checked_mul(self.batch);
+        let b = self.batch;
+        macro_rules! b {
+            ($n:expr) => {
+                tri!(($n).checked_mul(b))
+            };
+        }
         Some([
-            (b(self.dim)?, 4),                                 // x
-            (b(self.dim)?, 4),                                 // xb
-            (b(self.dim.max(self.q_dim))?, 4),                 // xb2
-            (b(self.q_dim)?, 4),                               // q
-            (self.n_heads.checked_mul(self.ctx)?, 4),          // attention scores
-            (b(self.half_head * 2)?, 4),                       // rope cos and sin
-            (b(in_blocks * QK)?, 1),                           // Q8_0 input values
-            (b(in_blocks)?, 4),                                // their scales
-            (b(hid_blocks * QK)?, 1),                          // Q8_0 hidden values
-            (b(hid_blocks)?, 4),                               // their scales
-            (b(self.hidden)?, 4),                              // hidden (gate)
-            (b(self.hidden)?, 4),                              // hidden (up)
-            (b(self.dim)?, 4),                                 // xh (head output)
-            (b(self.dim)?, 4),                                 // moe_out
-            (b(self.expert_out)?, 4),                          // expert outputs
-            (b(self.n_experts.checked_mul(self.heads)?)?, 4),  // router probabilities
-            (b(self.router_red.checked_mul(self.heads)?)?, 4), // x-moe reduced sub-tokens
-            (b(self.pairs)?, 4),                               // members of one group
-            (b(self.n_layers.checked_mul(self.pairs)?)?, 4),   // chosen experts
-            (b(self.n_layers.checked_mul(self.pairs)?)?, 4),   // their gates
-            (self.vocab, 4),                                   // logits
-            (kv, 4),                                           // key cache
-            (kv, 4),                                           // value cache
+            (b!(self.dim), 4),                                      // x
+            (b!(self.dim), 4),                                      // xb
+            (b!(max(self.dim, self.q_dim)), 4),                     // xb2
+            (b!(self.q_dim), 4),                                    // q
+            (tri!(self.n_heads.checked_mul(self.ctx)), 4),          // attention scores
+            (b!(self.half_head * 2), 4),                            // rope cos and sin
+            (b!(in_blocks * QK), 1),                                // Q8_0 input values
+            (b!(in_blocks), 4),                                     // their scales
+            (b!(hid_blocks * QK), 1),                               // Q8_0 hidden values
+            (b!(hid_blocks), 4),                                    // their scales
+            (b!(self.hidden), 4),                                   // hidden (gate)
+            (b!(self.hidden), 4),                                   // hidden (up)
+            (b!(self.dim), 4),                                      // xh (head output)
+            (b!(self.dim), 4),                                      // moe_out
+            (b!(self.expert_out), 4),                               // expert outputs
+            (b!(tri!(self.n_experts.checked_mul(self.heads))), 4),  // router probabilities
+            (b!(tri!(self.router_red.checked_mul(self.heads))), 4), // x-moe reduced sub-tokens
+            (b!(self.pairs), 4),                                    // members of one group
+            (b!(tri!(self.n_layers.checked_mul(self.pairs))), 4),   // chosen experts
+            (b!(tri!(self.n_layers.checked_mul(self.pairs))), 4),   // their gates
+            (self.vocab, 4),                                        // logits
+            (kv, 1),                                                // key cache (bytes)
+            (kv, 1),                                                // value cache (bytes)
         ])
     }
 
-    fn bytes(&self) -> Option<usize> {
-        self.buffers()?.iter().try_fold(0usize, |acc, &(n, sz)| {
-            acc.checked_add(round16(n.checked_mul(sz)?)?)
-        })
+    const fn bytes(&self) -> Option<usize> {
+        let buffers = tri!(self.buffers());
+        let mut total = 0usize;
+        let mut i = 0;
+        while i < BUFFERS {
+            let (n, sz) = buffers[i];
+            total = tri!(total.checked_add(tri!(round16(tri!(n.checked_mul(sz))))));
+            i += 1;
+        }
+        Some(total)
     }
 
     /// Expert pairs per token (`h * k`).
@@ -161,6 +385,15 @@ impl Plan {
     /// Batch capacity.
     pub(crate) fn batch(&self) -> usize {
         self.batch
+    }
+
+    /// The options this layout was made for.
+    pub(crate) fn options(&self) -> StateOptions {
+        StateOptions {
+            ctx: self.ctx,
+            batch: self.batch,
+            kv: self.kv,
+        }
     }
 }
 
@@ -229,14 +462,41 @@ pub(crate) struct Routes<'b> {
     pub(crate) gates: &'b mut [f32],
 }
 
+/// One half of the KV cache: f32 values, or rows of a [`KvType`]'s bytes.
+#[derive(Debug)]
+pub(crate) enum KvStore<'b> {
+    /// [`KvType::F32`].
+    F32(&'b mut [f32]),
+    /// Rows of [`KvType::row_bytes`] each (F16, Q8_0, Q4_0).
+    Rows(&'b mut [u8]),
+}
+
+impl KvStore<'_> {
+    /// The stored bytes (native-endian for F32).
+    fn bytes(&self) -> &[u8] {
+        match self {
+            KvStore::F32(v) => {
+                // SAFETY: an f32 slice is `4 * len` initialized bytes with no padding; u8 has
+                // alignment 1 and no invalid values; the view borrows `self` immutably.
+                unsafe { core::slice::from_raw_parts(v.as_ptr().cast::<u8>(), v.len() * 4) }
+            }
+            KvStore::Rows(b) => b,
+        }
+    }
+}
+
 /// The KV cache, `[layer][kv head][pos][head_dim]` each (one head's positions contiguous, as
-/// the attention kernels read them).
+/// the attention kernels read them), stored as [`KvType`] says.
 #[derive(Debug)]
 pub(crate) struct KvCache<'b> {
     /// Keys (RoPE applied).
-    pub(crate) key: &'b mut [f32],
+    pub(crate) key: KvStore<'b>,
     /// Values.
-    pub(crate) value: &'b mut [f32],
+    pub(crate) value: KvStore<'b>,
+    /// How they are stored.
+    pub(crate) ty: KvType,
+    /// Bytes of one stored head vector.
+    pub(crate) row: usize,
 }
 
 /// Everything a forward pass writes, carved from one caller-provided buffer.
@@ -276,56 +536,82 @@ fn carve<'b, T: Pod>(buf: &mut &'b mut [u8], n: usize) -> &'b mut [T] {
     unsafe { core::slice::from_raw_parts_mut(head.as_mut_ptr().cast::<T>(), n) }
 }
 
+/// Carves `bytes` of KV cache of type `ty`.
+fn kv_store<'b>(buf: &mut &'b mut [u8], ty: KvType, bytes: usize) -> KvStore<'b> {
+    match ty {
+        KvType::F32 => KvStore::F32(carve(buf, bytes / 4)),
+        _ => KvStore::Rows(carve(buf, bytes)),
+    }
+}
+
 /// Types for which every bit pattern is valid and alignment is at most 16.
 trait Pod: Copy {}
 impl Pod for f32 {}
 impl Pod for u32 {}
 impl Pod for i8 {}
+impl Pod for u8 {}
 
 impl<'b> State<'b> {
     /// Required alignment of the buffer's start, in bytes.
     pub const ALIGN: usize = 16;
 
-    /// Exact bytes of buffer needed for `model` with a context of `ctx` positions and a batch
-    /// capacity of 1 (one token per forward pass).
-    pub fn bytes_needed(model: &crate::model::Model<'_>, ctx: usize) -> Result<usize> {
-        Self::bytes_needed_batch(model, ctx, 1)
-    }
-
-    /// Exact bytes of buffer needed for `model`, `ctx` positions and forward passes of up to
-    /// `batch` tokens ([`crate::forward_batch`]). The KV cache, attention scores and logits do
-    /// not grow with `batch`; the activations and scratch do.
-    pub fn bytes_needed_batch(
+    /// Exact bytes of buffer needed for `model` and `opts` (a context length, or
+    /// [`StateOptions`] with a batch capacity and a KV type). The KV cache, attention scores and
+    /// logits do not grow with the batch capacity; the activations and scratch do.
+    ///
+    /// # Errors
+    /// [`Error::BadContextLength`] for a context of 0 or past the model's,
+    /// [`Error::BadBatchCapacity`] for a batch of 0, [`Error::InvalidConfig`] for a Q8_0 or
+    /// Q4_0 KV cache on heads whose width is not a multiple of 32, [`Error::Overflow`].
+    pub fn bytes_needed(
         model: &crate::model::Model<'_>,
-        ctx: usize,
-        batch: usize,
+        opts: impl Into<StateOptions>,
     ) -> Result<usize> {
-        let c = model.config();
-        Plan::new(c, ctx, batch, model.router_red_width())?
-            .bytes()
-            .ok_or(Error::Overflow {
-                what: "state size",
-                offset: 0,
-            })
+        let plan = Plan::new(model.config(), model.router_red_width(), opts.into())?;
+        plan.bytes().ok_or(Error::Overflow {
+            what: "state size",
+            offset: 0,
+        })
     }
 
-    /// Carves the state for `model` and `ctx` positions (batch capacity 1) out of `buf`, which
-    /// must be at least [`State::bytes_needed`] bytes and start at a multiple of
+    /// [`State::bytes_needed`] at compile time, from a model's [`Shape`]: `None` where
+    /// `bytes_needed` gives an error.
+    ///
+    /// ```
+    /// use mhmoe::state::{KvType, Shape, StateOptions};
+    /// use mhmoe::State;
+    /// const SHAPE: Shape = Shape {
+    ///     dim: 128, n_layers: 4, ff_dim: 0, n_heads: 4, n_kv_heads: 4, head_dim: 32,
+    ///     n_experts: 8, top_k: 2, expert_ff_dim: 128, shared_ff_dim: 0, moe_heads: 4,
+    ///     vocab_size: 2048, context_length: 256, router_red: 0,
+    /// };
+    /// const BYTES: usize = match State::bytes_for(&SHAPE, StateOptions::new(256).kv(KvType::Q4_0)) {
+    ///     Some(n) => n,
+    ///     None => panic!("the options do not fit the model"),
+    /// };
+    /// assert!(BYTES > 0);
+    /// ```
+    pub const fn bytes_for(shape: &Shape, opts: StateOptions) -> Option<usize> {
+        match Plan::of(shape, opts) {
+            Some(plan) => plan.bytes(),
+            None => None,
+        }
+    }
+
+    /// Carves the state for `model` and `opts` (a context length, or [`StateOptions`]) out of
+    /// `buf`, which must be at least [`State::bytes_needed`] bytes and start at a multiple of
     /// [`State::ALIGN`].
-    pub fn new(model: &crate::model::Model<'_>, ctx: usize, buf: &'b mut [u8]) -> Result<Self> {
-        Self::new_batch(model, ctx, 1, buf)
-    }
-
-    /// Carves a state for forward passes of up to `batch` tokens out of `buf`, which must be at
-    /// least [`State::bytes_needed_batch`] bytes and start at a multiple of [`State::ALIGN`].
-    pub fn new_batch(
+    ///
+    /// # Errors
+    /// Those of [`State::bytes_needed`], [`Error::BufferTooSmall`] and
+    /// [`Error::BufferMisaligned`].
+    pub fn new(
         model: &crate::model::Model<'_>,
-        ctx: usize,
-        batch: usize,
+        opts: impl Into<StateOptions>,
         buf: &'b mut [u8],
     ) -> Result<Self> {
-        let c = model.config();
-        let plan = Plan::new(c, ctx, batch, model.router_red_width())?;
+        let opts = opts.into();
+        let plan = Plan::new(model.config(), model.router_red_width(), opts)?;
         let overflow = Error::Overflow {
             what: "state size",
             offset: 0,
@@ -380,11 +666,13 @@ impl<'b> State<'b> {
             },
             logits: carve(&mut b, lg.0),
             kv: KvCache {
-                key: carve(&mut b, kc.0),
-                value: carve(&mut b, vc.0),
+                key: kv_store(&mut b, plan.kv, kc.0),
+                value: kv_store(&mut b, plan.kv, vc.0),
+                ty: plan.kv,
+                row: plan.kv_row,
             },
             weight_bytes: 0,
-            ctx,
+            ctx: opts.ctx,
         };
         state.reset();
         Ok(state)
@@ -450,10 +738,17 @@ impl<'b> State<'b> {
         Some((self.routes.idx.get(r.clone())?, self.routes.gates.get(r)?))
     }
 
-    /// The KV cache, keys then values, each `[layer][kv head][position][head_dim]` over the
-    /// state's whole context (positions at and after [`State::pos`] hold stale or zero data).
-    pub fn kv_cache(&self) -> (&[f32], &[f32]) {
-        (self.kv.key, self.kv.value)
+    /// The KV cache's bytes, keys then values, each `[layer][kv head][position]` rows of
+    /// `head_dim` values stored as [`State::kv_type`] (f32 in native byte order, the others as
+    /// ggml stores them) over the state's whole context (positions at and after [`State::pos`]
+    /// hold stale or zero data).
+    pub fn kv_cache(&self) -> (&[u8], &[u8]) {
+        (self.kv.key.bytes(), self.kv.value.bytes())
+    }
+
+    /// How the KV cache is stored.
+    pub fn kv_type(&self) -> KvType {
+        self.kv.ty
     }
 
     /// Logits of the last forward pass: NaN before the first one (and after [`State::reset`]),

@@ -382,7 +382,7 @@ fn state_for_another_model_is_rejected() {
     let m1 = load(&small).unwrap();
     let m2 = load(&other).unwrap();
     let mut buf = mhmoe::file::StateBuffer::for_model(&m2, 4).unwrap();
-    let mut state = buf.state(&m2, 4).unwrap();
+    let mut state = buf.state(&m2).unwrap();
     assert!(matches!(
         forward(&m1, &mut state, 0),
         Err(TokenError::WrongState)
@@ -404,10 +404,10 @@ fn context_length_limits_in_state_new() {
             mhmoe::file::StateBuffer::for_model(&model, bad).unwrap_err(),
             want
         );
-        assert_eq!(buf.state(&model, bad).unwrap_err(), want);
+        assert_eq!(State::bytes_needed(&model, bad).unwrap_err(), want);
     }
     // The longest context works, and the token id limit is the vocabulary size.
-    let mut state = buf.state(&model, max).unwrap();
+    let mut state = buf.state(&model).unwrap();
     for t in [u32::MAX, model.config().vocab_size() as u32 + 1] {
         assert!(matches!(
             forward(&model, &mut state, t),
@@ -434,7 +434,7 @@ fn prompt_and_generation_past_the_context() {
     let ctx = 5;
     assert!(prompt.len() > ctx);
     let mut buf = mhmoe::file::StateBuffer::for_model(&model, ctx).unwrap();
-    let mut state = buf.state(&model, ctx).unwrap();
+    let mut state = buf.state(&model).unwrap();
     let mut first = Vec::new();
     let mut fed = 0;
     let err = loop {
@@ -499,7 +499,7 @@ fn empty_prompt_has_nothing_to_sample() {
 
     let v = model.config().vocab_size();
     let mut buf = mhmoe::file::StateBuffer::for_model(&model, 4).unwrap();
-    let mut state = buf.state(&model, 4).unwrap();
+    let mut state = buf.state(&model).unwrap();
     let params = [
         SamplerParams::GREEDY,
         SamplerParams {

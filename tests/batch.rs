@@ -7,16 +7,20 @@ mod common;
 use mhmoe::file::{ModelBytes, StateBuffer};
 use mhmoe::kernels::ALL_ISAS;
 use mhmoe::parallel::{Parallel, Serial, ThreadPool};
+use mhmoe::state::{KvType, StateOptions};
 use mhmoe::{Error, Exec, Isa, TokenError};
 
 const TOKENS: [u32; 13] = [1, 7, 42, 3, 99, 5, 200, 17, 0, 64, 8, 31, 2];
 
-/// Logits after each token, and the final KV cache, running one token at a time.
-fn token_by_token(exec: Exec<'_>, path: &std::path::Path) -> (Vec<Vec<f32>>, Vec<f32>, Vec<f32>) {
+type Run = (Vec<Vec<f32>>, Vec<u8>, Vec<u8>);
+
+/// Logits after each token, and the final KV cache bytes, running one token at a time with a
+/// KV cache of type `kv`.
+fn token_by_token(exec: Exec<'_>, path: &std::path::Path, kv: KvType) -> Run {
     let file = ModelBytes::read(path).unwrap();
     let model = file.model().unwrap();
-    let mut buf = StateBuffer::for_model(&model, 16).unwrap();
-    let mut state = buf.state(&model, 16).unwrap();
+    let mut buf = StateBuffer::for_model(&model, StateOptions::new(16).kv(kv)).unwrap();
+    let mut state = buf.state(&model).unwrap();
     let v = model.config().vocab_size() as u32;
     let logits = TOKENS
         .iter()
@@ -31,15 +35,16 @@ fn token_by_token(exec: Exec<'_>, path: &std::path::Path) -> (Vec<Vec<f32>>, Vec
 fn check_batches(
     exec: Exec<'_>,
     path: &std::path::Path,
-    sizes: &[usize],
-    want: &(Vec<Vec<f32>>, Vec<f32>, Vec<f32>),
+    (sizes, kv): (&[usize], KvType),
+    want: &Run,
     what: &str,
 ) {
     let file = ModelBytes::read(path).unwrap();
     let model = file.model().unwrap();
     let cap = *sizes.iter().max().unwrap();
-    let mut buf = StateBuffer::for_batch(&model, 16, cap).unwrap();
-    let mut state = buf.state(&model, 16).unwrap();
+    let opts = StateOptions::new(16).batch(cap).kv(kv);
+    let mut buf = StateBuffer::for_model(&model, opts).unwrap();
+    let mut state = buf.state(&model).unwrap();
     assert_eq!(state.batch_capacity(), cap);
     let v = model.config().vocab_size() as u32;
     let tokens: Vec<u32> = TOKENS.iter().map(|&t| t % v).collect();
@@ -64,36 +69,50 @@ fn check_batches(
         assert_eq!(state.pos(), at);
     }
     let (k, val) = state.kv_cache();
-    let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+    assert!(k == want.1, "{}: {what}: key cache differs", path.display());
     assert!(
-        same(k, &want.1),
-        "{}: {what}: key cache differs",
-        path.display()
-    );
-    assert!(
-        same(val, &want.2),
+        val == want.2,
         "{}: {what}: value cache differs",
         path.display()
     );
 }
 
+/// The KV types a model can use (block types need heads of whole blocks).
+fn kv_types(path: &std::path::Path) -> Vec<KvType> {
+    let file = ModelBytes::read(path).unwrap();
+    let model = file.model().unwrap();
+    KvType::ALL
+        .into_iter()
+        .filter(|kv| kv.row_bytes(model.config().head_dim()).is_some())
+        .collect()
+}
+
 #[test]
-fn batches_match_token_by_token_on_every_isa() {
-    for isa in ALL_ISAS.into_iter().filter(|i| i.is_available()) {
-        let exec = Exec::serial().with_isa(isa).unwrap();
-        for path in common::test_models() {
-            let want = token_by_token(exec, &path);
-            for sizes in [&[13][..], &[4], &[1, 5, 2], &[3, 1]] {
-                check_batches(
-                    exec,
-                    &path,
-                    sizes,
-                    &want,
-                    &format!("{} {sizes:?}", isa.name()),
+fn batches_match_token_by_token_on_every_isa_and_kv_type() {
+    let mut block_kv = false;
+    for path in common::test_models() {
+        for kv in kv_types(&path) {
+            block_kv |= kv == KvType::Q4_0;
+            let scalar = token_by_token(Exec::serial().with_isa(Isa::Scalar).unwrap(), &path, kv);
+            for isa in ALL_ISAS.into_iter().filter(|i| i.is_available()) {
+                let exec = Exec::serial().with_isa(isa).unwrap();
+                let want = token_by_token(exec, &path, kv);
+                // Every KV type gives the same bits on every instruction set.
+                assert!(
+                    want == scalar,
+                    "{}: {} with a {} KV cache differs from scalar",
+                    path.display(),
+                    isa.name(),
+                    kv.name()
                 );
+                for sizes in [&[13][..], &[4], &[1, 5, 2], &[3, 1]] {
+                    let what = format!("{} kv {} {sizes:?}", isa.name(), kv.name());
+                    check_batches(exec, &path, (sizes, kv), &want, &what);
+                }
             }
         }
     }
+    assert!(block_kv, "no test model can take a block KV cache");
 }
 
 #[test]
@@ -102,13 +121,17 @@ fn threads_match_one_thread() {
     for isa in [Isa::Scalar, Isa::detect()] {
         let serial = Exec::serial().with_isa(isa).unwrap();
         for path in common::test_models() {
-            let want = token_by_token(serial, &path);
+            let kv = *kv_types(&path).last().unwrap();
+            let want = token_by_token(serial, &path, kv);
             for pool in &pools {
                 // Split every product and every attention over the threads, however small.
                 let exec = Exec::new(pool).with_isa(isa).unwrap().with_min_split(0);
-                let what = format!("{} x{}", isa.name(), pool.threads());
-                assert_eq!(token_by_token(exec, &path), want, "{what}: token by token");
-                check_batches(exec, &path, &[5, 3], &want, &what);
+                let what = format!("{} x{} kv {}", isa.name(), pool.threads(), kv.name());
+                assert!(
+                    token_by_token(exec, &path, kv) == want,
+                    "{what}: token by token"
+                );
+                check_batches(exec, &path, (&[5, 3], kv), &want, &what);
             }
         }
     }
@@ -144,11 +167,11 @@ fn bad_batches_and_thread_counts_are_errors_that_change_nothing() {
     let file = ModelBytes::read(path).unwrap();
     let model = file.model().unwrap();
     assert!(matches!(
-        StateBuffer::for_batch(&model, 8, 0),
+        StateBuffer::for_model(&model, StateOptions::new(8).batch(0)),
         Err(Error::BadBatchCapacity)
     ));
-    let mut buf = StateBuffer::for_batch(&model, 8, 4).unwrap();
-    let mut state = buf.state(&model, 8).unwrap();
+    let mut buf = StateBuffer::for_model(&model, StateOptions::new(8).batch(4)).unwrap();
+    let mut state = buf.state(&model).unwrap();
     let exec = Exec::serial();
     exec.forward_batch(&model, &mut state, &[1, 2, 3]).unwrap();
     let before = state.logits().to_vec();
@@ -201,7 +224,7 @@ fn bad_batches_and_thread_counts_are_errors_that_change_nothing() {
     // The cache is [layer][kv head][position][head_dim]: positions 0..3 of every head.
     let (hd, ctx) = (model.config().head_dim(), 8);
     for lh in 0..model.config().n_layers() * model.config().n_kv_heads() {
-        let r = lh * ctx * hd..lh * ctx * hd + 3 * hd;
+        let r = 4 * lh * ctx * hd..4 * (lh * ctx * hd + 3 * hd); // f32 bytes
         assert_eq!(state.kv_cache().0[r.clone()], k0[r.clone()]);
         assert_eq!(state.kv_cache().1[r.clone()], v0[r]);
     }
@@ -212,10 +235,10 @@ fn bad_batches_and_thread_counts_are_errors_that_change_nothing() {
 fn three_threads_match_one_thread() {
     let pool = ThreadPool::new(3).unwrap();
     let path = &common::test_models()[0];
-    let want = token_by_token(Exec::serial(), path);
+    let want = token_by_token(Exec::serial(), path, KvType::F32);
     let exec = Exec::new(&pool).with_min_split(0);
-    assert_eq!(token_by_token(exec, path), want);
-    check_batches(exec, path, &[6], &want, "x3");
+    assert!(token_by_token(exec, path, KvType::F32) == want);
+    check_batches(exec, path, (&[6], KvType::F32), &want, "x3");
 }
 
 /// A task that panics on a worker thread makes `run` panic on the caller, after every other

@@ -996,8 +996,8 @@ fn check_models<K: Kernels>(isa: Isa) {
         let v = model.config().vocab_size() as u32;
         let mut sb = StateBuffer::for_model(&model, TOKENS).unwrap();
         let mut ib = StateBuffer::for_model(&model, TOKENS).unwrap();
-        let mut scalar = sb.state(&model, TOKENS).unwrap();
-        let mut other = ib.state(&model, TOKENS).unwrap();
+        let mut scalar = sb.state(&model).unwrap();
+        let mut other = ib.state(&model).unwrap();
         for p in 0..TOKENS {
             let token = (p as u32 * 7919 + 13) % v;
             let want = mhmoe::forward_on(Isa::Scalar, &model, &mut scalar, token)

@@ -66,7 +66,7 @@ fn greedy_output_matches_the_reference() {
 
     let ctx = prompt_ids.len() + greedy.len();
     let mut buf = StateBuffer::for_model(&model, ctx).unwrap();
-    let mut state = buf.state(&model, ctx).unwrap();
+    let mut state = buf.state(&model).unwrap();
     for &t in &prompt_ids {
         mhmoe::forward(&model, &mut state, t).unwrap();
     }
@@ -93,7 +93,7 @@ fn mean_nll(name: &str, ids: &[u32]) -> f64 {
     let model = file.model().unwrap();
     let ctx = model.config().context_length();
     let mut buf = StateBuffer::for_model(&model, ctx).unwrap();
-    let mut state = buf.state(&model, ctx).unwrap();
+    let mut state = buf.state(&model).unwrap();
     let (mut total, mut n) = (0.0f64, 0usize);
     for w in ids.chunks(ctx) {
         state.reset();

@@ -285,7 +285,7 @@ fn desktop(model_path: &str, ctx: usize, tokens: usize) -> Reference {
     let mut prompt: Vec<u32> = tok.bos().into_iter().collect();
     prompt.extend(tok.encode_to_vec(PROMPT.as_bytes()).unwrap());
     let mut buf = StateBuffer::for_model(&model, ctx).unwrap();
-    let mut state = buf.state(&model, ctx).unwrap();
+    let mut state = buf.state(&model).unwrap();
     for &t in &prompt {
         mhmoe::forward(&model, &mut state, t).unwrap();
     }

@@ -36,7 +36,7 @@ fn every_test_model_matches_the_reference() {
         let tol = logit_tolerance(model_class(file.bytes()));
         let n = golden.tokens.len();
         let mut buf = StateBuffer::for_model(&model, n).unwrap();
-        let mut state = buf.state(&model, n).unwrap();
+        let mut state = buf.state(&model).unwrap();
         let mut worst = 0.0f32;
         for p in 0..n - 1 {
             let logits = mhmoe::forward(&model, &mut state, golden.tokens[p]).unwrap();

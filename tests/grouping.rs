@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 
 use mhmoe::file::{ModelBytes, StateBuffer};
 use mhmoe::model::{Ffn, Router};
+use mhmoe::state::StateOptions;
 use mhmoe::{Model, State};
 
 /// The weight bytes a pass of `n` tokens must read, given its routing: every dense matrix
@@ -65,7 +66,7 @@ fn weight_bytes_read_per_token_equal_active_weight_bytes() {
         let file = ModelBytes::read(&path).unwrap();
         let model = file.model().unwrap();
         let mut buf = StateBuffer::for_model(&model, 8).unwrap();
-        let mut state = buf.state(&model, 8).unwrap();
+        let mut state = buf.state(&model).unwrap();
         for (t, token) in TOKENS.into_iter().enumerate() {
             mhmoe::forward(&model, &mut state, token).unwrap();
             let want = active_bytes(&model, &state, 1, &mut shared_expert_seen);
@@ -82,14 +83,14 @@ fn weight_bytes_read_per_batch_equal_active_weight_bytes_of_the_batch() {
     for path in common::test_models() {
         let file = ModelBytes::read(&path).unwrap();
         let model = file.model().unwrap();
-        let mut buf = StateBuffer::for_batch(&model, 8, 8).unwrap();
-        let mut state = buf.state(&model, 8).unwrap();
+        let mut buf = StateBuffer::for_model(&model, StateOptions::new(8).batch(8)).unwrap();
+        let mut state = buf.state(&model).unwrap();
         mhmoe::forward_batch(&model, &mut state, &TOKENS).unwrap();
         let want = active_bytes(&model, &state, TOKENS.len(), &mut false);
         assert_eq!(state.weight_bytes_read(), want, "{}", path.display());
         // Reading each expert once per batch is much less than once per token.
         let mut one = StateBuffer::for_model(&model, 8).unwrap();
-        let mut one = one.state(&model, 8).unwrap();
+        let mut one = one.state(&model).unwrap();
         let per_token: u64 = TOKENS
             .iter()
             .map(|&t| {
@@ -118,7 +119,7 @@ fn sub_tokens_share_experts_in_the_test_models() {
             continue;
         }
         let mut buf = StateBuffer::for_model(&model, 16).unwrap();
-        let mut state = buf.state(&model, 16).unwrap();
+        let mut state = buf.state(&model).unwrap();
         for token in 0..16u32 {
             mhmoe::forward(&model, &mut state, token * 13 % 256).unwrap();
             for l in 0..model.config().n_layers() {

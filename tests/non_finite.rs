@@ -34,7 +34,7 @@ fn isas() -> Vec<Isa> {
 fn run(isa: Isa, bytes: &[u8], tokens: &[u32]) -> Result<Vec<f32>, Error> {
     let model = Model::from_bytes(bytes).expect("the edited model still loads");
     let mut buf = mhmoe::file::StateBuffer::for_model(&model, tokens.len()).unwrap();
-    let mut st = buf.state(&model, tokens.len()).unwrap();
+    let mut st = buf.state(&model).unwrap();
     let mut last = Vec::new();
     for (p, &t) in tokens.iter().enumerate() {
         match forward_on(isa, &model, &mut st, t) {
@@ -139,7 +139,7 @@ fn a_failed_step_stays_failed() {
     let bytes = edit(&name, "blk.1.ffn_norm.weight", |d| f32_at(d, 1, f32::NAN));
     let model = Model::from_bytes(&bytes).unwrap();
     let mut buf = mhmoe::file::StateBuffer::for_model(&model, 4).unwrap();
-    let mut st = buf.state(&model, 4).unwrap();
+    let mut st = buf.state(&model).unwrap();
     let mut steps = mhmoe::Exec::serial().begin(&model, &mut st, &[3]).unwrap();
     assert_eq!(steps.step(), Ok(true), "layer 0 is fine");
     let e = steps.step().unwrap_err();
@@ -173,7 +173,7 @@ fn nan_embedding_row_flags_its_token_and_the_state_recovers() {
 
         let model = Model::from_bytes(&bytes).unwrap();
         let mut buf = mhmoe::file::StateBuffer::for_model(&model, 2).unwrap();
-        let mut st = buf.state(&model, 2).unwrap();
+        let mut st = buf.state(&model).unwrap();
         forward_on(isa, &model, &mut st, 5).unwrap();
         assert!(forward_on(isa, &model, &mut st, 7).is_err());
         assert_eq!(st.pos(), 1);
@@ -315,7 +315,7 @@ fn errors_do_not_change_the_state_size() {
     let model = Model::from_bytes(&bytes).unwrap();
     let need = State::bytes_needed(&model, 2).unwrap();
     let mut buf = mhmoe::file::StateBuffer::for_model(&model, 2).unwrap();
-    let mut st = buf.state(&model, 2).unwrap();
+    let mut st = buf.state(&model).unwrap();
     assert!(forward_on(Isa::Scalar, &model, &mut st, 1).is_err());
     assert_eq!(State::bytes_needed(&model, 2).unwrap(), need);
 }

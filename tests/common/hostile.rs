@@ -193,15 +193,13 @@ pub fn run_steps(data: &[u8], max_ctx: usize) {
         _ => return,
     }
     let mut buf = StateBuffer::for_model(&m, ctx).expect("sized above");
-    let mut st = buf.state(&m, ctx).expect("a StateBuffer fits its model");
+    let mut st = buf.state(&m).expect("a StateBuffer fits its model");
     let active = Isa::active();
     let scalar = Exec::serial()
         .with_isa(Isa::Scalar)
         .expect("scalar is always available");
     let mut twin_buf = StateBuffer::for_model(&m, ctx).expect("sized above");
-    let mut twin = twin_buf
-        .state(&m, ctx)
-        .expect("a StateBuffer fits its model");
+    let mut twin = twin_buf.state(&m).expect("a StateBuffer fits its model");
 
     let v = c.vocab_size();
     let oor = u32::try_from(v).unwrap_or(u32::MAX);
