@@ -453,10 +453,10 @@ fn real_boards_build() {
                 .unwrap()
                 .filter_map(|e| e.ok())
                 .filter(|e| e.file_name().to_string_lossy().starts_with(b.name))
-                .map(|e| e.path().join("out/demo_config.rs"))
+                .map(|e| e.path().join("out/mhmoe_sizes.rs"))
                 .filter(|p| p.is_file())
                 .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
-                .expect("the build script's demo_config.rs"),
+                .expect("the build script's mhmoe_sizes.rs"),
         )
         .unwrap();
         let ctx = config
@@ -482,7 +482,9 @@ fn real_boards_build() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a context of 256 must not fit");
     assert!(
-        err.contains("do not fit nrf52840-dk") && err.contains("RAM: needed"),
+        err.contains("do not fit nrf52840-dk")
+            && err.contains("RAM: needed")
+            && err.contains("bytes short"),
         "unclear failure message:\n{err}"
     );
     let line = err.lines().find(|l| l.contains("RAM: needed")).unwrap();

@@ -10,7 +10,9 @@ use core::ptr::addr_of_mut;
 
 use demo_fw::{entry, Aligned, AlignedBuffer, Demo};
 
-// CTX, TOKENS, MODEL_LEN, STATE_BYTES, TOKENIZER_WORDS: computed by build.rs from the model.
+// MODEL_LEN, CTX, STATE_BYTES, TOKENIZER_WORDS: the exact sizes, computed by build.rs from the
+// model (mhmoe::build::Sizing); TOKENS: the demo's.
+include!(concat!(env!("OUT_DIR"), "/mhmoe_sizes.rs"));
 include!(concat!(env!("OUT_DIR"), "/demo_config.rs"));
 
 /// Nominal ring-oscillator clock after boot (not measured).
@@ -29,7 +31,7 @@ static IMAGE_DEF: [u32; 5] = [
 ];
 
 #[link_section = ".model"]
-static MODEL: Aligned<[u8; MODEL_LEN]> = Aligned(*include_bytes!(env!("DEMO_FW_MODEL_PATH")));
+static MODEL: Aligned<[u8; MODEL_LEN]> = Aligned(*include_bytes!(env!("MHMOE_MODEL_PATH")));
 static mut STATE: AlignedBuffer<STATE_BYTES> = AlignedBuffer::new();
 static mut TOKENIZER: [u32; TOKENIZER_WORDS] = [0; TOKENIZER_WORDS];
 
