@@ -2,7 +2,8 @@
 //! the nRF52840-DK's configuration on the emulated M4, and a RISC-V board), runs it under QEMU
 //! with a timeout, and checks that the prompt and generated token ids and the
 //! FNV-1a hash of the final logits are identical to this desktop engine's on the same model,
-//! prompt, context length and greedy decoding. Builds the real-board crates too (not run), and
+//! prompt, context length and greedy decoding, and that the painted stack high-water mark of
+//! each run stays within the board's stated budget (`Board::stack_budget`). Builds the real-board crates too (not run), and
 //! checks that a context too large for the nRF52840's RAM fails the build with a clear message.
 //!
 //! Prints each firmware's sections (llvm-size) and stack high-water mark as the markdown table
@@ -33,6 +34,10 @@ struct Board {
     model: &'static str,
     /// The kernels the build selects (`Isa::name`).
     kernels: &'static str,
+    /// Most bytes of stack an emulated run may use (its painted high-water mark, checked for
+    /// the ISA and the scalar run): the measured value rounded up to a KiB, plus 1 KiB of
+    /// margin, as the table in targets/README.md states. 0 for the real boards (not run here).
+    stack_budget: usize,
 }
 
 const EMULATED: [Board; 6] = [
@@ -42,6 +47,7 @@ const EMULATED: [Board; 6] = [
         qemu: Some(&["qemu-system-arm", "-machine", "mps2-an386"]),
         model: "models/mhmoe-demo-q8_0.gguf",
         kernels: "cortex-m-dsp",
+        stack_budget: 22 * 1024,
     },
     Board {
         name: "mps2-an386-q4",
@@ -49,6 +55,7 @@ const EMULATED: [Board; 6] = [
         qemu: Some(&["qemu-system-arm", "-machine", "mps2-an386"]),
         model: "models/mhmoe-demo-q4_0.gguf",
         kernels: "cortex-m-dsp",
+        stack_budget: 22 * 1024,
     },
     Board {
         name: "mps2-an500",
@@ -56,6 +63,7 @@ const EMULATED: [Board; 6] = [
         qemu: Some(&["qemu-system-arm", "-machine", "mps2-an500"]),
         model: "models/mhmoe-demo-q8_0.gguf",
         kernels: "cortex-m-dsp",
+        stack_budget: 22 * 1024,
     },
     Board {
         name: "mps2-an505",
@@ -63,6 +71,7 @@ const EMULATED: [Board; 6] = [
         qemu: Some(&["qemu-system-arm", "-machine", "mps2-an505"]),
         model: "models/mhmoe-demo-q8_0.gguf",
         kernels: "cortex-m-dsp",
+        stack_budget: 22 * 1024,
     },
     Board {
         name: "mps3-an547",
@@ -70,6 +79,7 @@ const EMULATED: [Board; 6] = [
         qemu: Some(&["qemu-system-arm", "-machine", "mps3-an547"]),
         model: "models/mhmoe-demo-q8_0.gguf",
         kernels: "helium",
+        stack_budget: 22 * 1024,
     },
     Board {
         name: "riscv32-virt",
@@ -77,6 +87,7 @@ const EMULATED: [Board; 6] = [
         qemu: Some(&["qemu-system-riscv32", "-machine", "virt", "-bios", "none"]),
         model: "models/mhmoe-demo-q8_0.gguf",
         kernels: "scalar",
+        stack_budget: 21 * 1024,
     },
 ];
 
@@ -87,6 +98,7 @@ const REAL: [Board; 3] = [
         qemu: None,
         model: "models/mhmoe-demo-q8_0.gguf",
         kernels: "cortex-m-dsp",
+        stack_budget: 0,
     },
     Board {
         name: "pico2",
@@ -94,6 +106,7 @@ const REAL: [Board; 3] = [
         qemu: None,
         model: "models/mhmoe-demo-q8_0.gguf",
         kernels: "cortex-m-dsp",
+        stack_budget: 0,
     },
     Board {
         name: "nrf52840-dk",
@@ -101,6 +114,7 @@ const REAL: [Board; 3] = [
         qemu: None,
         model: "models/mhmoe-demo-q4_0.gguf",
         kernels: "cortex-m-dsp",
+        stack_budget: 0,
     },
 ];
 
@@ -346,6 +360,11 @@ fn ids(text: &str, key: &str) -> Option<Vec<u32>> {
     field(text, key)?.iter().map(|w| w.parse().ok()).collect()
 }
 
+/// The firmware's painted stack high-water mark, in bytes.
+fn stack_high_water(text: &str) -> Option<usize> {
+    field(text, "stack-high-water")?.first()?.parse().ok()
+}
+
 /// Differences between a firmware run and the desktop's.
 fn compare(code: Option<i32>, out: &str, r: &Reference, kernels: &str) -> Vec<String> {
     let mut problems = Vec::new();
@@ -407,7 +426,19 @@ fn emulated_boards_match_desktop() {
             }
             let r = &reference.as_ref().unwrap().1;
             let kernels = if scalar { "scalar" } else { b.kernels };
-            let problems = compare(code, &out, r, kernels);
+            let mut problems = compare(code, &out, r, kernels);
+            match stack_high_water(&out) {
+                Some(used) if used > b.stack_budget => problems.push(format!(
+                    "the stack high-water mark is {used} bytes, over the board's budget of {} bytes by {} (tests/firmware.rs, targets/README.md)",
+                    b.stack_budget,
+                    used - b.stack_budget
+                )),
+                Some(used) => println!(
+                    "{name}: stack high-water {used} bytes, budget {} bytes",
+                    b.stack_budget
+                ),
+                None => problems.push("no stack-high-water line".into()),
+            }
             if problems.is_empty() {
                 println!(
                     "{name}: {} tokens identical to the desktop, logits hash {:#018x}: {:?}",
