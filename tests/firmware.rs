@@ -144,8 +144,19 @@ fn sysroot() -> Option<PathBuf> {
     ))
 }
 
+/// Whether an executable named `name` is in a directory of `PATH`.
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file()))
+}
+
 /// What is missing to build (and, with `run`, run) the firmware of `board`.
 fn missing(board: &Board, run: bool) -> Option<String> {
+    if board.qemu.is_none() && !on_path("flip-link") {
+        return Some(
+            "flip-link, the real boards' linker, not found (run tools/install-firmware.sh)".into(),
+        );
+    }
     if let Some(qemu) = board.qemu.filter(|_| run) {
         if !Command::new(qemu[0])
             .arg("--version")

@@ -131,15 +131,19 @@ impl Board {
         let _ = writeln!(cfg, "pub const TOKENS: usize = {tokens};");
         fs::write(out.join("demo_config.rs"), cfg).unwrap();
 
+        // The stack's lowest address: cortex-m-rt's `_stack_end` (the end of the statics, or
+        // with flip-link the start of RAM), riscv-rt's `__sheap` (no heap).
+        let riscv = env::var("TARGET").is_ok_and(|t| t.starts_with("riscv"));
+        let stack_end = if riscv { "__sheap" } else { "_stack_end" };
         let mut mem = fs::read_to_string(manifest.join("memory.x")).unwrap();
         let _ = write!(
             mem,
-            "\n/* Added by build.rs: room for the stack. */\nASSERT(_stack_start - __sheap >= {STACK_RESERVE}, \"demo-fw: less than {STACK_RESERVE} bytes of RAM left for the stack\");\n"
+            "\n/* Added by build.rs: room for the stack. */\nASSERT(_stack_start - {stack_end} >= {STACK_RESERVE}, \"demo-fw: less than {STACK_RESERVE} bytes of RAM left for the stack\");\n"
         );
         fs::write(out.join("memory.x"), mem).unwrap();
         println!("cargo::rustc-link-search={}", out.display());
         // cortex-m-rt's link.x includes memory.x; riscv-rt's memory.x includes link.x.
-        if env::var("TARGET").is_ok_and(|t| t.starts_with("riscv")) {
+        if riscv {
             println!("cargo::rustc-link-arg=-Tmemory.x");
         } else {
             println!("cargo::rustc-link-arg=-Tlink.x");
