@@ -6,6 +6,8 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+#[cfg(feature = "std")]
+pub mod build;
 pub mod config;
 pub mod error;
 #[cfg(feature = "std")]

@@ -2,8 +2,9 @@
 # Installs what the firmware tests (tests/firmware.rs) and tools/firmware-insn-count.sh need,
 # only where it is missing: qemu-system-arm and qemu-system-riscv32 (Debian packages
 # qemu-system-arm and qemu-system-misc), the Rust targets of the boards (thumbv7em-none-eabihf,
-# thumbv8m.main-none-eabihf, riscv32imac-unknown-none-elf) and the llvm-tools component
-# (llvm-size, llvm-nm). Safe to run repeatedly; tools/test.sh calls it before the tests.
+# thumbv8m.main-none-eabihf, riscv32imac-unknown-none-elf), the llvm-tools component
+# (llvm-size, llvm-nm) and flip-link (the real boards' linker: `cargo install flip-link`, about
+# 10 s). Safe to run repeatedly; tools/test.sh calls it before the tests.
 set -euo pipefail
 
 packages=()
@@ -31,4 +32,10 @@ if command -v rustup >/dev/null 2>&1; then
     fi
 else
     echo "install-firmware: rustup not found; add the targets thumbv7em-none-eabihf, thumbv8m.main-none-eabihf and riscv32imac-unknown-none-elf yourself" >&2
+fi
+
+# The real-board crates link with flip-link (targets/*/.cargo/config.toml).
+if ! command -v flip-link >/dev/null 2>&1; then
+    echo "install-firmware: installing flip-link"
+    cargo install flip-link --locked --quiet
 fi

@@ -8,6 +8,25 @@
 
 pub mod scalar;
 
+// A feature the target cannot run: one sentence instead of the assembler's errors. `build.rs`
+// sets `mhmoe_bad_target` from the target name and `-C target-cpu`/`-C target-feature` (stable
+// Rust has no `target_feature` cfg for the DSP extension or Helium). Not in rustdoc builds, so
+// `cargo doc --all-features` works on any host.
+#[cfg(all(mhmoe_bad_target = "dsp-arch", not(doc)))]
+compile_error!("the `cortex-m-dsp` feature selects kernels for Arm Cortex-M cores and does nothing on this architecture: enable it only in firmware built for thumbv7em-none-eabi(hf) or thumbv8m.main-none-eabi(hf)");
+#[cfg(all(mhmoe_bad_target = "dsp-profile", not(doc)))]
+compile_error!("the `cortex-m-dsp` feature is for Arm Cortex-M targets (thumbv7em-none-eabi(hf), thumbv8m.main-none-eabi(hf)), not for A- or R-profile Arm targets: remove it from this build");
+#[cfg(all(mhmoe_bad_target = "dsp-v8m", not(doc)))]
+compile_error!("the `cortex-m-dsp` feature on thumbv8m.main needs a core with the DSP extension: add `-C target-cpu=cortex-m33` (or cortex-m35p, cortex-m55, cortex-m85) to the rustflags, e.g. in `.cargo/config.toml`");
+#[cfg(all(mhmoe_bad_target = "dsp-core", not(doc)))]
+compile_error!("the `cortex-m-dsp` feature needs an Armv7E-M or Armv8-M Mainline core with the DSP extension (Cortex-M4, M7, M33, M35P, M55, M85), which this target and `-C target-cpu` do not give: build for thumbv7em-none-eabi(hf), or thumbv8m.main-none-eabi(hf) with `-C target-cpu=cortex-m33`, or remove the feature");
+#[cfg(all(mhmoe_bad_target = "helium-arch", not(doc)))]
+compile_error!("the `helium` feature selects kernels for Arm Cortex-M55/M85 cores and does nothing on this architecture: enable it only in firmware built for thumbv8m.main-none-eabihf with `-C target-cpu=cortex-m55`");
+#[cfg(all(mhmoe_bad_target = "helium-profile", not(doc)))]
+compile_error!("the `helium` feature is for Arm Cortex-M cores with Helium (thumbv8m.main-none-eabihf with `-C target-cpu=cortex-m55`), not for A- or R-profile Arm targets: remove it from this build");
+#[cfg(all(mhmoe_bad_target = "helium-core", not(doc)))]
+compile_error!("the `helium` feature needs a core with Helium (MVE with floating point): build for thumbv8m.main-none-eabihf with `-C target-cpu=cortex-m55` (or cortex-m52, cortex-m85) in the rustflags, or remove the feature");
+
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
 #[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]

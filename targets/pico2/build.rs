@@ -1,5 +1,5 @@
 //! Sizes the statics from the model and checks it fits this board (see
-//! ../demo-fw/build_support.rs).
+//! ../demo-fw/build_support.rs, a layer over mhmoe::build::Sizing).
 
 #[path = "../demo-fw/build_support.rs"]
 mod build_support;

@@ -10,10 +10,12 @@ use panic_probe as _;
 use crate::{generate, stack, Demo};
 
 /// Runs the demo and logs the report. `core_hz` is the core clock the board runs at (used to
-/// turn cycles into tokens per second); `cp` gives the DWT cycle counter.
+/// turn cycles into tokens per second), `clock` says where it comes from (for the log); `cp`
+/// gives the DWT cycle counter.
 pub fn run(
     demo: &Demo<'_>,
     core_hz: u32,
+    clock: &str,
     mut cp: cortex_m::Peripherals,
     state_buf: &mut [u8],
     tok_workspace: &mut [u32],
@@ -25,13 +27,14 @@ pub fn run(
     cp.DWT.enable_cycle_counter();
 
     info!(
-        "demo-fw board={=str} isa={=str} ctx={=usize} tokens={=usize} model={=usize} bytes, core {=u32} Hz",
+        "demo-fw board={=str} isa={=str} ctx={=usize} tokens={=usize} model={=usize} bytes, core {=u32} Hz ({=str})",
         demo.board,
         mhmoe::Isa::active().name(),
         demo.ctx,
         demo.tokens,
         demo.model.len(),
-        core_hz
+        core_hz,
+        clock
     );
     info!("prompt: {=str}", crate::PROMPT);
     let s = match generate(

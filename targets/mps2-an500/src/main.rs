@@ -7,11 +7,13 @@ use core::ptr::addr_of_mut;
 
 use demo_fw::{entry, Aligned, AlignedBuffer, Demo};
 
-// CTX, TOKENS, MODEL_LEN, STATE_BYTES, TOKENIZER_WORDS: computed by build.rs from the model.
+// MODEL_LEN, CTX, STATE_BYTES, TOKENIZER_WORDS: the exact sizes, computed by build.rs from the
+// model (mhmoe::build::Sizing); TOKENS: the demo's.
+include!(concat!(env!("OUT_DIR"), "/mhmoe_sizes.rs"));
 include!(concat!(env!("OUT_DIR"), "/demo_config.rs"));
 
 #[link_section = ".model"]
-static MODEL: Aligned<[u8; MODEL_LEN]> = Aligned(*include_bytes!(env!("DEMO_FW_MODEL_PATH")));
+static MODEL: Aligned<[u8; MODEL_LEN]> = Aligned(*include_bytes!(env!("MHMOE_MODEL_PATH")));
 static mut STATE: AlignedBuffer<STATE_BYTES> = AlignedBuffer::new();
 static mut TOKENIZER: [u32; TOKENIZER_WORDS] = [0; TOKENIZER_WORDS];
 
