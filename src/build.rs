@@ -2,7 +2,7 @@
 //! firmware crate's `build.rs`, with mhmoe as a build-dependency).
 //!
 //! [`Sizing`] loads the model with the engine itself and asks the engine's own sizing functions
-//! ([`State::bytes_needed_batch`], [`Tokenizer::workspace_len`]) for the exact byte counts, so
+//! ([`State::bytes_needed`], [`Tokenizer::workspace_len`]) for the exact byte counts, so
 //! the statics a firmware declares with them are exactly as large as [`State::new`] and
 //! [`Tokenizer::new`] need, never a byte short (which would fail at run time) and never larger.
 //! Given RAM and flash budgets (numbers, or the region lengths of a `memory.x`), it checks that
@@ -10,7 +10,7 @@
 //! with a message naming every part and the bytes short when they do not.
 //!
 //! [`Sizing::emit`] is the whole job for a `build.rs`: it writes `$OUT_DIR/mhmoe_sizes.rs`, a
-//! file of `pub const`s ([`Sizes::to_rust`]: `MODEL_LEN`, `CTX`, `BATCH`, `STATE_BYTES`,
+//! file of `pub const`s ([`Sizes::to_rust`]: `MODEL_LEN`, `CTX`, `BATCH`, `KV`, `STATE_BYTES`,
 //! `TOKENIZER_WORDS`), sets `MHMOE_MODEL_PATH` for `include_bytes!`, and tells cargo when to run
 //! again. [`Sizing::compute`] returns the sizes or a [`BuildError`] instead, for scripts that do
 //! more.
@@ -43,7 +43,7 @@
 //! #[unsafe(link_section = ".model")]
 //! static MODEL: Aligned<[u8; MODEL_LEN]> = Aligned(*include_bytes!(env!("MHMOE_MODEL_PATH")));
 //! // Handed out once, e.g. through a `static` `cortex_m::singleton!` or a `SyncUnsafeCell`:
-//! // mhmoe::AlignedBuffer<STATE_BYTES> for State::new(&model, CTX, ..),
+//! // mhmoe::AlignedBuffer<STATE_BYTES> for State::new(&model, StateOptions::new(CTX).kv(KV), ..),
 //! // [u32; TOKENIZER_WORDS] for Tokenizer::new(model.gguf(), ..).
 //! ```
 //!
@@ -53,14 +53,14 @@
 //!
 //! ```text
 //! error: nrf52840-dk@0.1.0: the model and its buffers do not fit nrf52840-dk:
-//! error: nrf52840-dk@0.1.0:   RAM: needed 1152820 bytes (1125.8 KiB) = state 1074992 (context 256, batch 1) + tokenizer workspace 45060 + stack 32768, available 262144 bytes (256.0 KiB): 890676 bytes short
+//! error: nrf52840-dk@0.1.0:   RAM: needed 1152820 bytes (1125.8 KiB) = state 1074992 (context 256, batch 1, KV cache f32) + tokenizer workspace 45060 + stack 32768, available 262144 bytes (256.0 KiB): 890676 bytes short
 //! error: nrf52840-dk@0.1.0:   the largest context that fits this RAM is 39 positions
 //! ```
 //!
 //! Paths are relative to the current directory, which for a build script is the package's
 //! directory (where its `Cargo.toml` is).
 //!
-//! [`State::bytes_needed_batch`]: crate::State::bytes_needed_batch
+//! [`State::bytes_needed`]: crate::State::bytes_needed
 //! [`State::new`]: crate::State::new
 //! [`Tokenizer::workspace_len`]: crate::tokenizer::Tokenizer::workspace_len
 //! [`Tokenizer::new`]: crate::tokenizer::Tokenizer::new
@@ -76,7 +76,7 @@ use std::{format, println};
 
 use crate::file::ModelBytes;
 use crate::tokenizer::Tokenizer;
-use crate::{Error, State};
+use crate::{Error, KvType, State, StateOptions};
 
 /// What to size, and the budgets to check: a builder; [`Sizing::emit`] or [`Sizing::compute`]
 /// runs it.
@@ -85,6 +85,7 @@ pub struct Sizing {
     model: PathBuf,
     ctx: usize,
     batch: usize,
+    kv: KvType,
     tokenizer: bool,
     ram: Option<u64>,
     flash: Option<u64>,
@@ -108,7 +109,10 @@ pub struct Sizes {
     pub ctx: usize,
     /// Tokens per forward pass the state is sized for (`BATCH`).
     pub batch: usize,
-    /// `State::bytes_needed_batch(model, ctx, batch)` (`STATE_BYTES`).
+    /// How the state's KV cache is stored (`KV`).
+    pub kv: KvType,
+    /// `State::bytes_needed(model, StateOptions::new(ctx).batch(batch).kv(kv))`
+    /// (`STATE_BYTES`).
     pub state_bytes: usize,
     /// `Tokenizer::workspace_len(model.gguf())`, in `u32` words, or 0 without the tokenizer
     /// (`TOKENIZER_WORDS`).
@@ -133,7 +137,7 @@ pub struct Part {
     pub what: &'static str,
     /// Bytes.
     pub bytes: u64,
-    /// A detail for the message, e.g. `(context 256, batch 1)`, or empty.
+    /// A detail for the message, e.g. `(context 256, batch 1, KV cache f32)`, or empty.
     pub detail: String,
 }
 
@@ -276,6 +280,7 @@ impl Sizing {
             model: model.into(),
             ctx,
             batch: 1,
+            kv: KvType::F32,
             tokenizer: true,
             ram: None,
             flash: None,
@@ -292,6 +297,12 @@ impl Sizing {
     /// Tokens per forward pass the state must hold ([`crate::forward_batch`]; default 1).
     pub fn batch(mut self, batch: usize) -> Self {
         self.batch = batch;
+        self
+    }
+
+    /// How the state's KV cache is stored ([`crate::StateOptions::kv`]; default f32).
+    pub fn kv(mut self, kv: KvType) -> Self {
+        self.kv = kv;
         self
     }
 
@@ -372,7 +383,8 @@ impl Sizing {
         let model_path = std::fs::canonicalize(&self.model).map_err(|e| model_err(e.into()))?;
         let file = ModelBytes::read(&model_path).map_err(model_err)?;
         let model = file.model().map_err(model_err)?;
-        let state_of = |ctx| State::bytes_needed_batch(&model, ctx, self.batch);
+        let state_of =
+            |ctx| State::bytes_needed(&model, StateOptions::new(ctx).batch(self.batch).kv(self.kv));
         let state_bytes = state_of(self.ctx).map_err(|error| BuildError::Size {
             what: "state",
             error: Box::new(error),
@@ -390,6 +402,7 @@ impl Sizing {
             model_len: file.bytes().len(),
             ctx: self.ctx,
             batch: self.batch,
+            kv: self.kv,
             state_bytes,
             tokenizer_words,
         };
@@ -436,7 +449,12 @@ impl Sizing {
         if let Some(available) = ram {
             let fixed = sizes.tokenizer_words as u64 * 4 + self.stack + self.ram_reserve;
             let mut parts = vec![Part {
-                detail: format!("(context {}, batch {})", self.ctx, self.batch),
+                detail: format!(
+                    "(context {}, batch {}, KV cache {})",
+                    self.ctx,
+                    self.batch,
+                    self.kv.name()
+                ),
                 ..Part::new("state", sizes.state_bytes as u64)
             }];
             if self.tokenizer {
@@ -529,7 +547,8 @@ fn fail(message: &str) -> ! {
 
 impl Sizes {
     /// Rust source with one documented `pub const` per size: `MODEL_LEN`, `CTX`, `BATCH`,
-    /// `STATE_BYTES`, `TOKENIZER_WORDS` (all `usize`), for `include!` in firmware.
+    /// `STATE_BYTES`, `TOKENIZER_WORDS` (all `usize`) and `KV` (a `mhmoe::KvType`), for
+    /// `include!` in firmware.
     pub fn to_rust(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
@@ -552,7 +571,8 @@ impl Sizes {
             self.batch,
         );
         item(
-            "`State::bytes_needed_batch(model, CTX, BATCH)`: bytes of the state buffer.",
+            "`State::bytes_needed(model, StateOptions::new(CTX).batch(BATCH).kv(KV))`: bytes of \
+             the state buffer.",
             "STATE_BYTES",
             self.state_bytes,
         );
@@ -560,6 +580,11 @@ impl Sizes {
             "`Tokenizer::workspace_len(model.gguf())`: `u32` words of tokenizer workspace.",
             "TOKENIZER_WORDS",
             self.tokenizer_words,
+        );
+        let kv = format!("{:?}", self.kv);
+        let _ = writeln!(
+            s,
+            "/// How the state's KV cache is stored.\npub const KV: mhmoe::KvType = mhmoe::KvType::{kv};"
         );
         s
     }

@@ -1,5 +1,5 @@
 //! `mhmoe::build::Sizing`, the build-script helper: the sizes it emits are the engine's own
-//! (`State::bytes_needed_batch`, `Tokenizer::workspace_len`, the file length), a budget miss
+//! (`State::bytes_needed`, `Tokenizer::workspace_len`, the file length), a budget miss
 //! names the exact bytes short, and `memory.x` budgets are read.
 
 use std::path::PathBuf;
@@ -7,25 +7,36 @@ use std::path::PathBuf;
 use mhmoe::build::{BuildError, DoesNotFit, Sizing};
 use mhmoe::file::ModelBytes;
 use mhmoe::tokenizer::Tokenizer;
-use mhmoe::State;
+use mhmoe::{KvType, State, StateOptions};
 
 fn model_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/mhmoe-demo-q4_0.gguf")
 }
 
-/// (state bytes at `ctx` and `batch`, tokenizer words, file length) from the engine.
-fn engine(ctx: usize, batch: usize) -> (usize, usize, usize) {
+/// (state bytes at `ctx`, `batch` and `kv`, tokenizer words, file length) from the engine.
+fn engine_kv(ctx: usize, batch: usize, kv: KvType) -> (usize, usize, usize) {
     let file = ModelBytes::read(model_path()).unwrap();
     let model = file.model().unwrap();
+    let opts = StateOptions::new(ctx).batch(batch).kv(kv);
     (
-        State::bytes_needed_batch(&model, ctx, batch).unwrap(),
+        State::bytes_needed(&model, opts).unwrap(),
         Tokenizer::workspace_len(model.gguf()).unwrap(),
         file.bytes().len(),
     )
 }
 
+fn engine(ctx: usize, batch: usize) -> (usize, usize, usize) {
+    engine_kv(ctx, batch, KvType::F32)
+}
+
 #[test]
 fn emitted_sizes_are_the_engines() {
+    for kv in KvType::ALL {
+        let sizes = Sizing::new(model_path(), 256).kv(kv).compute().unwrap();
+        assert_eq!(sizes.state_bytes, engine_kv(256, 1, kv).0, "{}", kv.name());
+        let line = format!("pub const KV: mhmoe::KvType = mhmoe::KvType::{kv:?};");
+        assert!(sizes.to_rust().lines().any(|l| l == line), "{line:?}");
+    }
     for (ctx, batch) in [(32, 1), (256, 1), (17, 4)] {
         let sizes = Sizing::new(model_path(), ctx)
             .batch(batch)
@@ -84,7 +95,7 @@ fn budget_miss_names_the_bytes_short() {
     );
     assert!(
         msg.contains(&format!(
-            "RAM: needed {needed} bytes ({:.1} KiB) = state {state} (context 256, batch 1) + tokenizer workspace {} + stack {stack}, available {ram} bytes (256.0 KiB): {} bytes short",
+            "RAM: needed {needed} bytes ({:.1} KiB) = state {state} (context 256, batch 1, KV cache f32) + tokenizer workspace {} + stack {stack}, available {ram} bytes (256.0 KiB): {} bytes short",
             needed as f64 / 1024.0,
             words * 4,
             needed - ram
@@ -151,7 +162,7 @@ fn budgets_from_memory_x() {
     let needed = state + words * 4;
     assert!(
         err.to_string().contains(&format!(
-            "RAM: needed {needed} bytes ({:.1} KiB) = state {state} (context 256, batch 1) + tokenizer workspace {}, available 262144 bytes (256.0 KiB): {} bytes short",
+            "RAM: needed {needed} bytes ({:.1} KiB) = state {state} (context 256, batch 1, KV cache f32) + tokenizer workspace {}, available 262144 bytes (256.0 KiB): {} bytes short",
             needed as f64 / 1024.0,
             words * 4,
             needed - 262144

@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use mhmoe::build::Sizing;
 use mhmoe::file::ModelBytes;
 use mhmoe::tokenizer::TokenizerBuf;
+use mhmoe::KvType;
 
 /// Must match `demo_fw::PROMPT`.
 const PROMPT: &str = "It is a truth universally acknowledged";
@@ -50,6 +51,8 @@ pub struct Board {
     pub model_region: &'static str,
     /// Link with defmt's linker script.
     pub defmt: bool,
+    /// How the state's KV cache is stored (`DEMO_FW_KV` overrides it).
+    pub kv: KvType,
 }
 
 /// Fails the build with `msg` (cargo shows it as the error) and ends the build script.
@@ -82,6 +85,12 @@ impl Board {
         let model_rel = env::var("DEMO_FW_MODEL").unwrap_or_else(|_| self.model.to_owned());
         let model_path = manifest.join("../..").join(&model_rel);
         let ctx = env_usize("DEMO_FW_CTX", self.ctx);
+        println!("cargo::rerun-if-env-changed=DEMO_FW_KV");
+        let kv = match env::var("DEMO_FW_KV") {
+            Ok(v) => KvType::from_name(&v)
+                .unwrap_or_else(|| fail(format!("DEMO_FW_KV={v:?}: f32, f16, q8_0 or q4_0"))),
+            Err(_) => self.kv,
+        };
         let tokens = env_usize("DEMO_FW_TOKENS", self.tokens);
 
         let code = if self.model_region == "FLASH" {
@@ -90,6 +99,7 @@ impl Board {
             0 // the model has a region of its own
         };
         let sizes = Sizing::new(&model_path, ctx)
+            .kv(kv)
             .memory_x("memory.x")
             .regions("RAM", self.model_region)
             .stack(STACK_RESERVE)

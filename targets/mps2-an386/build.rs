@@ -12,6 +12,7 @@ fn main() {
         tokens: 16,
         model_region: "FLASH",
         defmt: false,
+        kv: mhmoe::KvType::F32,
     }
     .configure();
 }

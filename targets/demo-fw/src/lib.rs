@@ -31,6 +31,9 @@ pub mod rtt;
 pub mod semihosting;
 pub mod stack;
 
+/// The engine, for the sizes file the build writes (`KV` is a `mhmoe::KvType`).
+pub use mhmoe;
+
 /// The prompt every board continues.
 pub const PROMPT: &str = "It is a truth universally acknowledged";
 /// Capacity for prompt tokens (beginning-of-sequence token included).
@@ -56,6 +59,8 @@ pub struct Demo<'a> {
     pub ctx: usize,
     /// Tokens to generate (at most [`MAX_TOKENS`]).
     pub tokens: usize,
+    /// How the state's KV cache is stored (the build sized the state for it).
+    pub kv: mhmoe::KvType,
 }
 
 /// Which step failed; each maps to its own exit code on the emulated boards.
@@ -178,8 +183,9 @@ pub fn generate(
     let tokenizer_bytes =
         Tokenizer::workspace_len(model.gguf()).map_err(fail(Stage::Tokenizer))? * 4;
     let tok = Tokenizer::new(model.gguf(), tok_workspace).map_err(fail(Stage::Tokenizer))?;
-    let state_bytes = State::bytes_needed(&model, demo.ctx).map_err(fail(Stage::State))?;
-    let mut state = State::new(&model, demo.ctx, state_buf).map_err(fail(Stage::State))?;
+    let opts = mhmoe::StateOptions::new(demo.ctx).kv(demo.kv);
+    let state_bytes = State::bytes_needed(&model, opts).map_err(fail(Stage::State))?;
+    let mut state = State::new(&model, opts, state_buf).map_err(fail(Stage::State))?;
 
     let mut ids = [0u32; MAX_PROMPT];
     let bos = match tok.bos() {

@@ -10,6 +10,7 @@ use demo_fw::{entry, Aligned, AlignedBuffer, Demo};
 
 // MODEL_LEN, CTX, STATE_BYTES, TOKENIZER_WORDS: the exact sizes, computed by build.rs from the
 // model (mhmoe::build::Sizing); TOKENS: the demo's.
+use demo_fw::mhmoe;
 include!(concat!(env!("OUT_DIR"), "/mhmoe_sizes.rs"));
 include!(concat!(env!("OUT_DIR"), "/demo_config.rs"));
 
@@ -28,6 +29,7 @@ fn main() -> ! {
         model: &MODEL.0,
         ctx: CTX,
         tokens: TOKENS,
+        kv: KV,
     };
     demo_fw::semihosting::run(&demo, state, tokenizer)
 }

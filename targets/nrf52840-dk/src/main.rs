@@ -15,6 +15,7 @@ use demo_fw::{entry, Aligned, AlignedBuffer, Demo};
 
 // MODEL_LEN, CTX, STATE_BYTES, TOKENIZER_WORDS: the exact sizes, computed by build.rs from the
 // model (mhmoe::build::Sizing); TOKENS: the demo's.
+use demo_fw::mhmoe;
 include!(concat!(env!("OUT_DIR"), "/mhmoe_sizes.rs"));
 include!(concat!(env!("OUT_DIR"), "/demo_config.rs"));
 
@@ -84,6 +85,7 @@ fn main() -> ! {
         model: &MODEL.0,
         ctx: CTX,
         tokens: TOKENS,
+        kv: KV,
     };
     demo_fw::rtt::run(&demo, core_hz, clock, cp, state, tokenizer)
 }
