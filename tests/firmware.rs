@@ -20,6 +20,7 @@ use std::time::Instant;
 use mhmoe::file::{ModelBytes, StateBuffer};
 use mhmoe::sampler::argmax;
 use mhmoe::tokenizer::TokenizerBuf;
+use mhmoe::{KvType, StateOptions};
 
 /// Must match `demo_fw::PROMPT`.
 const PROMPT: &str = "It is a truth universally acknowledged";
@@ -211,6 +212,7 @@ fn cargo_build(board: &str, envs: &[(&str, &str)]) -> Output {
                 "DEMO_FW_CTX",
                 "DEMO_FW_TOKENS",
                 "DEMO_FW_MODEL",
+                "DEMO_FW_KV",
             ]
             .contains(&k.as_ref())
         {
@@ -303,13 +305,17 @@ fn fnv1a64(values: &[f32]) -> u64 {
 }
 
 fn desktop(model_path: &str, ctx: usize, tokens: usize) -> Reference {
+    desktop_kv(model_path, StateOptions::new(ctx), tokens)
+}
+
+fn desktop_kv(model_path: &str, opts: StateOptions, tokens: usize) -> Reference {
     let file = ModelBytes::read(root().join(model_path)).unwrap();
     let model = file.model().unwrap();
     let tok_buf = TokenizerBuf::new(model.gguf()).unwrap();
     let tok = tok_buf.tokenizer();
     let mut prompt: Vec<u32> = tok.bos().into_iter().collect();
     prompt.extend(tok.encode_to_vec(PROMPT.as_bytes()).unwrap());
-    let mut buf = StateBuffer::for_model(&model, ctx).unwrap();
+    let mut buf = StateBuffer::for_model(&model, opts).unwrap();
     let mut state = buf.state(&model).unwrap();
     for &t in &prompt {
         mhmoe::forward(&model, &mut state, t).unwrap();
@@ -479,6 +485,45 @@ fn emulated_boards_match_desktop() {
     }
     println!("\n{TABLE_HEAD}\n{}\n", rows.join("\n"));
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// The firmware of EMBEDDING.md (`targets/template`, edition 2024, no `static mut`) builds,
+/// runs on the emulated Cortex-M4 and writes what the desktop engine writes with the same model,
+/// context and KV cache type, within its stack budget.
+#[test]
+fn template_runs_like_the_desktop() {
+    const BUDGET: usize = 13 * 1024; // measured 11,348 bytes, rounded up to a KiB, plus 1 KiB
+    let board = &EMULATED[0]; // the MPS2 AN386, as the template's .cargo/config.toml runs it
+    if let Some(reason) = missing(board, true) {
+        skip(&reason);
+        return;
+    }
+    let out = cargo_build("template", &[]);
+    assert!(
+        out.status.success(),
+        "building targets/template failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let elf = target_dir().join(board.target).join("release/mhmoe-template");
+    let (code, text) = run_qemu(board.qemu.unwrap(), &elf, false);
+    assert_eq!(code, Some(0), "the template failed:\n{text}");
+    assert!(text.contains("template ok"), "{text}");
+    let want = desktop_kv(
+        "models/mhmoe-demo-q4_0.gguf",
+        StateOptions::new(256).kv(KvType::Q4_0),
+        16,
+    );
+    assert!(
+        text.contains(&format!("{PROMPT}{}\n", want.text)),
+        "the template wrote:\n{text}\nthe desktop engine: {PROMPT}{}",
+        want.text
+    );
+    let stack = stack_high_water(&text).expect("the template reports its stack");
+    assert!(
+        stack <= BUDGET,
+        "the template's stack high-water mark is {stack} bytes, over its budget of {BUDGET}"
+    );
+    println!("template: stack high-water {stack} bytes (budget {BUDGET})");
 }
 
 #[test]
