@@ -16,34 +16,49 @@
 //!
 //! # Memory
 //!
-//! [`Tokenizer::new`] borrows the token and merge strings from the GGUF bytes and builds three
-//! tables in a caller-provided `&mut [u32]` workspace of [`Tokenizer::workspace_len`] words:
+//! The tokenizer reads the token and merge strings in place in the GGUF bytes, and four lookup
+//! tables that depend only on the model, for `V` tokens and `M` merges:
 //!
-//! | table | words | purpose |
-//! |---|---|---|
-//! | offsets | `V + 1` | where each token string starts in the file (random access by id) |
-//! | sorted ids | `V` | token ids sorted by string (string -> id by binary search) |
-//! | merges | `4 M` | `(left, right, rank, merged)` sorted by `(left, right)` |
+//! | table | u32 values | purpose | key in the file (FORMAT.md) |
+//! |---|---|---|---|
+//! | offsets | `V + 1` | where each token string starts (random access by id) | `tokenizer.mhmoe.token_offsets` |
+//! | sorted ids | `V` | token ids sorted by string (string -> id by binary search) | `tokenizer.mhmoe.sorted_ids` |
+//! | merges | `4 M` | `(left, right, rank, merged)` sorted by `(left, right)` | `tokenizer.mhmoe.merge_table` |
+//! | byte tokens | 256 | the token of each single byte | `tokenizer.mhmoe.byte_tokens` |
 //!
-//! for `V` tokens and `M` merges: `2 V + 1 + 4 M` words in all (45 KiB for the 2048-token demo
-//! vocabulary with 1792 merges). The [`Tokenizer`] value itself holds a 256-entry byte-to-token
-//! table (about 1 KiB). [`Tokenizer::encode`] uses its output buffer as the work list plus about
-//! 150 bytes of stack; decoding uses about 100 bytes of stack (a 64-byte chunk buffer).
+//! Where they live:
+//!
+//! * **In the file** (what `tools/` writes): the tables are metadata arrays, used in place like
+//!   the strings (read as little-endian `u32`s, any alignment), so on a device they stay in
+//!   flash with the model. [`Tokenizer::workspace_len`] is 0 and [`Tokenizer::new`] only checks
+//!   them against the strings, with no memory of its own (see [`Tokenizer::new`]). RAM is the
+//!   [`Tokenizer`] value (about 60 bytes on a 32-bit target, 100 on a 64-bit one), the
+//!   output buffer of [`Tokenizer::encode`] (which it also uses as its work list) plus about
+//!   200 bytes of stack, and about 100 bytes of stack to decode (a 64-byte chunk buffer).
+//! * **Built in RAM** for a file without them: [`Tokenizer::new`] builds all four in a
+//!   caller-provided `&mut [u32]` workspace of [`Tokenizer::workspace_len`] =
+//!   `2 V + 4 M + 257` words (46,084 bytes for the 2048-token demo vocabulary with 1792
+//!   merges). Encoding gives the same ids either way.
+//!
+//! A file has all four keys or none; anything else is an error.
 //!
 //! # Time
 //!
-//! Building takes `O(V log V)` string comparisons to sort the vocabulary and `O(M log V)` for the
-//! merges (each merge string is looked up three times), plus `O(M log M)` to sort the merge table;
-//! all on tables whose size the GGUF parser has already bounded by the file size.
+//! With the tables in the file, building takes `O(V)` string comparisons to check the sorted
+//! ids and `O(M log V)` for the merges (each merge string is looked up three times, plus one
+//! `O(log M)` look-up in the merge table). Without them, building also sorts: `O(V log V)`
+//! string comparisons and `O(M log M)`. All on tables whose size the GGUF parser has already
+//! bounded by the file size.
 //!
 //! Encoding a piece (the bytes from one space to the next) of `m` bytes takes `P` passes over
 //! it, `O(m)` each, where `P` is the number of distinct merges that fire in it (at most `m - 1`),
 //! plus `O(log M)` per merge and `O(m log M)` per (rare) rescan of the piece; see
 //! [`Tokenizer::encode`]. Ordinary text has short pieces (words), so encoding is linear in
-//! practice: about 5 MB/s on one desktop core for English text with the 2048-token demo
-//! vocabulary (whose ids match Hugging Face `tokenizers` on the whole 8.8 MB training corpus).
-//! Long pieces without spaces cost `O(P m)`: with that vocabulary, 1 MB of `a` takes about
-//! 25 ms and 1 MB of English text with its spaces removed (800 passes) about 1.4 s.
+//! practice: about 11 MB/s on one desktop core for English text with the 2048-token demo
+//! vocabulary (whose ids match Hugging Face `tokenizers` on the whole 8.8 MB training corpus;
+//! `cargo bench --bench tokenizer`). Long pieces without spaces cost `O(P m)`: with that
+//! vocabulary, 1 MB of `a` takes about 25 ms and 1 MB of English text with its spaces removed
+//! (800 passes) about 1.4 s.
 
 use core::cmp::Ordering;
 use core::fmt;
@@ -57,11 +72,58 @@ const KEY_TOKENS: &str = "tokenizer.ggml.tokens";
 const KEY_MERGES: &str = "tokenizer.ggml.merges";
 const KEY_BOS: &str = "tokenizer.ggml.bos_token_id";
 const KEY_EOS: &str = "tokenizer.ggml.eos_token_id";
+const KEY_OFFSETS: &str = "tokenizer.mhmoe.token_offsets";
+const KEY_SORTED: &str = "tokenizer.mhmoe.sorted_ids";
+const KEY_MERGE_TABLE: &str = "tokenizer.mhmoe.merge_table";
+const KEY_BYTE_TOKENS: &str = "tokenizer.mhmoe.byte_tokens";
+/// The keys of the precomputed tables: a file has all of them or none.
+const TABLE_KEYS: [&str; 4] = [KEY_OFFSETS, KEY_SORTED, KEY_MERGE_TABLE, KEY_BYTE_TOKENS];
 
 /// Bytes of the `u64` length that precedes every GGUF string.
 const STR_LEN_BYTES: usize = 8;
 /// Words per entry of the merge table: `[left, right, rank, merged]`.
 const MERGE_WORDS: usize = 4;
+/// Words of the byte-to-token table.
+const BYTE_WORDS: usize = 256;
+
+/// A `u32` as every table holds it, in the file or in the workspace: four little-endian bytes
+/// (so a table in the file is used where it lies, whatever its alignment).
+type Word = [u8; 4];
+/// A merge-table entry as stored: `[left, right, rank, merged]` as four [`Word`]s.
+type Packed = [u8; 4 * MERGE_WORDS];
+/// A merge-table entry: `[left, right, rank, merged]`.
+type Entry = [u32; MERGE_WORDS];
+const LEFT: usize = 0;
+const RIGHT: usize = 1;
+const RANK: usize = 2;
+const MERGED: usize = 3;
+
+fn word(w: &Word) -> u32 {
+    u32::from_le_bytes(*w)
+}
+
+/// Field `k` of a packed merge-table entry.
+fn field(e: &Packed, k: usize) -> u32 {
+    let i = 4 * k;
+    u32::from_le_bytes([e[i], e[i + 1], e[i + 2], e[i + 3]])
+}
+
+fn unpack(e: &Packed) -> Entry {
+    [field(e, 0), field(e, 1), field(e, 2), field(e, 3)]
+}
+
+fn pack(e: Entry) -> Packed {
+    let mut p = [0u8; 4 * MERGE_WORDS];
+    for (chunk, v) in p.chunks_exact_mut(4).zip(e) {
+        chunk.copy_from_slice(&v.to_le_bytes());
+    }
+    p
+}
+
+/// The `(left, right)` key a merge table is sorted by.
+fn pair_key(e: &Packed) -> u64 {
+    (u64::from(field(e, LEFT)) << 32) | u64::from(field(e, RIGHT))
+}
 
 /// The character GPT-2's byte-to-unicode map assigns to byte `b`.
 ///
@@ -98,69 +160,127 @@ fn bad(reason: &'static str) -> Error {
     Error::BadTokenizer { reason }
 }
 
-/// Sizes of the workspace tables, in u32 words.
+/// Sizes of the tables built in a workspace, in u32 words.
 #[derive(Debug, Clone, Copy)]
 struct Layout {
     n_vocab: usize,
     n_merges: usize,
-    total: usize,
+    /// `2 V + 1 + 4 M + 256`.
+    words: usize,
 }
 
 impl Layout {
     fn new(n_vocab: usize, n_merges: usize) -> Result<Self> {
+        // Checked here as well as by the table builder, so that no workspace (or allocation)
+        // outgrows a file with fewer tokens than the byte table has entries.
+        if n_vocab < BYTE_WORDS {
+            return Err(bad(
+                "a single-byte token is missing (all 256 byte tokens are required)",
+            ));
+        }
         if u32::try_from(n_vocab).is_err() {
             return Err(bad("the vocabulary has more than u32::MAX tokens"));
         }
         if u32::try_from(n_merges).is_err() {
             return Err(bad("there are more than u32::MAX merges"));
         }
-        let total = n_vocab
+        let words = n_vocab
             .checked_mul(2)
-            .and_then(|v| v.checked_add(1))
+            .and_then(|v| v.checked_add(1 + BYTE_WORDS))
             .and_then(|v| v.checked_add(n_merges.checked_mul(MERGE_WORDS)?))
+            .filter(|w| w.checked_mul(4).is_some())
             .ok_or(bad("the tokenizer tables do not fit in the address space"))?;
         Ok(Layout {
             n_vocab,
             n_merges,
-            total,
+            words,
+        })
+    }
+
+    /// Splits the first `4 * words` bytes of `ws` into the merge table, offsets, sorted ids
+    /// and byte table, in that order.
+    #[allow(clippy::type_complexity)]
+    fn split_mut<'w>(
+        &self,
+        ws: &'w mut [u8],
+    ) -> Option<(
+        &'w mut [Packed],
+        &'w mut [Word],
+        &'w mut [Word],
+        &'w mut [Word; BYTE_WORDS],
+    )> {
+        let ws = ws.get_mut(..self.words.checked_mul(4)?)?;
+        let (merges, rest) = ws.split_at_mut_checked(self.n_merges * 4 * MERGE_WORDS)?;
+        let (words, _) = rest.as_chunks_mut::<4>();
+        let (offsets, rest) = words.split_at_mut_checked(self.n_vocab + 1)?;
+        let (sorted, bytes) = rest.split_at_mut_checked(self.n_vocab)?;
+        Some((
+            merges.as_chunks_mut().0,
+            offsets,
+            sorted,
+            bytes.try_into().ok()?,
+        ))
+    }
+
+    /// The tables [`Layout::split_mut`] laid out in `ws`.
+    #[cfg(feature = "std")]
+    fn view<'w>(&self, ws: &'w [u8]) -> Option<Tables<'w>> {
+        let ws = ws.get(..self.words.checked_mul(4)?)?;
+        let (merges, rest) = ws.split_at_checked(self.n_merges * 4 * MERGE_WORDS)?;
+        let (words, _) = rest.as_chunks::<4>();
+        let (offsets, rest) = words.split_at_checked(self.n_vocab + 1)?;
+        let (sorted, bytes) = rest.split_at_checked(self.n_vocab)?;
+        Some(Tables {
+            offsets,
+            sorted,
+            merges: merges.as_chunks().0,
+            byte_tokens: bytes.try_into().ok()?,
         })
     }
 }
 
-/// The parts of a [`Tokenizer`] that do not live in the workspace.
+/// Views `words` as their bytes, so that the workspace holds the tables exactly as a file does.
+fn words_as_bytes(words: &mut [u32]) -> &mut [u8] {
+    let len = core::mem::size_of_val(words);
+    // SAFETY: the pointer and length cover exactly the memory of `words`, which the returned
+    // slice borrows mutably for as long as `words` was; `u8` has alignment 1 and every bit
+    // pattern of a `u32`'s bytes is a valid `u8` (and vice versa).
+    unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len) }
+}
+
+/// The parts of a [`Tokenizer`] that always come from the file's strings.
 #[derive(Clone, Copy)]
 struct Head<'a> {
     /// The bytes of the `tokenizer.ggml.tokens` array elements (length prefixes included).
     tokens: &'a [u8],
-    layout: Layout,
-    /// Token id of each single byte.
-    byte_tokens: [u32; 256],
     bos: Option<u32>,
     eos: Option<u32>,
     max_token_bytes: usize,
 }
 
-/// A byte-level BPE tokenizer whose tables borrow the GGUF file (`'a`) and a workspace (`'w`).
+/// The lookup tables (see the [module documentation](self)), in the file or in a workspace.
+#[derive(Clone, Copy)]
+struct Tables<'t> {
+    /// `V + 1` offsets into `Head::tokens`: token `i` is `tokens[offsets[i] + 8 .. offsets[i + 1]]`.
+    offsets: &'t [Word],
+    /// Token ids sorted by token string (byte order of the UTF-8 form).
+    sorted: &'t [Word],
+    /// `[left, right, rank, merged]` sorted by `(left, right)`; pairs are unique.
+    merges: &'t [Packed],
+    /// Token id of each single byte.
+    byte_tokens: &'t [Word; BYTE_WORDS],
+}
+
+/// A byte-level BPE tokenizer that borrows the GGUF file (`'a`) and, for a file without
+/// precomputed tables, the workspace they were built in (`'w`).
 ///
-/// Build it with [`Tokenizer::new`]; it is `Copy` (about 1 KiB: the byte table plus a few slices)
-/// and never allocates. See the [module documentation](self) for the algorithm and costs.
+/// Build it with [`Tokenizer::new`]; it is `Copy` (a few slices and ids) and never allocates.
+/// See the [module documentation](self) for the algorithm and costs.
 #[derive(Clone, Copy)]
 pub struct Tokenizer<'a, 'w> {
     head: Head<'a>,
-    /// `V + 1` offsets into `head.tokens`: token `i` is `tokens[offsets[i] + 8 .. offsets[i + 1]]`.
-    offsets: &'w [u32],
-    /// Token ids sorted by token string (byte order of the UTF-8 form).
-    sorted: &'w [u32],
-    /// `[left, right, rank, merged]` sorted by `(left, right)`; pairs are unique.
-    merges: &'w [[u32; MERGE_WORDS]],
+    tables: Tables<'w>,
 }
-
-/// A merge-table entry: `[left, right, rank, merged]`.
-type Entry = [u32; MERGE_WORDS];
-const LEFT: usize = 0;
-const RIGHT: usize = 1;
-const RANK: usize = 2;
-const MERGED: usize = 3;
 
 /// Capacity of [`Candidates`]: 32 entries of 4 bytes, on the stack.
 const CANDIDATES: usize = 32;
@@ -174,14 +294,14 @@ const CANDIDATES: usize = 32;
 /// nothing, which is harmless.
 #[derive(Debug, Clone, Copy)]
 struct Candidates<'t> {
-    table: &'t [Entry],
+    table: &'t [Packed],
     items: [u32; CANDIDATES],
     len: usize,
     bound: Option<u32>,
 }
 
 impl<'t> Candidates<'t> {
-    fn new(table: &'t [Entry]) -> Self {
+    fn new(table: &'t [Packed]) -> Self {
         Candidates {
             table,
             items: [0; CANDIDATES],
@@ -191,7 +311,9 @@ impl<'t> Candidates<'t> {
     }
 
     fn rank(&self, item: u32) -> u32 {
-        self.table.get(item as usize).map_or(u32::MAX, |e| e[RANK])
+        self.table
+            .get(item as usize)
+            .map_or(u32::MAX, |e| field(e, RANK))
     }
 
     /// Records that merge-table entry `item` applies to a pair of the piece.
@@ -230,7 +352,7 @@ impl<'t> Candidates<'t> {
         let first = self.items[0];
         self.items.copy_within(1..self.len, 0);
         self.len -= 1;
-        self.table.get(first as usize).copied()
+        self.table.get(first as usize).map(unpack)
     }
 }
 
@@ -256,6 +378,43 @@ fn string_array<'a>(gguf: &Gguf<'a>, key: &str) -> Result<Array<'a>> {
             expected: "an array of strings",
         }),
     }
+}
+
+/// The elements of the u32 array `key` as they lie in the file, after checking that there are
+/// `len` of them.
+fn u32_array<'a>(
+    gguf: &Gguf<'a>,
+    key: &str,
+    len: usize,
+    reason: &'static str,
+) -> Result<&'a [Word]> {
+    let v = gguf
+        .get(key)
+        .ok_or_else(|| Error::MissingKey { key: name(key) })?;
+    let a = match v.as_array() {
+        Some(a) if a.elem_type() == ValueType::U32 => a,
+        _ => {
+            return Err(Error::BadKey {
+                key: name(key),
+                expected: "an array of u32",
+            })
+        }
+    };
+    if a.len() != len {
+        return Err(bad(reason));
+    }
+    // The parser checked that the array's elements lie inside the file.
+    let bytes = a
+        .len()
+        .checked_mul(4)
+        .and_then(|n| gguf.bytes().get(a.offset()..a.offset().checked_add(n)?))
+        .ok_or(bad("a tokenizer table lies outside the file"))?;
+    Ok(bytes.as_chunks::<4>().0)
+}
+
+/// True if the file has any of the precomputed-table keys (then it must have all of them).
+fn has_tables(gguf: &Gguf<'_>) -> bool {
+    gguf.metadata().any(|(k, _)| TABLE_KEYS.contains(&k))
 }
 
 fn require_str(gguf: &Gguf<'_>, key: &str, want: &str, reason: &'static str) -> Result<()> {
@@ -293,11 +452,11 @@ fn optional_id(
 }
 
 /// Token `id`'s string (GPT-2 form, as UTF-8 bytes) given the offset table.
-fn raw_token<'a>(tokens: &'a [u8], offsets: &[u32], id: u32) -> &'a [u8] {
+fn raw_token<'a>(tokens: &'a [u8], offsets: &[Word], id: u32) -> &'a [u8] {
     let i = id as usize;
     match (offsets.get(i), offsets.get(i.wrapping_add(1))) {
-        (Some(&s), Some(&e)) => tokens
-            .get(s as usize + STR_LEN_BYTES..e as usize)
+        (Some(s), Some(e)) => tokens
+            .get((word(s) as usize).saturating_add(STR_LEN_BYTES)..word(e) as usize)
             .unwrap_or_default(),
         _ => &[],
     }
@@ -314,218 +473,474 @@ fn cmp_concat(t: &[u8], a: &[u8], b: &[u8]) -> Ordering {
 }
 
 /// Searches `sorted` for the token whose string compares `Equal` under `cmp`.
-fn find_by(sorted: &[u32], mut cmp: impl FnMut(u32) -> Ordering) -> Option<u32> {
+fn find_by(sorted: &[Word], mut cmp: impl FnMut(u32) -> Ordering) -> Option<u32> {
     sorted
-        .binary_search_by(|&id| cmp(id))
+        .binary_search_by(|id| cmp(word(id)))
         .ok()
-        .and_then(|i| sorted.get(i).copied())
+        .and_then(|i| sorted.get(i).map(word))
+}
+
+/// Index of the entry for the pair `(left, right)` in a merge table sorted by pair: binary
+/// search, `O(log M)`.
+fn merge_index(merges: &[Packed], left: u32, right: u32) -> Option<u32> {
+    // Branch-free lower bound on the (left, right) key: the loop always runs ceil(log2(M))
+    // times and compiles to conditional moves.
+    let want = (u64::from(left) << 32) | u64::from(right);
+    let mut base = 0usize;
+    let mut size = merges.len();
+    while size > 1 {
+        let half = size / 2;
+        let mid = base + half;
+        if merges.get(mid).is_some_and(|e| pair_key(e) <= want) {
+            base = mid;
+        }
+        size -= half;
+    }
+    match merges.get(base) {
+        Some(e) if pair_key(e) == want => Some(base as u32), // M <= u32::MAX
+        _ => None,
+    }
+}
+
+/// The token strings with offsets and sorted ids: string <-> id, while the tables are built or
+/// checked.
+#[derive(Clone, Copy)]
+struct Vocab<'t> {
+    tokens: &'t [u8],
+    offsets: &'t [Word],
+    sorted: &'t [Word],
+}
+
+impl Vocab<'_> {
+    fn tok(&self, id: u32) -> &[u8] {
+        raw_token(self.tokens, self.offsets, id)
+    }
+
+    fn find(&self, s: &[u8]) -> Option<u32> {
+        find_by(self.sorted, |id| self.tok(id).cmp(s))
+    }
+
+    /// Checks that `sorted` lists every id once, in strictly increasing string order (which
+    /// also shows that no two tokens are equal). `O(V)` comparisons.
+    fn check_sorted(&self) -> Result<()> {
+        let n = self.sorted.len();
+        if self.sorted.iter().any(|id| word(id) as usize >= n) {
+            return Err(bad(
+                "tokenizer.mhmoe.sorted_ids has an id outside the vocabulary",
+            ));
+        }
+        for w in self.sorted.windows(2) {
+            let (a, b) = (word(&w[0]), word(&w[1]));
+            match self.tok(a).cmp(self.tok(b)) {
+                Ordering::Less => {}
+                Ordering::Equal if a == b => {
+                    return Err(bad("tokenizer.mhmoe.sorted_ids lists a token twice"))
+                }
+                Ordering::Equal => return Err(bad("two tokens have the same string")),
+                Ordering::Greater => {
+                    return Err(bad(
+                        "tokenizer.mhmoe.sorted_ids is not in the order of the token strings",
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The token of single byte `b`.
+    fn byte_token(&self, b: u8) -> Result<u32> {
+        let mut buf = [0u8; 4];
+        let s = byte_to_unicode(b).encode_utf8(&mut buf);
+        self.find(s.as_bytes()).ok_or(bad(
+            "a single-byte token is missing (all 256 byte tokens are required)",
+        ))
+    }
+
+    /// Merge `s` of rank `rank` as a merge-table entry.
+    fn merge(&self, s: &str, rank: usize) -> Result<Entry> {
+        let (left, right) = s
+            .split_once(' ')
+            .ok_or(bad("a merge has no space between its two tokens"))?;
+        if left.is_empty() || right.is_empty() || right.contains(' ') {
+            return Err(bad(
+                "a merge is not two non-empty tokens separated by one space",
+            ));
+        }
+        let (l, r) = (left.as_bytes(), right.as_bytes());
+        let l_id = self
+            .find(l)
+            .ok_or(bad("a merge's left token is not in the vocabulary"))?;
+        let r_id = self
+            .find(r)
+            .ok_or(bad("a merge's right token is not in the vocabulary"))?;
+        let merged = find_by(self.sorted, |id| cmp_concat(self.tok(id), l, r)).ok_or(bad(
+            "a merge's result (left + right) is not in the vocabulary",
+        ))?;
+        // The number of merges fits in u32 (checked by the caller).
+        Ok([l_id, r_id, rank as u32, merged])
+    }
+}
+
+/// The token and merge arrays, checked to be arrays of strings of at most `u32::MAX` entries.
+fn string_arrays<'a>(gguf: &Gguf<'a>) -> Result<(Array<'a>, Array<'a>, Layout)> {
+    let tokens = string_array(gguf, KEY_TOKENS)?;
+    let merges = string_array(gguf, KEY_MERGES)?;
+    let layout = Layout::new(tokens.len(), merges.len())?;
+    Ok((tokens, merges, layout))
+}
+
+/// Walks the token strings: checks that each is in GPT-2 byte-to-unicode form and lies where a
+/// GGUF string array puts it, and calls `at(i, offset)` with the offset of token `i` from the
+/// first element for `i` in `0..V`, then with `V` and the end of the last. Returns the bytes of
+/// the elements and the longest token in raw bytes.
+fn walk_tokens<'a>(
+    gguf: &Gguf<'a>,
+    tokens: Array<'a>,
+    mut at: impl FnMut(usize, u32) -> Result<()>,
+) -> Result<(&'a [u8], usize)> {
+    let file = gguf.bytes();
+    let base = tokens.offset();
+    let offset = |off: usize| u32::try_from(off).map_err(|_| bad("the token strings exceed 4 GiB"));
+    let mut off = 0usize;
+    let mut max_token_bytes = 0usize;
+    let mut count = 0usize;
+    for v in tokens.iter() {
+        let s = v.as_str().ok_or(bad("a token is not a string"))?;
+        at(count, offset(off)?)?;
+        let start = base
+            .checked_add(off)
+            .and_then(|p| p.checked_add(STR_LEN_BYTES))
+            .ok_or(bad("token string offset overflows"))?;
+        let here = file.get(start..).map(<[u8]>::as_ptr);
+        if here != Some(s.as_ptr()) {
+            return Err(bad("token strings are not laid out as GGUF strings"));
+        }
+        let mut chars = 0usize;
+        for c in s.chars() {
+            if unicode_to_byte(c).is_none() {
+                return Err(bad("a token string is not in GPT-2 byte-to-unicode form"));
+            }
+            chars += 1;
+        }
+        max_token_bytes = max_token_bytes.max(chars);
+        off = off
+            .checked_add(STR_LEN_BYTES + s.len())
+            .ok_or(bad("token string offset overflows"))?;
+        count += 1;
+    }
+    if count != tokens.len() {
+        return Err(bad("the token array is shorter than its length"));
+    }
+    at(count, offset(off)?)?;
+    let token_data = base
+        .checked_add(off)
+        .and_then(|end| file.get(base..end))
+        .ok_or(bad("the token array lies outside the file"))?;
+    Ok((token_data, max_token_bytes))
+}
+
+/// The optional special tokens.
+fn specials(gguf: &Gguf<'_>, n_vocab: usize) -> Result<(Option<u32>, Option<u32>)> {
+    let bos = optional_id(
+        gguf,
+        KEY_BOS,
+        n_vocab,
+        "tokenizer.ggml.bos_token_id is not below the vocabulary size",
+    )?;
+    let eos = optional_id(
+        gguf,
+        KEY_EOS,
+        n_vocab,
+        "tokenizer.ggml.eos_token_id is not below the vocabulary size",
+    )?;
+    Ok((bos, eos))
+}
+
+/// Checks the precomputed tables of `gguf` against its strings and returns them, in place.
+/// Uses no memory beyond a few words of stack.
+fn check_file_tables<'a>(
+    gguf: &Gguf<'a>,
+    tokens: Array<'a>,
+    merge_strings: Array<'a>,
+    layout: Layout,
+) -> Result<(Head<'a>, Tables<'a>)> {
+    let (n_vocab, n_merges) = (layout.n_vocab, layout.n_merges);
+    let offsets = u32_array(
+        gguf,
+        KEY_OFFSETS,
+        n_vocab + 1,
+        "tokenizer.mhmoe.token_offsets does not have V + 1 entries",
+    )?;
+    let sorted = u32_array(
+        gguf,
+        KEY_SORTED,
+        n_vocab,
+        "tokenizer.mhmoe.sorted_ids does not have V entries",
+    )?;
+    let merge_words = u32_array(
+        gguf,
+        KEY_MERGE_TABLE,
+        n_merges * MERGE_WORDS, // fits: Layout::new checked 4 M
+        "tokenizer.mhmoe.merge_table does not have 4 M entries",
+    )?;
+    let byte_words = u32_array(
+        gguf,
+        KEY_BYTE_TOKENS,
+        BYTE_WORDS,
+        "tokenizer.mhmoe.byte_tokens does not have 256 entries",
+    )?;
+    let merges: &[Packed] = merge_words.as_flattened().as_chunks().0;
+    let byte_tokens: &[Word; BYTE_WORDS] = byte_words
+        .try_into()
+        .map_err(|_| bad("tokenizer.mhmoe.byte_tokens does not have 256 entries"))?;
+
+    // 1. Offsets: exactly where the parser found each string.
+    let (token_data, max_token_bytes) = walk_tokens(gguf, tokens, |i, off| match offsets.get(i) {
+        Some(w) if word(w) == off => Ok(()),
+        _ => Err(bad(
+            "tokenizer.mhmoe.token_offsets does not match the token strings",
+        )),
+    })?;
+    let vocab = Vocab {
+        tokens: token_data,
+        offsets,
+        sorted,
+    };
+
+    // 2. Sorted ids: a strictly increasing list of ids below V is a permutation, and shows the
+    // tokens are unique.
+    vocab.check_sorted()?;
+
+    // 3. Byte tokens: the (unique) token of each byte.
+    for (b, w) in (0..=255u8).zip(byte_tokens) {
+        if vocab.byte_token(b)? != word(w) {
+            return Err(bad(
+                "tokenizer.mhmoe.byte_tokens does not match the single-byte tokens",
+            ));
+        }
+    }
+
+    // 4. Merges: the table is sorted by pair without repeats, and merge r's entry (found by its
+    // pair) has rank r and its result. M strings then account for M distinct entries (their
+    // ranks differ), so the table is exactly the one the strings define.
+    if merges
+        .windows(2)
+        .any(|w| pair_key(&w[0]) >= pair_key(&w[1]))
+    {
+        return Err(bad(
+            "tokenizer.mhmoe.merge_table is not sorted by (left, right) without repeats",
+        ));
+    }
+    let mismatch = bad("tokenizer.mhmoe.merge_table does not match tokenizer.ggml.merges");
+    let mut count = 0usize;
+    for (rank, v) in merge_strings.iter().enumerate() {
+        let s = v.as_str().ok_or(bad("a merge is not a string"))?;
+        let want = vocab.merge(s, rank)?;
+        let got = merge_index(merges, want[LEFT], want[RIGHT])
+            .and_then(|i| merges.get(i as usize))
+            .map(unpack)
+            .ok_or(mismatch.clone())?;
+        if got == want {
+            count += 1;
+            continue;
+        }
+        // An earlier merge claimed this entry: if its string has the same pair, the merge list
+        // repeats a pair (the error a file without tables gets); otherwise the table is wrong.
+        let earlier = (got[RANK] as usize) < rank
+            && merge_strings
+                .get(got[RANK] as usize)
+                .and_then(|v| v.as_str())
+                .and_then(|s| vocab.merge(s, got[RANK] as usize).ok())
+                .is_some_and(|e| (e[LEFT], e[RIGHT]) == (want[LEFT], want[RIGHT]));
+        return Err(if earlier {
+            bad("two merges join the same pair of tokens")
+        } else {
+            mismatch
+        });
+    }
+    if count != n_merges {
+        return Err(bad("the merge array is shorter than its length"));
+    }
+
+    let (bos, eos) = specials(gguf, n_vocab)?;
+    Ok((
+        Head {
+            tokens: token_data,
+            bos,
+            eos,
+            max_token_bytes,
+        },
+        Tables {
+            offsets,
+            sorted,
+            merges,
+            byte_tokens,
+        },
+    ))
+}
+
+/// Builds the tables of a file without them in `ws` (at least `4 * layout.words` bytes).
+fn build_tables<'a: 'w, 'w>(
+    gguf: &Gguf<'a>,
+    tokens: Array<'a>,
+    merge_strings: Array<'a>,
+    layout: Layout,
+    ws: &'w mut [u8],
+) -> Result<(Head<'a>, Tables<'w>)> {
+    let (merge_table, offsets, sorted, byte_tokens) = layout
+        .split_mut(ws)
+        .ok_or(bad("the workspace does not fit the tables"))?;
+
+    // 1. Offsets of the token strings, checked against the parser's view of each string.
+    let (token_data, max_token_bytes) = walk_tokens(gguf, tokens, |i, off| {
+        let slot = offsets
+            .get_mut(i)
+            .ok_or(bad("the token array is longer than its length"))?;
+        *slot = off.to_le_bytes();
+        Ok(())
+    })?;
+    let offsets: &'w [Word] = offsets;
+
+    // 2. Ids sorted by string; equal neighbours mean a duplicate token.
+    for (i, s) in sorted.iter_mut().enumerate() {
+        *s = (i as u32).to_le_bytes(); // n_vocab <= u32::MAX was checked by Layout::new
+    }
+    let tok = |id: &Word| raw_token(token_data, offsets, word(id));
+    sorted.sort_unstable_by(|x, y| tok(x).cmp(tok(y)));
+    let sorted: &'w [Word] = sorted;
+    let vocab = Vocab {
+        tokens: token_data,
+        offsets,
+        sorted,
+    };
+    vocab.check_sorted()?;
+
+    // 3. The byte -> token table.
+    for (b, slot) in (0..=255u8).zip(byte_tokens.iter_mut()) {
+        *slot = vocab.byte_token(b)?.to_le_bytes();
+    }
+    let byte_tokens: &'w [Word; BYTE_WORDS] = byte_tokens;
+
+    // 4. The merge table, sorted by pair; equal neighbours mean a duplicate merge.
+    let mut count = 0usize;
+    for (rank, (v, entry)) in merge_strings.iter().zip(merge_table.iter_mut()).enumerate() {
+        let s = v.as_str().ok_or(bad("a merge is not a string"))?;
+        *entry = pack(vocab.merge(s, rank)?);
+        count += 1;
+    }
+    if count != layout.n_merges {
+        return Err(bad("the merge array is shorter than its length"));
+    }
+    merge_table.sort_unstable_by_key(pair_key);
+    if merge_table
+        .windows(2)
+        .any(|w| pair_key(&w[0]) == pair_key(&w[1]))
+    {
+        return Err(bad("two merges join the same pair of tokens"));
+    }
+    let merges: &'w [Packed] = merge_table;
+
+    let (bos, eos) = specials(gguf, layout.n_vocab)?;
+    Ok((
+        Head {
+            tokens: token_data,
+            bos,
+            eos,
+            max_token_bytes,
+        },
+        Tables {
+            offsets,
+            sorted,
+            merges,
+            byte_tokens,
+        },
+    ))
+}
+
+/// The checks every file gets first: the tokenizer kind and the string arrays.
+fn check_kind<'a>(gguf: &Gguf<'a>) -> Result<(Array<'a>, Array<'a>, Layout)> {
+    require_str(
+        gguf,
+        KEY_MODEL,
+        "gpt2",
+        "tokenizer.ggml.model must be \"gpt2\" (byte-level BPE)",
+    )?;
+    require_str(
+        gguf,
+        KEY_PRE,
+        "mhmoe-space",
+        "tokenizer.ggml.pre must be \"mhmoe-space\"",
+    )?;
+    string_arrays(gguf)
 }
 
 impl<'a, 'w> Tokenizer<'a, 'w> {
-    /// Workspace size, in `u32` words, that [`Tokenizer::new`] needs for this file:
-    /// `2 V + 1 + 4 M` for `V` tokens and `M` merges.
+    /// Workspace size, in `u32` words, that [`Tokenizer::new`] needs for this file: 0 if the
+    /// file has the precomputed tables (`tokenizer.mhmoe.*`, see the
+    /// [module documentation](self)), else `2 V + 4 M + 257` for `V` tokens and `M` merges.
     ///
     /// # Errors
     /// [`Error::MissingKey`] / [`Error::BadKey`] if `tokenizer.ggml.tokens` or
     /// `tokenizer.ggml.merges` is missing or not an array of strings; [`Error::BadTokenizer`] if
     /// the counts do not fit in `u32` or the size overflows `usize`.
     pub fn workspace_len(gguf: &Gguf<'_>) -> Result<usize> {
-        let tokens = string_array(gguf, KEY_TOKENS)?;
-        let merges = string_array(gguf, KEY_MERGES)?;
-        Ok(Layout::new(tokens.len(), merges.len())?.total)
+        let (_, _, layout) = string_arrays(gguf)?;
+        Ok(if has_tables(gguf) { 0 } else { layout.words })
     }
 
-    /// Validates the tokenizer metadata of `gguf` and builds the lookup tables in `workspace`.
+    /// Validates the tokenizer metadata of `gguf` and its precomputed tables, or builds the
+    /// tables in `workspace` if the file has none.
     ///
-    /// Only the first [`Tokenizer::workspace_len`] words of `workspace` are used. Checks:
-    /// `tokenizer.ggml.model` is `"gpt2"`, `tokenizer.ggml.pre` is `"mhmoe-space"`; tokens and
-    /// merges are arrays of strings with at most `u32::MAX` entries; every token string is in
-    /// GPT-2 byte-to-unicode form (empty strings are allowed and decode to nothing) and no two
-    /// tokens are equal; all 256 single-byte tokens exist; each merge is `"left right"` with
-    /// exactly one space, both halves known tokens and their concatenation a known token, and no
-    /// pair appears twice; `bos`/`eos` ids, when present, are integers below the vocabulary size.
+    /// Only the first [`Tokenizer::workspace_len`] words of `workspace` are used (none when the
+    /// file has the tables: pass `&mut []`). Checks: `tokenizer.ggml.model` is `"gpt2"`,
+    /// `tokenizer.ggml.pre` is `"mhmoe-space"`; tokens and merges are arrays of strings with at
+    /// most `u32::MAX` entries; every token string is in GPT-2 byte-to-unicode form (empty
+    /// strings are allowed and decode to nothing) and no two tokens are equal; all 256
+    /// single-byte tokens exist; each merge is `"left right"` with exactly one space, both
+    /// halves known tokens and their concatenation a known token, and no pair appears twice;
+    /// `bos`/`eos` ids, when present, are integers below the vocabulary size.
+    ///
+    /// A file with the tables must have all four keys, each an array of u32 of its exact
+    /// length, and each table must be exactly what the strings define (the same one the
+    /// workspace would hold): the offsets where the strings are, the sorted ids strictly
+    /// increasing by string (so a permutation of the ids), the byte tokens those of the bytes,
+    /// and the merge table sorted by pair without repeats with, for the merge of rank `r`, an
+    /// entry of rank `r` for its pair and result. This takes no memory of its own: a wrong
+    /// table is an error, never a wrong encoding.
     ///
     /// # Errors
     /// [`Error::BufferTooSmall`] if `workspace` is shorter than [`Tokenizer::workspace_len`];
-    /// [`Error::MissingKey`] / [`Error::BadKey`] for a missing key or a value of the wrong type;
-    /// [`Error::BadTokenizer`] naming the rule for everything else. Never panics.
-    pub fn new(gguf: &Gguf<'a>, workspace: &'w mut [u32]) -> Result<Self> {
-        require_str(
-            gguf,
-            KEY_MODEL,
-            "gpt2",
-            "tokenizer.ggml.model must be \"gpt2\" (byte-level BPE)",
-        )?;
-        require_str(
-            gguf,
-            KEY_PRE,
-            "mhmoe-space",
-            "tokenizer.ggml.pre must be \"mhmoe-space\"",
-        )?;
-        let tokens = string_array(gguf, KEY_TOKENS)?;
-        let merges = string_array(gguf, KEY_MERGES)?;
-        let layout = Layout::new(tokens.len(), merges.len())?;
-        if workspace.len() < layout.total {
-            return Err(Error::BufferTooSmall {
-                what: "tokenizer workspace (u32 words)",
-                needed: layout.total,
-                got: workspace.len(),
-            });
-        }
-        let n_vocab = layout.n_vocab;
-        let (ws, _) = workspace.split_at_mut(layout.total);
-        let (offsets, rest) = ws.split_at_mut(n_vocab + 1);
-        let (sorted, merge_words) = rest.split_at_mut(n_vocab);
-        let (merge_table, _) = merge_words.as_chunks_mut::<MERGE_WORDS>();
-
-        // 1. Offsets of the token strings, checked against the parser's view of each string.
-        let file = gguf.bytes();
-        let base = tokens.offset();
-        let mut off = 0usize;
-        let mut max_token_bytes = 0usize;
-        let mut count = 0usize;
-        for (slot, v) in offsets.iter_mut().zip(tokens.iter()) {
-            let s = v.as_str().ok_or(bad("a token is not a string"))?;
-            *slot = u32::try_from(off).map_err(|_| bad("the token strings exceed 4 GiB"))?;
-            let start = base
-                .checked_add(off)
-                .and_then(|p| p.checked_add(STR_LEN_BYTES))
-                .ok_or(bad("token string offset overflows"))?;
-            let here = file.get(start..).map(<[u8]>::as_ptr);
-            if here != Some(s.as_ptr()) {
-                return Err(bad("token strings are not laid out as GGUF strings"));
+    /// [`Error::MissingKey`] / [`Error::BadKey`] for a missing key (also one of the four table
+    /// keys when another is present) or a value of the wrong type; [`Error::BadTokenizer`]
+    /// naming the rule for everything else. Never panics.
+    pub fn new(gguf: &Gguf<'a>, workspace: &'w mut [u32]) -> Result<Self>
+    where
+        'a: 'w,
+    {
+        let (tokens, merges, layout) = check_kind(gguf)?;
+        let (head, tables) = if has_tables(gguf) {
+            check_file_tables(gguf, tokens, merges, layout)?
+        } else {
+            if workspace.len() < layout.words {
+                return Err(Error::BufferTooSmall {
+                    what: "tokenizer workspace (u32 words)",
+                    needed: layout.words,
+                    got: workspace.len(),
+                });
             }
-            let mut chars = 0usize;
-            for c in s.chars() {
-                if unicode_to_byte(c).is_none() {
-                    return Err(bad("a token string is not in GPT-2 byte-to-unicode form"));
-                }
-                chars += 1;
-            }
-            max_token_bytes = max_token_bytes.max(chars);
-            off = off
-                .checked_add(STR_LEN_BYTES + s.len())
-                .ok_or(bad("token string offset overflows"))?;
-            count += 1;
-        }
-        if count != n_vocab {
-            return Err(bad("the token array is shorter than its length"));
-        }
-        *offsets.last_mut().ok_or(bad("empty offset table"))? =
-            u32::try_from(off).map_err(|_| bad("the token strings exceed 4 GiB"))?;
-        let token_data = base
-            .checked_add(off)
-            .and_then(|end| file.get(base..end))
-            .ok_or(bad("the token array lies outside the file"))?;
-        let offsets: &'w [u32] = offsets;
-
-        // 2. Ids sorted by string; equal neighbours mean a duplicate token.
-        for (i, s) in sorted.iter_mut().enumerate() {
-            *s = i as u32; // n_vocab <= u32::MAX was checked by Layout::new
-        }
-        let tok = |id: u32| raw_token(token_data, offsets, id);
-        sorted.sort_unstable_by(|&x, &y| tok(x).cmp(tok(y)));
-        if sorted.windows(2).any(|w| tok(w[0]) == tok(w[1])) {
-            return Err(bad("two tokens have the same string"));
-        }
-        let sorted: &'w [u32] = sorted;
-        let find = |s: &[u8]| find_by(sorted, |id| tok(id).cmp(s));
-
-        // 3. The byte -> token table.
-        let mut byte_tokens = [0u32; 256];
-        for (b, slot) in byte_tokens.iter_mut().enumerate() {
-            let mut buf = [0u8; 4];
-            let s = byte_to_unicode(b as u8).encode_utf8(&mut buf);
-            *slot = find(s.as_bytes()).ok_or(bad(
-                "a single-byte token is missing (all 256 byte tokens are required)",
-            ))?;
-        }
-
-        // 4. The merge table, sorted by pair; equal neighbours mean a duplicate merge.
-        let mut count = 0usize;
-        for (rank, (v, entry)) in merges.iter().zip(merge_table.iter_mut()).enumerate() {
-            let s = v.as_str().ok_or(bad("a merge is not a string"))?;
-            let (left, right) = s
-                .split_once(' ')
-                .ok_or(bad("a merge has no space between its two tokens"))?;
-            if left.is_empty() || right.is_empty() || right.contains(' ') {
-                return Err(bad(
-                    "a merge is not two non-empty tokens separated by one space",
-                ));
-            }
-            let (l, r) = (left.as_bytes(), right.as_bytes());
-            let l_id = find(l).ok_or(bad("a merge's left token is not in the vocabulary"))?;
-            let r_id = find(r).ok_or(bad("a merge's right token is not in the vocabulary"))?;
-            let merged = find_by(sorted, |id| cmp_concat(tok(id), l, r)).ok_or(bad(
-                "a merge's result (left + right) is not in the vocabulary",
-            ))?;
-            *entry = [l_id, r_id, rank as u32, merged]; // n_merges <= u32::MAX was checked
-            count += 1;
-        }
-        if count != layout.n_merges {
-            return Err(bad("the merge array is shorter than its length"));
-        }
-        merge_table.sort_unstable_by_key(|e| (e[0], e[1]));
-        if merge_table
-            .windows(2)
-            .any(|w| (w[0][0], w[0][1]) == (w[1][0], w[1][1]))
-        {
-            return Err(bad("two merges join the same pair of tokens"));
-        }
-        let merge_table: &'w [[u32; MERGE_WORDS]] = merge_table;
-
-        // 5. Optional special tokens.
-        let bos = optional_id(
-            gguf,
-            KEY_BOS,
-            n_vocab,
-            "tokenizer.ggml.bos_token_id is not below the vocabulary size",
-        )?;
-        let eos = optional_id(
-            gguf,
-            KEY_EOS,
-            n_vocab,
-            "tokenizer.ggml.eos_token_id is not below the vocabulary size",
-        )?;
-
-        Ok(Tokenizer {
-            head: Head {
-                tokens: token_data,
-                layout,
-                byte_tokens,
-                bos,
-                eos,
-                max_token_bytes,
-            },
-            offsets,
-            sorted,
-            merges: merge_table,
-        })
-    }
-
-    /// Rebuilds a view from a head and a workspace that `new` filled for it.
-    #[cfg(feature = "std")]
-    fn from_parts(head: Head<'a>, ws: &'w [u32]) -> Self {
-        let n = head.layout.n_vocab;
-        let (offsets, rest) = ws.split_at((n + 1).min(ws.len()));
-        let (sorted, rest) = rest.split_at(n.min(rest.len()));
-        let (merges, _) = rest.as_chunks::<MERGE_WORDS>();
-        Tokenizer {
-            head,
-            offsets,
-            sorted,
-            merges,
-        }
+            build_tables(gguf, tokens, merges, layout, words_as_bytes(workspace))?
+        };
+        Ok(Tokenizer { head, tables })
     }
 
     /// Number of tokens `V`; valid ids are `0..V`.
     pub fn vocab_size(&self) -> usize {
-        self.head.layout.n_vocab
+        self.tables.sorted.len()
     }
 
     /// Number of merges `M`.
     pub fn merge_count(&self) -> usize {
-        self.head.layout.n_merges
+        self.tables.merges.len()
     }
 
     /// The beginning-of-sequence token, if the file names one. [`Tokenizer::encode`] never adds
@@ -541,7 +956,7 @@ impl<'a, 'w> Tokenizer<'a, 'w> {
 
     /// The token of the single byte `b`.
     pub fn byte_token(&self, b: u8) -> u32 {
-        self.head.byte_tokens[b as usize]
+        word(&self.tables.byte_tokens[b as usize])
     }
 
     /// The longest token in raw bytes: a buffer this long always suits
@@ -568,7 +983,7 @@ impl<'a, 'w> Tokenizer<'a, 'w> {
     /// [`Error::TokenOutOfRange`] if `id >= vocab_size()`.
     pub fn token_str(&self, id: u32) -> Result<&'a str> {
         self.check_id(id)?;
-        core::str::from_utf8(raw_token(self.head.tokens, self.offsets, id))
+        core::str::from_utf8(raw_token(self.head.tokens, self.tables.offsets, id))
             .map_err(|_| bad("a token string is not UTF-8"))
     }
 
@@ -621,8 +1036,8 @@ impl<'a, 'w> Tokenizer<'a, 'w> {
     /// is `s`, by binary search: `O(|s| log V)`. Useful to find special tokens such as
     /// `"<|eos|>"`.
     pub fn find_token(&self, s: &str) -> Option<u32> {
-        let (tokens, offsets) = (self.head.tokens, self.offsets);
-        find_by(self.sorted, |id| {
+        let (tokens, offsets) = (self.head.tokens, self.tables.offsets);
+        find_by(self.tables.sorted, |id| {
             raw_token(tokens, offsets, id).cmp(s.as_bytes())
         })
     }
@@ -630,29 +1045,12 @@ impl<'a, 'w> Tokenizer<'a, 'w> {
     /// The index of the merge-table entry for the pair `(left, right)`, if there is one:
     /// binary search, `O(log M)`.
     fn merge_of(&self, left: u32, right: u32) -> Option<u32> {
-        // Branch-free lower bound on the (left, right) key: the loop always runs
-        // ceil(log2(M)) times and compiles to conditional moves.
-        let key = |e: &Entry| (u64::from(e[LEFT]) << 32) | u64::from(e[RIGHT]);
-        let want = (u64::from(left) << 32) | u64::from(right);
-        let mut base = 0usize;
-        let mut size = self.merges.len();
-        while size > 1 {
-            let half = size / 2;
-            let mid = base + half;
-            if self.merges.get(mid).is_some_and(|e| key(e) <= want) {
-                base = mid;
-            }
-            size -= half;
-        }
-        match self.merges.get(base) {
-            Some(e) if key(e) == want => Some(base as u32), // M <= u32::MAX
-            _ => None,
-        }
+        merge_index(self.tables.merges, left, right)
     }
 
     /// Merge-table entry `i` (from [`Tokenizer::merge_of`]).
     fn entry(&self, i: u32) -> Option<Entry> {
-        self.merges.get(i as usize).copied()
+        self.tables.merges.get(i as usize).map(unpack)
     }
 
     /// Encodes `text` into `out` and returns the number of tokens written.
@@ -702,7 +1100,7 @@ impl<'a, 'w> Tokenizer<'a, 'w> {
                     got,
                 })?;
             for (s, &b) in syms.iter_mut().zip(piece) {
-                *s = self.head.byte_tokens[b as usize];
+                *s = self.byte_token(b);
             }
             n += self.merge_piece(syms);
             start = end;
@@ -713,11 +1111,11 @@ impl<'a, 'w> Tokenizer<'a, 'w> {
     /// Applies the BPE merges to the symbols of one piece in place; returns the new length.
     fn merge_piece(&self, syms: &mut [u32]) -> usize {
         let mut len = syms.len();
-        let mut cands = Candidates::new(self.merges);
+        let mut cands = Candidates::new(self.tables.merges);
         let mut scan = true;
         while len >= 2 {
             if scan {
-                cands = Candidates::new(self.merges);
+                cands = Candidates::new(self.tables.merges);
                 for w in syms[..len].windows(2) {
                     if let Some(m) = self.merge_of(w[0], w[1]) {
                         cands.insert(m);
@@ -943,7 +1341,10 @@ impl Decoder {
 
 #[cfg(feature = "std")]
 mod with_std {
-    use super::{Decoder, Head, Tokenizer};
+    use super::{
+        build_tables, check_file_tables, check_kind, has_tables, Decoder, Head, Layout, Tables,
+        Tokenizer, BYTE_WORDS,
+    };
     use crate::error::Result;
     use crate::gguf::Gguf;
     use std::string::String;
@@ -994,21 +1395,55 @@ mod with_std {
     /// [`TokenizerBuf::tokenizer`] at no cost.
     pub struct TokenizerBuf<'a> {
         head: Head<'a>,
-        workspace: Vec<u32>,
+        /// The file's own tables, or `None` when they were built in `workspace`.
+        file_tables: Option<Tables<'a>>,
+        layout: Layout,
+        workspace: Vec<u8>,
     }
 
     impl<'a> TokenizerBuf<'a> {
-        /// Allocates a workspace of [`Tokenizer::workspace_len`] words and builds the tokenizer
-        /// in it, with all the checks of [`Tokenizer::new`].
+        /// Builds the tokenizer with all the checks of [`Tokenizer::new`], in a workspace of
+        /// [`Tokenizer::workspace_len`] words that it allocates (none when the file has the
+        /// precomputed tables).
         pub fn new(gguf: &Gguf<'a>) -> Result<Self> {
-            let mut workspace = vec![0u32; Tokenizer::workspace_len(gguf)?];
-            let head = Tokenizer::new(gguf, &mut workspace)?.head;
-            Ok(TokenizerBuf { head, workspace })
+            let (tokens, merges, layout) = check_kind(gguf)?;
+            if has_tables(gguf) {
+                let (head, tables) = check_file_tables(gguf, tokens, merges, layout)?;
+                return Ok(TokenizerBuf {
+                    head,
+                    file_tables: Some(tables),
+                    layout,
+                    workspace: Vec::new(),
+                });
+            }
+            // Layout::new checked that the bytes fit in usize.
+            let mut workspace = vec![0u8; layout.words * 4];
+            let head = build_tables(gguf, tokens, merges, layout, &mut workspace)?.0;
+            Ok(TokenizerBuf {
+                head,
+                file_tables: None,
+                layout,
+                workspace,
+            })
         }
 
         /// The tokenizer view.
         pub fn tokenizer(&self) -> Tokenizer<'a, '_> {
-            Tokenizer::from_parts(self.head, &self.workspace)
+            const NO_BYTES: [[u8; 4]; BYTE_WORDS] = [[0; 4]; BYTE_WORDS];
+            let tables = self
+                .file_tables
+                .or_else(|| self.layout.view(&self.workspace))
+                // Cannot happen: the workspace was made for this layout.
+                .unwrap_or(Tables {
+                    offsets: &[],
+                    sorted: &[],
+                    merges: &[],
+                    byte_tokens: &NO_BYTES,
+                });
+            Tokenizer {
+                head: self.head,
+                tables,
+            }
         }
     }
 
@@ -1035,6 +1470,7 @@ mod tests {
 
     // ---- A minimal GGUF v3 writer: header, metadata, no tensors. ----
 
+    #[derive(Clone)]
     enum Kv {
         Str(&'static str),
         Strs(Vec<String>),
@@ -1158,12 +1594,66 @@ mod tests {
         ]
     }
 
-    /// Builds a tokenizer over `bytes` and runs `f` with it.
-    fn with_tok<R>(bytes: &[u8], f: impl FnOnce(&Tokenizer<'_, '_>) -> R) -> R {
-        let g = Gguf::parse(bytes).unwrap();
+    fn strings<'k>(kvs: &'k [(&str, Kv)], key: &str) -> &'k [String] {
+        match kvs.iter().find(|(k, _)| *k == key) {
+            Some((_, Kv::Strs(v))) => v,
+            _ => panic!("no string array {key}"),
+        }
+    }
+
+    /// The four precomputed tables of a valid vocabulary, computed the plain way (hash maps and
+    /// a library sort), as `(key, values)`.
+    fn reference_tables(tokens: &[String], merges: &[String]) -> [(&'static str, Vec<u32>); 4] {
+        let mut offsets = vec![0u32];
+        for t in tokens {
+            offsets.push(offsets.last().unwrap() + 8 + t.len() as u32);
+        }
+        let mut sorted: Vec<u32> = (0..tokens.len() as u32).collect();
+        sorted.sort_by_key(|&i| tokens[i as usize].as_bytes());
+        let id: HashMap<&str, u32> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.as_str(), i as u32))
+            .collect();
+        let mut table: Vec<[u32; 4]> = merges
+            .iter()
+            .enumerate()
+            .map(|(rank, m)| {
+                let (l, r) = m.split_once(' ').unwrap();
+                let merged = id[std::format!("{l}{r}").as_str()];
+                [id[l], id[r], rank as u32, merged]
+            })
+            .collect();
+        table.sort();
+        let bytes = (0..=255u8).map(|b| id[u(&[b]).as_str()]).collect();
+        [
+            (KEY_OFFSETS, offsets),
+            (KEY_SORTED, sorted),
+            (KEY_MERGE_TABLE, table.concat()),
+            (KEY_BYTE_TOKENS, bytes),
+        ]
+    }
+
+    /// `kvs` plus the precomputed tables of its vocabulary.
+    fn with_tables<'k>(kvs: &[(&'k str, Kv)]) -> Vec<(&'k str, Kv)> {
+        let tables = reference_tables(strings(kvs, KEY_TOKENS), strings(kvs, KEY_MERGES));
+        let mut out = kvs.to_vec();
+        out.extend(tables.into_iter().map(|(k, v)| (k, Kv::U32s(v))));
+        out
+    }
+
+    /// Builds a tokenizer from `kvs` twice, with the tables built in a workspace and with them
+    /// in the file (and no workspace), and runs `f` with each.
+    fn with_tok(kvs: &[(&str, Kv)], mut f: impl FnMut(&Tokenizer<'_, '_>)) {
+        let bytes = gguf_bytes(kvs);
+        let g = Gguf::parse(&bytes).unwrap();
         let mut ws = vec![0u32; Tokenizer::workspace_len(&g).unwrap()];
-        let tok = Tokenizer::new(&g, &mut ws).unwrap();
-        f(&tok)
+        f(&Tokenizer::new(&g, &mut ws).unwrap());
+
+        let bytes = gguf_bytes(&with_tables(kvs));
+        let g = Gguf::parse(&bytes).unwrap();
+        assert_eq!(Tokenizer::workspace_len(&g), Ok(0));
+        f(&Tokenizer::new(&g, &mut []).unwrap());
     }
 
     fn build_err(kvs: &[(&str, Kv)]) -> Error {
@@ -1283,8 +1773,7 @@ mod tests {
 
     #[test]
     fn encode_hand_cases() {
-        let bytes = gguf_bytes(&hand_kvs());
-        with_tok(&bytes, |tok| {
+        with_tok(&hand_kvs(), |tok| {
             assert_eq!(tok.vocab_size(), 268);
             assert_eq!(tok.merge_count(), 10);
             assert_eq!(tok.bos(), Some(BOS));
@@ -1316,9 +1805,8 @@ mod tests {
     fn encode_matches_reference_on_random_text() {
         let (mut tokens, merges) = vocab_from_merges(&HAND_MERGES);
         tokens.push("<|bos|>".to_string());
-        let bytes = gguf_bytes(&basic_kvs(tokens.clone(), merges.clone()));
         let mut rng = Pcg32::new(7);
-        with_tok(&bytes, |tok| {
+        with_tok(&basic_kvs(tokens.clone(), merges.clone()), |tok| {
             for _ in 0..500 {
                 let len = rng.next_u32() as usize % 40;
                 let text = random_bytes(&mut rng, len, b"aaaehllot  \xc3\xa9");
@@ -1362,8 +1850,7 @@ mod tests {
                 .map(|(l, r)| (l.as_slice(), r.as_slice()))
                 .collect();
             let (tokens, merges) = vocab_from_merges(&refs);
-            let bytes = gguf_bytes(&basic_kvs(tokens.clone(), merges.clone()));
-            with_tok(&bytes, |tok| {
+            with_tok(&basic_kvs(tokens.clone(), merges.clone()), |tok| {
                 for _ in 0..40 {
                     let len = rng.next_u32() as usize % 30;
                     let text = random_bytes(&mut rng, len, b"aaabbc ");
@@ -1381,8 +1868,7 @@ mod tests {
     fn encode_out_of_order_ranks_cascade() {
         // "aa a" ranks before "a a", which makes "aa".
         let (tokens, merges) = vocab_from_merges(&[(b"aa", b"a"), (b"a", b"a")]);
-        let bytes = gguf_bytes(&basic_kvs(tokens, merges));
-        with_tok(&bytes, |tok| {
+        with_tok(&basic_kvs(tokens, merges), |tok| {
             let (aaa, aa) = (256, 257);
             assert_eq!(encode(tok, b"aaaaaaa"), [aaa, aaa, 97]);
             assert_eq!(encode(tok, b"aaaaa"), [aaa, aa]);
@@ -1391,8 +1877,7 @@ mod tests {
 
     #[test]
     fn encode_1mb_single_piece_is_fast() {
-        let bytes = gguf_bytes(&hand_kvs());
-        with_tok(&bytes, |tok| {
+        with_tok(&hand_kvs(), |tok| {
             let text = vec![b'a'; 1 << 20];
             let t0 = std::time::Instant::now();
             let ids = encode(tok, &text);
@@ -1402,8 +1887,7 @@ mod tests {
         });
         // Out-of-order ranks: still a single pass.
         let (tokens, merges) = vocab_from_merges(&[(b"aa", b"a"), (b"a", b"a")]);
-        let bytes = gguf_bytes(&basic_kvs(tokens, merges));
-        with_tok(&bytes, |tok| {
+        with_tok(&basic_kvs(tokens, merges), |tok| {
             let text = vec![b'a'; 1 << 20];
             let t0 = std::time::Instant::now();
             let ids = encode(tok, &text);
@@ -1415,8 +1899,7 @@ mod tests {
 
     #[test]
     fn encode_out_buffer_too_small() {
-        let bytes = gguf_bytes(&hand_kvs());
-        with_tok(&bytes, |tok| {
+        with_tok(&hand_kvs(), |tok| {
             let mut out = [0u32; 3];
             assert_eq!(
                 tok.encode(b"the the", &mut out),
@@ -1440,8 +1923,7 @@ mod tests {
 
     #[test]
     fn token_bytes_and_strings() {
-        let bytes = gguf_bytes(&hand_kvs());
-        with_tok(&bytes, |tok| {
+        with_tok(&hand_kvs(), |tok| {
             assert_eq!(tok.token_str(258), Ok("Ġthe"));
             let mut got = Vec::new();
             tok.token_bytes(258, &mut |b: &[u8]| got.extend_from_slice(b))
@@ -1483,8 +1965,7 @@ mod tests {
         let long = "x".repeat(200);
         let mut tokens = byte_vocab();
         tokens.push(long.clone());
-        let bytes = gguf_bytes(&basic_kvs(tokens, vec![]));
-        with_tok(&bytes, |tok| {
+        with_tok(&basic_kvs(tokens, vec![]), |tok| {
             let mut chunks = Vec::new();
             tok.token_bytes(256, &mut |b: &[u8]| chunks.push(b.len()))
                 .unwrap();
@@ -1496,8 +1977,7 @@ mod tests {
 
     #[test]
     fn decoder_joins_multibyte_characters_across_tokens() {
-        let bytes = gguf_bytes(&hand_kvs());
-        with_tok(&bytes, |tok| {
+        with_tok(&hand_kvs(), |tok| {
             let mut d = tok.decoder();
             let mut s = String::new();
             let mut emit = |t: &str| s.push_str(t);
@@ -1564,10 +2044,9 @@ mod tests {
 
     #[test]
     fn every_byte_string_round_trips() {
-        let bytes = gguf_bytes(&hand_kvs());
         let mut rng = Pcg32::new(5);
         let all: Vec<u8> = (0..=255u8).collect();
-        with_tok(&bytes, |tok| {
+        with_tok(&hand_kvs(), |tok| {
             for i in 0..1000 {
                 let len = rng.next_u32() as usize % 64;
                 let text = if i % 2 == 0 {
@@ -1588,7 +2067,14 @@ mod tests {
     #[test]
     #[cfg(feature = "std")]
     fn std_conveniences() {
-        let bytes = gguf_bytes(&hand_kvs());
+        for kvs in [hand_kvs(), with_tables(&hand_kvs())] {
+            std_conveniences_on(&kvs);
+        }
+    }
+
+    #[cfg(feature = "std")]
+    fn std_conveniences_on(kvs: &[(&str, Kv)]) {
+        let bytes = gguf_bytes(kvs);
         let g = Gguf::parse(&bytes).unwrap();
         let buf = TokenizerBuf::new(&g).unwrap();
         let tok = buf.tokenizer();
@@ -1616,7 +2102,7 @@ mod tests {
         let bytes = gguf_bytes(&hand_kvs());
         let g = Gguf::parse(&bytes).unwrap();
         let need = Tokenizer::workspace_len(&g).unwrap();
-        assert_eq!(need, 2 * 268 + 1 + 4 * 10);
+        assert_eq!(need, 2 * 268 + 4 * 10 + 257);
         let mut ws = vec![0u32; need - 1];
         assert_eq!(
             Tokenizer::new(&g, &mut ws).unwrap_err(),
@@ -1626,8 +2112,19 @@ mod tests {
                 got: need - 1
             }
         );
-        let mut ws = vec![0u32; need + 5];
+        let mut ws = vec![7u32; need + 5];
         assert!(Tokenizer::new(&g, &mut ws).is_ok());
+        assert_eq!(ws[need..], [7; 5], "only workspace_len words are used");
+
+        // With the tables in the file: no workspace, and one that is given stays untouched.
+        let bytes = gguf_bytes(&with_tables(&hand_kvs()));
+        let g = Gguf::parse(&bytes).unwrap();
+        assert_eq!(Tokenizer::workspace_len(&g), Ok(0));
+        let mut ws = vec![0xA5A5_A5A5u32; 16];
+        let tok = Tokenizer::new(&g, &mut ws).unwrap();
+        assert_eq!(encode(&tok, b"the hello"), [116, 257, 32, 257, 261, 111]);
+        assert!(ws.iter().all(|&w| w == 0xA5A5_A5A5));
+        assert!(Tokenizer::new(&g, &mut []).is_ok());
     }
 
     fn without(key: &str) -> Vec<(&'static str, Kv)> {
@@ -1658,8 +2155,7 @@ mod tests {
             ));
         }
         // bos and eos are optional.
-        let bytes = gguf_bytes(&without(KEY_BOS));
-        with_tok(&bytes, |tok| {
+        with_tok(&without(KEY_BOS), |tok| {
             assert_eq!((tok.bos(), tok.eos()), (None, Some(EOS)))
         });
     }
@@ -1766,22 +2262,268 @@ mod tests {
         // An empty token is allowed: it decodes to nothing and is never produced.
         let mut tokens = byte_vocab();
         tokens.push(String::new());
-        let bytes = gguf_bytes(&basic_kvs(tokens, vec![]));
-        with_tok(&bytes, |tok| {
+        with_tok(&basic_kvs(tokens, vec![]), |tok| {
             assert_eq!(decode_bytes(tok, &[256, 65]).unwrap(), b"A");
             assert_eq!(tok.find_token(""), Some(256));
         });
+    }
+
+    /// `hand_kvs` with its precomputed tables, `edit` applied to the table under `key`: the
+    /// error building it gives (with any workspace: the tables are in the file).
+    fn table_err(key: &str, edit: impl FnOnce(&mut Vec<u32>)) -> Error {
+        let mut kvs = with_tables(&hand_kvs());
+        match kvs.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, Kv::U32s(v))) => edit(v),
+            _ => panic!("no table {key}"),
+        }
+        let bytes = gguf_bytes(&kvs);
+        let g = Gguf::parse(&bytes).unwrap();
+        assert_eq!(Tokenizer::workspace_len(&g), Ok(0));
+        let err = Tokenizer::new(&g, &mut []).unwrap_err();
+        let mut ws = vec![0u32; 1 << 16];
+        assert_eq!(Tokenizer::new(&g, &mut ws).unwrap_err(), err);
+        #[cfg(feature = "std")]
+        assert_eq!(TokenizerBuf::new(&g).unwrap_err(), err);
+        err
+    }
+
+    #[test]
+    fn file_tables_match_the_built_ones() {
+        // The test's plain computation and the workspace build agree word for word.
+        let kvs = hand_kvs();
+        let bytes = gguf_bytes(&kvs);
+        let g = Gguf::parse(&bytes).unwrap();
+        let mut ws = vec![0u32; Tokenizer::workspace_len(&g).unwrap()];
+        let built = Tokenizer::new(&g, &mut ws).unwrap().tables;
+        let want = reference_tables(strings(&kvs, KEY_TOKENS), strings(&kvs, KEY_MERGES));
+        let words = |w: &[Word]| w.iter().map(word).collect::<Vec<u32>>();
+        assert_eq!(words(built.offsets), want[0].1);
+        assert_eq!(words(built.sorted), want[1].1);
+        assert_eq!(words(built.merges.as_flattened().as_chunks().0), want[2].1);
+        assert_eq!(words(built.byte_tokens), want[3].1);
+    }
+
+    #[test]
+    fn corrupted_tables_are_rejected() {
+        let offsets = "tokenizer.mhmoe.token_offsets does not match the token strings";
+        assert_eq!(reason(table_err(KEY_OFFSETS, |v| v[5] += 1)), offsets);
+        assert_eq!(reason(table_err(KEY_OFFSETS, |v| v[0] = 1)), offsets);
+        assert_eq!(reason(table_err(KEY_OFFSETS, |v| v[268] -= 1)), offsets);
+        assert_eq!(reason(table_err(KEY_OFFSETS, |v| v.swap(3, 4))), offsets);
+        assert_eq!(
+            reason(table_err(KEY_OFFSETS, |v| {
+                v.pop();
+            })),
+            "tokenizer.mhmoe.token_offsets does not have V + 1 entries"
+        );
+
+        let order = "tokenizer.mhmoe.sorted_ids is not in the order of the token strings";
+        assert_eq!(reason(table_err(KEY_SORTED, |v| v.swap(10, 11))), order);
+        assert_eq!(reason(table_err(KEY_SORTED, |v| v.reverse())), order);
+        assert_eq!(
+            reason(table_err(KEY_SORTED, |v| v[10] = v[11])),
+            "tokenizer.mhmoe.sorted_ids lists a token twice"
+        );
+        assert_eq!(
+            reason(table_err(KEY_SORTED, |v| v[0] = 268)),
+            "tokenizer.mhmoe.sorted_ids has an id outside the vocabulary"
+        );
+        assert_eq!(
+            reason(table_err(KEY_SORTED, |v| v.push(0))),
+            "tokenizer.mhmoe.sorted_ids does not have V entries"
+        );
+
+        let bytes = "tokenizer.mhmoe.byte_tokens does not match the single-byte tokens";
+        assert_eq!(reason(table_err(KEY_BYTE_TOKENS, |v| v.swap(1, 2))), bytes);
+        assert_eq!(reason(table_err(KEY_BYTE_TOKENS, |v| v[65] = 258)), bytes);
+        assert_eq!(reason(table_err(KEY_BYTE_TOKENS, |v| v[65] = 9999)), bytes);
+        assert_eq!(
+            reason(table_err(KEY_BYTE_TOKENS, |v| v.truncate(255))),
+            "tokenizer.mhmoe.byte_tokens does not have 256 entries"
+        );
+
+        // hand_kvs' merge table: 10 entries of [left, right, rank, merged].
+        let merges = "tokenizer.mhmoe.merge_table does not match tokenizer.ggml.merges";
+        let order = "tokenizer.mhmoe.merge_table is not sorted by (left, right) without repeats";
+        assert_eq!(reason(table_err(KEY_MERGE_TABLE, |v| v[3] = 257)), merges);
+        assert_eq!(reason(table_err(KEY_MERGE_TABLE, |v| v[2] = 10)), merges);
+        assert_eq!(reason(table_err(KEY_MERGE_TABLE, |v| v.swap(2, 6))), merges);
+        assert_eq!(
+            reason(table_err(KEY_MERGE_TABLE, |v| {
+                // A pair that is no merge, still in order: the last entry becomes (267, 267).
+                let n = v.len();
+                v[n - 4] = 267;
+                v[n - 3] = 267;
+            })),
+            merges
+        );
+        assert_eq!(
+            reason(table_err(KEY_MERGE_TABLE, |v| {
+                let (a, b) = v.split_at_mut(4);
+                a.swap_with_slice(&mut b[..4]);
+            })),
+            order
+        );
+        assert_eq!(
+            reason(table_err(KEY_MERGE_TABLE, |v| v.copy_within(4..8, 0))),
+            order
+        );
+        assert_eq!(
+            reason(table_err(KEY_MERGE_TABLE, |v| v.truncate(36))),
+            "tokenizer.mhmoe.merge_table does not have 4 M entries"
+        );
+        assert_eq!(
+            reason(table_err(KEY_MERGE_TABLE, |v| v.extend([300, 300, 10, 300]))),
+            "tokenizer.mhmoe.merge_table does not have 4 M entries"
+        );
+    }
+
+    #[test]
+    fn tables_of_the_wrong_type_or_incomplete_are_rejected() {
+        let tables = with_tables(&hand_kvs());
+        for key in TABLE_KEYS {
+            // Any one of the four missing.
+            let kvs: Vec<_> = tables.iter().filter(|(k, _)| *k != key).cloned().collect();
+            let bytes = gguf_bytes(&kvs);
+            let g = Gguf::parse(&bytes).unwrap();
+            assert_eq!(Tokenizer::workspace_len(&g), Ok(0), "{key}");
+            assert_eq!(
+                Tokenizer::new(&g, &mut []).unwrap_err(),
+                Error::MissingKey { key: name(key) }
+            );
+            #[cfg(feature = "std")]
+            assert_eq!(
+                TokenizerBuf::new(&g).unwrap_err(),
+                Error::MissingKey { key: name(key) }
+            );
+            // Of the wrong type.
+            let wrong = Error::BadKey {
+                key: name(key),
+                expected: "an array of u32",
+            };
+            for v in [Kv::U32(0), Kv::Strs(vec!["0".to_string()])] {
+                let mut kvs = kvs.clone();
+                kvs.push((key, v));
+                let bytes = gguf_bytes(&kvs);
+                let g = Gguf::parse(&bytes).unwrap();
+                assert_eq!(Tokenizer::new(&g, &mut []).unwrap_err(), wrong);
+            }
+        }
+    }
+
+    /// A merge list that repeats a pair cannot have a valid table: the error is the one the
+    /// workspace build gives.
+    #[test]
+    fn repeated_merges_with_tables() {
+        let (tokens, merges) = vocab_from_merges(&HAND_MERGES[..3]);
+        let mut merges = merges;
+        merges.push(merges[1].clone()); // "h e" again, rank 3
+        let mut kvs = basic_kvs(tokens, merges);
+        let (h, e) = (u32::from(b'h'), u32::from(b'e'));
+        // Entries of ranks 0-2 (" t", "he", " the") and, for rank 3, a made-up one at the end.
+        let mut table = [
+            [32, 116, 0, 256],
+            [h, e, 1, 257],
+            [256, 257, 2, 258],
+            [258, 258, 3, 258],
+        ];
+        table.sort();
+        let offsets = reference_tables(strings(&kvs, KEY_TOKENS), &[]);
+        kvs.push((KEY_OFFSETS, Kv::U32s(offsets[0].1.clone())));
+        kvs.push((KEY_SORTED, Kv::U32s(offsets[1].1.clone())));
+        kvs.push((KEY_BYTE_TOKENS, Kv::U32s(offsets[3].1.clone())));
+        kvs.push((KEY_MERGE_TABLE, Kv::U32s(table.concat())));
+        let bytes = gguf_bytes(&kvs);
+        let g = Gguf::parse(&bytes).unwrap();
+        assert_eq!(
+            reason(Tokenizer::new(&g, &mut []).unwrap_err()),
+            "two merges join the same pair of tokens"
+        );
+    }
+
+    /// Random corruptions of a file with tables, half of them inside the tables: any file
+    /// accepted must encode and decode exactly as the same file's strings say (the tokenizer
+    /// built in a workspace from the same bytes, the table keys renamed away).
+    #[test]
+    fn corrupted_tables_never_give_a_wrong_answer() {
+        let good = gguf_bytes(&with_tables(&hand_kvs()));
+        let prefix = b"tokenizer.mhmoe.";
+        let at = |bytes: &[u8]| -> Vec<usize> {
+            bytes
+                .windows(prefix.len())
+                .enumerate()
+                .filter(|(_, w)| *w == prefix)
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let tables_start = at(&good)[0];
+        let mut rng = Pcg32::new(17);
+        let (mut accepted, mut rejected) = (0, 0);
+        for round in 0..3000 {
+            let mut bytes = good.clone();
+            for _ in 0..1 + rng.next_u32() % 3 {
+                let i = if round % 2 == 0 {
+                    tables_start + rng.next_u32() as usize % (bytes.len() - tables_start)
+                } else {
+                    rng.next_u32() as usize % bytes.len()
+                };
+                bytes[i] = rng.next_u32() as u8;
+            }
+            let Ok(g) = Gguf::parse(&bytes) else { continue };
+            let Ok(tok) = Tokenizer::new(&g, &mut []) else {
+                rejected += 1;
+                continue;
+            };
+            accepted += 1;
+            let mut renamed = bytes.clone();
+            for i in at(&bytes) {
+                renamed[i..i + prefix.len()].copy_from_slice(b"tokenizer.xxxxx.");
+            }
+            let g2 = Gguf::parse(&renamed).unwrap();
+            let mut ws = vec![0u32; Tokenizer::workspace_len(&g2).unwrap()];
+            let want = Tokenizer::new(&g2, &mut ws)
+                .expect("the tables were accepted, so the strings are a valid tokenizer");
+            assert_eq!(tok.vocab_size(), want.vocab_size());
+            assert_eq!(tok.merge_count(), want.merge_count());
+            for id in 0..tok.vocab_size() as u32 {
+                assert_eq!(tok.token_str(id), want.token_str(id));
+                if let Ok(s) = want.token_str(id) {
+                    assert_eq!(tok.find_token(s), want.find_token(s));
+                }
+            }
+            for _ in 0..20 {
+                let len = rng.next_u32() as usize % 40;
+                let text = random_bytes(&mut rng, len, b"the hello aa \xc3\xa9\xff");
+                assert_eq!(encode(&tok, &text), encode(&want, &text), "{text:?}");
+            }
+        }
+        assert!(
+            rejected >= 1000,
+            "only {rejected} corrupted tables were rejected"
+        );
+        assert!(
+            accepted >= 10,
+            "only {accepted} corrupted files were accepted"
+        );
     }
 
     /// Random corruptions of a valid file: whatever the parser lets through must give a
     /// tokenizer or an error, never a panic, and a tokenizer must encode and decode.
     #[test]
     fn corrupted_files_never_panic() {
-        let good = gguf_bytes(&hand_kvs());
+        for good in [
+            gguf_bytes(&hand_kvs()),
+            gguf_bytes(&with_tables(&hand_kvs())),
+        ] {
+            corrupted_file_never_panics(&good);
+        }
+    }
+
+    fn corrupted_file_never_panics(good: &[u8]) {
         let mut rng = Pcg32::new(13);
         let mut built = 0;
         for _ in 0..5000 {
-            let mut bytes = good.clone();
+            let mut bytes = good.to_vec();
             for _ in 0..1 + rng.next_u32() % 4 {
                 let i = rng.next_u32() as usize % bytes.len();
                 bytes[i] = rng.next_u32() as u8;
@@ -1824,7 +2566,8 @@ mod tests {
             Error::BadKey { .. }
         ));
         // Any non-negative integer type is accepted.
-        let bytes = gguf_bytes(&replaced(KEY_BOS, Kv::I32(5)));
-        with_tok(&bytes, |tok| assert_eq!(tok.bos(), Some(5)));
+        with_tok(&replaced(KEY_BOS, Kv::I32(5)), |tok| {
+            assert_eq!(tok.bos(), Some(5))
+        });
     }
 }
