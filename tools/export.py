@@ -2,7 +2,8 @@
 """Export a tools/train.py checkpoint to mhmoe GGUF files (FORMAT.md) and verify them.
 
 For every requested type (F32, F16, Q8_0, Q4_0) this writes PREFIX-<type>.gguf with
-tools/mhmoe_tools/writer.py, then checks:
+tools/mhmoe_tools/writer.py (with the tokenizer's lookup tables unless --no-tokenizer-tables),
+then checks:
   * the file loads in gguf.GGUFReader and writer.read_mhmoe_gguf gives back the config, the
     tokenizer and (F32) bit-identical tensors;
   * the Q8_0 file fits the byte budget (--q8-limit, default 1.1 MiB = 1,153,433 bytes);
@@ -52,6 +53,9 @@ def main(argv=None):
     ap.add_argument("--verify-tokens", type=int, default=8, help="0 = skip the reference comparison")
     ap.add_argument("--f32-tol", type=float, default=2e-3)
     ap.add_argument("--q8-limit", type=int, default=Q8_LIMIT)
+    ap.add_argument("--no-tokenizer-tables", action="store_true",
+                    help="leave out the tokenizer's lookup tables (tokenizer.mhmoe.*, about 46 KB for "
+                         "a 2048-token vocabulary); the engine then builds them in RAM")
     a = ap.parse_args(argv)
 
     import torch
@@ -84,7 +88,8 @@ def main(argv=None):
     for t in [s.strip().upper() for s in a.types.split(",") if s.strip()]:
         path = "%s-%s.gguf" % (a.prefix, t.lower())
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        types = write_mhmoe_gguf(path, wcfg, tensors, tokens, merges, qtype=t, name=a.name)
+        types = write_mhmoe_gguf(path, wcfg, tensors, tokens, merges, qtype=t, name=a.name,
+                                 tokenizer_tables=not a.no_tokenizer_tables)
         size = os.path.getsize(path)
         r = gguf.GGUFReader(path)
         assert r.get_field("general.architecture").contents() == "mhmoe"

@@ -7,8 +7,8 @@ gguf's deterministic writer, so running it again reproduces the files byte for b
 
 All models: d = 64, 2 layers, context 64, E = 4, F = 64, dense FF = 128, V = 298 (256 byte
 tokens with id == byte value, 40 merges trained on SAMPLE_TEXT, then "<|bos|>" = 296 and
-"<|eos|>" = 297; the bos/eos keys are written only for some models). See MODELS for what each
-file covers.
+"<|eos|>" = 297; the bos/eos keys are written only for some models). Every model but
+c_bf16_h1_k2_norm carries the tokenizer's lookup tables. See MODELS for what each file covers.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ class Spec:
     specials: bool = False          # write bos/eos ids
     alignment: int | None = None
     overrides: dict = field(default_factory=dict)
+    tables: bool = True             # write the tokenizer's lookup tables (tokenizer.mhmoe.*)
     note: str = ""
 
 
@@ -70,7 +71,9 @@ MODELS = [
     Spec("b_f16_h4_k1_untied", 102, "F16", h=4, k=1, norm=False, nh=4, nkv=4, tied=False,
          note="f16, h=4 (m=16), k=1 raw gate, MHA, untied output"),
     Spec("c_bf16_h1_k2_norm", 103, "BF16", h=1, k=2, norm=True, nh=4, nkv=1, alignment=32,
-         note="bf16, plain SMoE h=1, renormalized gates, MQA 4/1, explicit general.alignment=32"),
+         tables=False,
+         note="bf16, plain SMoE h=1, renormalized gates, MQA 4/1, explicit general.alignment=32, "
+              "no tokenizer tables (the engine builds them in RAM)"),
     Spec("d_q8_0_h2_k2_gqa", 104, "Q8_0", h=2, k=2, norm=True, nh=4, nkv=2, specials=True,
          note="q8_0 everywhere (router too), renormalized, GQA 4/2, bos/eos"),
     Spec("e_q4_0_h2_k2_shexp", 105, "Q4_0", h=2, k=2, norm=False, nh=1, nkv=1, Fs=64,
@@ -150,7 +153,7 @@ def write_model(s: Spec, out_dir: Path) -> Path:
     write_mhmoe_gguf(
         path, cfg, w, tokens, merges, qtype=s.qtype, overrides=s.overrides or None,
         bos_token_id=V - 2 if s.specials else None, eos_token_id=V - 1 if s.specials else None,
-        alignment=s.alignment, name=s.name,
+        alignment=s.alignment, name=s.name, tokenizer_tables=s.tables,
     )
     return path
 

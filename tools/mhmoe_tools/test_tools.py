@@ -50,6 +50,10 @@ FORMAT_KEYS = {
     "tokenizer.ggml.merges": (VT.ARRAY, True),
     "tokenizer.ggml.bos_token_id": (VT.UINT32, False),
     "tokenizer.ggml.eos_token_id": (VT.UINT32, False),
+    "tokenizer.mhmoe.token_offsets": (VT.ARRAY, False),
+    "tokenizer.mhmoe.sorted_ids": (VT.ARRAY, False),
+    "tokenizer.mhmoe.merge_table": (VT.ARRAY, False),
+    "tokenizer.mhmoe.byte_tokens": (VT.ARRAY, False),
 }
 
 
@@ -200,7 +204,8 @@ class GgufFiles(unittest.TestCase):
                         continue
                     self.assertEqual(f.types[0], vt)
                     if vt == VT.ARRAY:
-                        self.assertEqual(f.types[-1], VT.STRING)
+                        elem = VT.UINT32 if key.startswith("tokenizer.mhmoe.") else VT.STRING
+                        self.assertEqual(f.types[-1], elem)
             self.assertEqual(r.get_field("general.architecture").contents(), "mhmoe")
             self.assertEqual(r.get_field("tokenizer.ggml.pre").contents(), "mhmoe-space")
             for t in r.tensors:
@@ -325,6 +330,48 @@ class Tokenizer(unittest.TestCase):
             self.assertEqual(self.tok.decode(ids), data)
 
 
+    def test_lookup_tables(self):
+        """writer.make_tokenizer_tables against a plain recomputation, the tables stored in the
+        test models, and the vocabularies it must refuse."""
+        t = writer.make_tokenizer_tables(self.tokens, self.merges)
+        self.assertEqual(list(t), list(writer.TOKENIZER_TABLE_KEYS))
+        offsets, sorted_ids, table, byte_tokens = t.values()
+        V, M = len(self.tokens), len(self.merges)
+        self.assertEqual((len(offsets), len(sorted_ids), len(table), len(byte_tokens)), (V + 1, V, 4 * M, 256))
+        for i, tok in enumerate(self.tokens):
+            self.assertEqual(offsets[i + 1] - offsets[i], 8 + len(tok.encode("utf-8")))
+        strings = [self.tokens[i].encode("utf-8") for i in sorted_ids]
+        self.assertEqual(sorted(sorted_ids), list(range(V)))
+        self.assertTrue(all(a < b for a, b in zip(strings, strings[1:])))
+        entries = [table[i:i + 4] for i in range(0, len(table), 4)]
+        self.assertEqual(entries, sorted(entries))
+        for left, right, rank, merged in entries:
+            self.assertEqual(self.merges[rank], f"{self.tokens[left]} {self.tokens[right]}")
+            self.assertEqual(self.tokens[merged], self.tokens[left] + self.tokens[right])
+        self.assertEqual(byte_tokens, list(range(256)))  # the test vocabulary's byte tokens
+        for name in MODEL_NAMES:
+            r = gguf.GGUFReader(str(model_path(name)))
+            spec = next(s for s in gen_test_models.MODELS if s.name == name)
+            with self.subTest(model=name):
+                for key, want in t.items():
+                    f = r.get_field(key)
+                    if not spec.tables:
+                        self.assertIsNone(f)
+                        continue
+                    self.assertEqual([int(v) for v in f.contents()], want)
+        bad = [
+            (self.tokens + [self.tokens[260]], self.merges),                 # a repeated token
+            ([t for t in self.tokens if t != "a"], []),                      # no byte token "a"
+            (self.tokens, self.merges + ["Ġt"]),                        # no space
+            (self.tokens, self.merges + ["x Ġxyz"]),                    # unknown right token
+            (self.tokens, self.merges + ["x y"]),                            # "xy" is no token
+            (self.tokens, self.merges + [self.merges[0]]),                   # repeated merge
+        ]
+        for tokens, merges in bad:
+            with self.assertRaises(ValueError):
+                writer.make_tokenizer_tables(tokens, merges)
+
+
 class Goldens(unittest.TestCase):
     def test_format_and_greedy(self):
         for name in MODEL_NAMES:
@@ -365,6 +412,17 @@ class Writer(unittest.TestCase):
             same = Path(tmp) / "same.gguf"
             requantize(src, same, "F32")
             self.assertTrue(filecmp.cmp(src, same, shallow=False))
+            # The tokenizer tables: kept as the input has them, or added / dropped on request,
+            # with nothing else changed (c_bf16 is the test model without them).
+            bare, plain = Path(tmp) / "bare.gguf", model_path("c_bf16_h1_k2_norm")
+            requantize(src, bare, "F32", tokenizer_tables=False)
+            self.assertFalse(writer.read_mhmoe_gguf(bare).tokenizer_tables)
+            self.assertTrue(writer.read_mhmoe_gguf(src).tokenizer_tables)
+            self.assertLess(bare.stat().st_size, src.stat().st_size)
+            requantize(bare, same, "F32", tokenizer_tables=True)
+            self.assertTrue(filecmp.cmp(src, same, shallow=False))
+            requantize(plain, same, "BF16")
+            self.assertTrue(filecmp.cmp(plain, same, shallow=False))
             for t in ("F16", "BF16", "Q8_0", "Q4_0"):
                 out = Path(tmp) / f"{t}.gguf"
                 written = requantize(src, out, t)

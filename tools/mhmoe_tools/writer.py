@@ -31,7 +31,9 @@ Weight types: "F32", "F16", "BF16", "Q8_0", "Q4_0" (strings or `gguf.GGMLQuantiz
 Metadata: every key of FORMAT.md is written with FORMAT.md's name and type (optional ones only
 when they are set: `general.alignment` when `alignment` is given, bos/eos when given;
 `mhmoe.expert_shared_feed_forward_length` is always written). `tokenizer.ggml.merges` must be
-non-empty because gguf 0.19's writer refuses empty arrays.
+non-empty because gguf 0.19's writer refuses empty arrays. The tokenizer's precomputed lookup
+tables (`tokenizer.mhmoe.*`, see `make_tokenizer_tables`) are written unless `tokenizer_tables=False`:
+with them the engine's tokenizer needs no RAM for tables (they stay in flash with the model).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from gguf import GGMLQuantizationType as QT
 
 __all__ = [
     "MhmoeConfig", "MhmoeFile", "write_mhmoe_gguf", "add_metadata", "read_mhmoe_gguf", "expected_tensor_shapes",
-    "parse_qtype", "QTYPES", "ARCH",
+    "parse_qtype", "QTYPES", "ARCH", "make_tokenizer_tables", "TOKENIZER_TABLE_KEYS",
 ]
 
 ARCH = "mhmoe"
@@ -217,6 +219,62 @@ def _encode(arr: np.ndarray, t: QT) -> np.ndarray:
     return gguf.quants.quantize(arr, t)
 
 
+TOKENIZER_TABLE_KEYS = (
+    "tokenizer.mhmoe.token_offsets",
+    "tokenizer.mhmoe.sorted_ids",
+    "tokenizer.mhmoe.merge_table",
+    "tokenizer.mhmoe.byte_tokens",
+)
+
+
+def make_tokenizer_tables(tokens: Sequence[str], merges: Sequence[str]) -> dict[str, list[int]]:
+    """The tokenizer's lookup tables (FORMAT.md, `tokenizer.mhmoe.*`), each a list of u32:
+
+    * `token_offsets` (V + 1): byte offset of token i's GGUF string (its u64 length, then its
+      UTF-8 bytes) from the first element of `tokenizer.ggml.tokens`; the last entry is the size
+      of all the elements.
+    * `sorted_ids` (V): the token ids in increasing order of their strings' UTF-8 bytes.
+    * `merge_table` (4 M): `left, right, rank, merged` for every merge ("left right" of rank
+      `rank`, `merged` the token left + right), sorted by (left, right).
+    * `byte_tokens` (256): the id of the single-byte token of each byte.
+
+    Raises ValueError for a vocabulary the engine would reject (repeated tokens, a missing
+    single-byte token, a merge that is not two tokens whose concatenation is a token, a
+    repeated merge, more than 4 GiB of token strings).
+    """
+    from .bpe import bytes_to_unicode
+
+    enc = [t.encode("utf-8") for t in tokens]
+    offsets = [0]
+    for b in enc:
+        offsets.append(offsets[-1] + 8 + len(b))
+    if offsets[-1] >= 1 << 32:
+        raise ValueError("the token strings exceed 4 GiB")
+    ids = {t: i for i, t in enumerate(tokens)}
+    if len(ids) != len(tokens):
+        raise ValueError("two tokens have the same string")
+    sorted_ids = sorted(range(len(tokens)), key=lambda i: enc[i])
+    table = []
+    for rank, m in enumerate(merges):
+        left, sep, right = m.partition(" ")
+        if not sep or not left or not right or " " in right:
+            raise ValueError(f"merge {rank} ({m!r}) is not two tokens separated by one space")
+        try:
+            table.append((ids[left], ids[right], rank, ids[left + right]))
+        except KeyError as e:
+            raise ValueError(f"merge {rank} ({m!r}): {e.args[0]!r} is not a token") from None
+    table.sort()
+    for a, b in zip(table, table[1:]):
+        if a[:2] == b[:2]:
+            raise ValueError(f"merges {a[2]} and {b[2]} join the same pair of tokens")
+    b2u = bytes_to_unicode()
+    try:
+        byte_tokens = [ids[b2u[b]] for b in range(256)]
+    except KeyError as e:
+        raise ValueError(f"the single-byte token {e.args[0]!r} is missing") from None
+    return dict(zip(TOKENIZER_TABLE_KEYS, (offsets, sorted_ids, [v for e in table for v in e], byte_tokens)))
+
+
 def add_metadata(
     w: gguf.GGUFWriter,
     config: MhmoeConfig,
@@ -227,9 +285,11 @@ def add_metadata(
     alignment: int | None = None,
     arch: str = ARCH,
     name: str | None = None,
+    tokenizer_tables: bool = True,
 ) -> None:
     """Add every FORMAT.md metadata key of `config` and the tokenizer to a fresh `GGUFWriter`
-    (what `write_mhmoe_gguf` writes; `gen_model.py` uses it to stream tensors to the file)."""
+    (what `write_mhmoe_gguf` writes; `gen_model.py` uses it to stream tensors to the file),
+    with the tokenizer's lookup tables unless `tokenizer_tables` is False."""
     if alignment is not None:
         w.add_custom_alignment(int(alignment))
     if name:
@@ -259,6 +319,9 @@ def add_metadata(
         w.add_uint32("tokenizer.ggml.bos_token_id", int(bos_token_id))
     if eos_token_id is not None:
         w.add_uint32("tokenizer.ggml.eos_token_id", int(eos_token_id))
+    if tokenizer_tables:
+        for key, values in make_tokenizer_tables(tokens, merges).items():
+            w.add_key_value(key, values, gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType.UINT32)
 
 
 def write_mhmoe_gguf(
@@ -276,6 +339,7 @@ def write_mhmoe_gguf(
     arch: str = ARCH,
     allow_extra: bool = False,
     name: str | None = None,
+    tokenizer_tables: bool = True,
 ) -> dict[str, str]:
     """Write an mhmoe GGUF file. Returns {tensor name: written type name}.
 
@@ -294,6 +358,7 @@ def write_mhmoe_gguf(
                absent and the GGUF default of 32.
     allow_extra: accept tensors that are not part of the model (they must not use a reserved name).
     name:      optional `general.name` (not read by the engine).
+    tokenizer_tables: write the tokenizer's lookup tables (`make_tokenizer_tables`).
     """
     config.validate()
     qtype_, fallback_ = parse_qtype(qtype), parse_qtype(fallback)
@@ -327,7 +392,7 @@ def write_mhmoe_gguf(
 
     w = gguf.GGUFWriter(str(path), arch)
     add_metadata(w, config, tokens, merges, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
-                 alignment=alignment, arch=arch, name=name)
+                 alignment=alignment, arch=arch, name=name, tokenizer_tables=tokenizer_tables)
 
     written: dict[str, str] = {}
     for n in list(want) + extra:
@@ -371,6 +436,7 @@ class MhmoeFile:
     eos_token_id: int | None = None
     alignment: int | None = None  # general.alignment if present
     name: str | None = None       # general.name if present
+    tokenizer_tables: bool = False  # the tokenizer.mhmoe.* tables are present
 
 
 def read_mhmoe_gguf(path: str | Path) -> MhmoeFile:
@@ -406,4 +472,5 @@ def read_mhmoe_gguf(path: str | Path) -> MhmoeFile:
         eos_token_id=optional("tokenizer.ggml.eos_token_id"),
         alignment=optional("general.alignment"),
         name=None if r.get_field("general.name") is None else r.get_field("general.name").contents(),
+        tokenizer_tables=any(r.get_field(k) is not None for k in TOKENIZER_TABLE_KEYS),
     )
