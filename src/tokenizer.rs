@@ -32,7 +32,7 @@
 //!   the strings (read as little-endian `u32`s, any alignment), so on a device they stay in
 //!   flash with the model. [`Tokenizer::workspace_len`] is 0 and [`Tokenizer::new`] only checks
 //!   them against the strings, with no memory of its own (see [`Tokenizer::new`]). RAM is the
-//!   [`Tokenizer`] value (about 60 bytes on a 32-bit target, 100 on a 64-bit one), the
+//!   [`Tokenizer`] value (56 bytes on a 32-bit target, 96 on a 64-bit one), the
 //!   output buffer of [`Tokenizer::encode`] (which it also uses as its work list) plus about
 //!   200 bytes of stack, and about 100 bytes of stack to decode (a 64-byte chunk buffer).
 //! * **Built in RAM** for a file without them: [`Tokenizer::new`] builds all four in a
@@ -64,7 +64,7 @@ use core::cmp::Ordering;
 use core::fmt;
 
 use crate::error::{name, Error, Result};
-use crate::gguf::{Array, Gguf, ValueType};
+use crate::gguf::{Array, Gguf, Value, ValueType};
 
 const KEY_MODEL: &str = "tokenizer.ggml.model";
 const KEY_PRE: &str = "tokenizer.ggml.pre";
@@ -274,13 +274,19 @@ struct Tables<'t> {
 /// A byte-level BPE tokenizer that borrows the GGUF file (`'a`) and, for a file without
 /// precomputed tables, the workspace they were built in (`'w`).
 ///
-/// Build it with [`Tokenizer::new`]; it is `Copy` (a few slices and ids) and never allocates.
+/// Build it with [`Tokenizer::new`]; it is `Copy` (a few slices and ids: 56 bytes on a 32-bit
+/// target) and never allocates.
 /// See the [module documentation](self) for the algorithm and costs.
 #[derive(Clone, Copy)]
 pub struct Tokenizer<'a, 'w> {
     head: Head<'a>,
     tables: Tables<'w>,
 }
+
+// The value stays small: 56 bytes on a 32-bit target, 96 on a 64-bit one.
+const _: () = assert!(
+    core::mem::size_of::<Tokenizer<'static, 'static>>() <= 16 * core::mem::size_of::<usize>()
+);
 
 /// Capacity of [`Candidates`]: 32 entries of 4 bytes, on the stack.
 const CANDIDATES: usize = 32;
@@ -367,8 +373,57 @@ impl fmt::Debug for Tokenizer<'_, '_> {
     }
 }
 
-fn string_array<'a>(gguf: &Gguf<'a>, key: &str) -> Result<Array<'a>> {
-    let v = gguf
+/// Every key the tokenizer reads.
+const KEYS: [&str; 10] = [
+    KEY_MODEL,
+    KEY_PRE,
+    KEY_TOKENS,
+    KEY_MERGES,
+    KEY_BOS,
+    KEY_EOS,
+    KEY_OFFSETS,
+    KEY_SORTED,
+    KEY_MERGE_TABLE,
+    KEY_BYTE_TOKENS,
+];
+
+/// The values of [`KEYS`] in a file, found in one pass over its metadata (the first of a
+/// repeated key wins, as with [`Gguf::get`]): each look-up of `Gguf::get` walks the metadata,
+/// token strings included.
+#[derive(Clone, Copy)]
+struct Meta<'a> {
+    bytes: &'a [u8],
+    values: [Option<Value<'a>>; KEYS.len()],
+}
+
+impl<'a> Meta<'a> {
+    fn read(gguf: &Gguf<'a>) -> Self {
+        let mut values = [None; KEYS.len()];
+        for (k, v) in gguf.metadata() {
+            if let Some(i) = KEYS.iter().position(|key| *key == k) {
+                values[i].get_or_insert(v);
+            }
+        }
+        Meta {
+            bytes: gguf.bytes(),
+            values,
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<Value<'a>> {
+        KEYS.iter()
+            .position(|k| *k == key)
+            .and_then(|i| self.values[i])
+    }
+
+    /// True if the file has any of the precomputed-table keys (then it must have all of them).
+    fn has_tables(&self) -> bool {
+        TABLE_KEYS.iter().any(|k| self.get(k).is_some())
+    }
+}
+
+fn string_array<'a>(meta: &Meta<'a>, key: &str) -> Result<Array<'a>> {
+    let v = meta
         .get(key)
         .ok_or_else(|| Error::MissingKey { key: name(key) })?;
     match v.as_array() {
@@ -383,12 +438,12 @@ fn string_array<'a>(gguf: &Gguf<'a>, key: &str) -> Result<Array<'a>> {
 /// The elements of the u32 array `key` as they lie in the file, after checking that there are
 /// `len` of them.
 fn u32_array<'a>(
-    gguf: &Gguf<'a>,
+    meta: &Meta<'a>,
     key: &str,
     len: usize,
     reason: &'static str,
 ) -> Result<&'a [Word]> {
-    let v = gguf
+    let v = meta
         .get(key)
         .ok_or_else(|| Error::MissingKey { key: name(key) })?;
     let a = match v.as_array() {
@@ -407,18 +462,13 @@ fn u32_array<'a>(
     let bytes = a
         .len()
         .checked_mul(4)
-        .and_then(|n| gguf.bytes().get(a.offset()..a.offset().checked_add(n)?))
+        .and_then(|n| meta.bytes.get(a.offset()..a.offset().checked_add(n)?))
         .ok_or(bad("a tokenizer table lies outside the file"))?;
     Ok(bytes.as_chunks::<4>().0)
 }
 
-/// True if the file has any of the precomputed-table keys (then it must have all of them).
-fn has_tables(gguf: &Gguf<'_>) -> bool {
-    gguf.metadata().any(|(k, _)| TABLE_KEYS.contains(&k))
-}
-
-fn require_str(gguf: &Gguf<'_>, key: &str, want: &str, reason: &'static str) -> Result<()> {
-    let v = gguf
+fn require_str(meta: &Meta<'_>, key: &str, want: &str, reason: &'static str) -> Result<()> {
+    let v = meta
         .get(key)
         .ok_or_else(|| Error::MissingKey { key: name(key) })?;
     let s = v.as_str().ok_or_else(|| Error::BadKey {
@@ -433,12 +483,12 @@ fn require_str(gguf: &Gguf<'_>, key: &str, want: &str, reason: &'static str) -> 
 }
 
 fn optional_id(
-    gguf: &Gguf<'_>,
+    meta: &Meta<'_>,
     key: &str,
     n_vocab: usize,
     reason: &'static str,
 ) -> Result<Option<u32>> {
-    let Some(v) = gguf.get(key) else {
+    let Some(v) = meta.get(key) else {
         return Ok(None);
     };
     let id = v.as_u64().ok_or_else(|| Error::BadKey {
@@ -582,9 +632,9 @@ impl Vocab<'_> {
 }
 
 /// The token and merge arrays, checked to be arrays of strings of at most `u32::MAX` entries.
-fn string_arrays<'a>(gguf: &Gguf<'a>) -> Result<(Array<'a>, Array<'a>, Layout)> {
-    let tokens = string_array(gguf, KEY_TOKENS)?;
-    let merges = string_array(gguf, KEY_MERGES)?;
+fn string_arrays<'a>(meta: &Meta<'a>) -> Result<(Array<'a>, Array<'a>, Layout)> {
+    let tokens = string_array(meta, KEY_TOKENS)?;
+    let merges = string_array(meta, KEY_MERGES)?;
     let layout = Layout::new(tokens.len(), merges.len())?;
     Ok((tokens, merges, layout))
 }
@@ -594,11 +644,11 @@ fn string_arrays<'a>(gguf: &Gguf<'a>) -> Result<(Array<'a>, Array<'a>, Layout)> 
 /// first element for `i` in `0..V`, then with `V` and the end of the last. Returns the bytes of
 /// the elements and the longest token in raw bytes.
 fn walk_tokens<'a>(
-    gguf: &Gguf<'a>,
+    meta: &Meta<'a>,
     tokens: Array<'a>,
     mut at: impl FnMut(usize, u32) -> Result<()>,
 ) -> Result<(&'a [u8], usize)> {
-    let file = gguf.bytes();
+    let file = meta.bytes;
     let base = tokens.offset();
     let offset = |off: usize| u32::try_from(off).map_err(|_| bad("the token strings exceed 4 GiB"));
     let mut off = 0usize;
@@ -640,15 +690,15 @@ fn walk_tokens<'a>(
 }
 
 /// The optional special tokens.
-fn specials(gguf: &Gguf<'_>, n_vocab: usize) -> Result<(Option<u32>, Option<u32>)> {
+fn specials(meta: &Meta<'_>, n_vocab: usize) -> Result<(Option<u32>, Option<u32>)> {
     let bos = optional_id(
-        gguf,
+        meta,
         KEY_BOS,
         n_vocab,
         "tokenizer.ggml.bos_token_id is not below the vocabulary size",
     )?;
     let eos = optional_id(
-        gguf,
+        meta,
         KEY_EOS,
         n_vocab,
         "tokenizer.ggml.eos_token_id is not below the vocabulary size",
@@ -659,32 +709,32 @@ fn specials(gguf: &Gguf<'_>, n_vocab: usize) -> Result<(Option<u32>, Option<u32>
 /// Checks the precomputed tables of `gguf` against its strings and returns them, in place.
 /// Uses no memory beyond a few words of stack.
 fn check_file_tables<'a>(
-    gguf: &Gguf<'a>,
+    meta: &Meta<'a>,
     tokens: Array<'a>,
     merge_strings: Array<'a>,
     layout: Layout,
 ) -> Result<(Head<'a>, Tables<'a>)> {
     let (n_vocab, n_merges) = (layout.n_vocab, layout.n_merges);
     let offsets = u32_array(
-        gguf,
+        meta,
         KEY_OFFSETS,
         n_vocab + 1,
         "tokenizer.mhmoe.token_offsets does not have V + 1 entries",
     )?;
     let sorted = u32_array(
-        gguf,
+        meta,
         KEY_SORTED,
         n_vocab,
         "tokenizer.mhmoe.sorted_ids does not have V entries",
     )?;
     let merge_words = u32_array(
-        gguf,
+        meta,
         KEY_MERGE_TABLE,
         n_merges * MERGE_WORDS, // fits: Layout::new checked 4 M
         "tokenizer.mhmoe.merge_table does not have 4 M entries",
     )?;
     let byte_words = u32_array(
-        gguf,
+        meta,
         KEY_BYTE_TOKENS,
         BYTE_WORDS,
         "tokenizer.mhmoe.byte_tokens does not have 256 entries",
@@ -695,7 +745,7 @@ fn check_file_tables<'a>(
         .map_err(|_| bad("tokenizer.mhmoe.byte_tokens does not have 256 entries"))?;
 
     // 1. Offsets: exactly where the parser found each string.
-    let (token_data, max_token_bytes) = walk_tokens(gguf, tokens, |i, off| match offsets.get(i) {
+    let (token_data, max_token_bytes) = walk_tokens(meta, tokens, |i, off| match offsets.get(i) {
         Some(w) if word(w) == off => Ok(()),
         _ => Err(bad(
             "tokenizer.mhmoe.token_offsets does not match the token strings",
@@ -762,7 +812,7 @@ fn check_file_tables<'a>(
         return Err(bad("the merge array is shorter than its length"));
     }
 
-    let (bos, eos) = specials(gguf, n_vocab)?;
+    let (bos, eos) = specials(meta, n_vocab)?;
     Ok((
         Head {
             tokens: token_data,
@@ -781,7 +831,7 @@ fn check_file_tables<'a>(
 
 /// Builds the tables of a file without them in `ws` (at least `4 * layout.words` bytes).
 fn build_tables<'a: 'w, 'w>(
-    gguf: &Gguf<'a>,
+    meta: &Meta<'a>,
     tokens: Array<'a>,
     merge_strings: Array<'a>,
     layout: Layout,
@@ -792,7 +842,7 @@ fn build_tables<'a: 'w, 'w>(
         .ok_or(bad("the workspace does not fit the tables"))?;
 
     // 1. Offsets of the token strings, checked against the parser's view of each string.
-    let (token_data, max_token_bytes) = walk_tokens(gguf, tokens, |i, off| {
+    let (token_data, max_token_bytes) = walk_tokens(meta, tokens, |i, off| {
         let slot = offsets
             .get_mut(i)
             .ok_or(bad("the token array is longer than its length"))?;
@@ -840,7 +890,7 @@ fn build_tables<'a: 'w, 'w>(
     }
     let merges: &'w [Packed] = merge_table;
 
-    let (bos, eos) = specials(gguf, layout.n_vocab)?;
+    let (bos, eos) = specials(meta, layout.n_vocab)?;
     Ok((
         Head {
             tokens: token_data,
@@ -858,20 +908,20 @@ fn build_tables<'a: 'w, 'w>(
 }
 
 /// The checks every file gets first: the tokenizer kind and the string arrays.
-fn check_kind<'a>(gguf: &Gguf<'a>) -> Result<(Array<'a>, Array<'a>, Layout)> {
+fn check_kind<'a>(meta: &Meta<'a>) -> Result<(Array<'a>, Array<'a>, Layout)> {
     require_str(
-        gguf,
+        meta,
         KEY_MODEL,
         "gpt2",
         "tokenizer.ggml.model must be \"gpt2\" (byte-level BPE)",
     )?;
     require_str(
-        gguf,
+        meta,
         KEY_PRE,
         "mhmoe-space",
         "tokenizer.ggml.pre must be \"mhmoe-space\"",
     )?;
-    string_arrays(gguf)
+    string_arrays(meta)
 }
 
 impl<'a, 'w> Tokenizer<'a, 'w> {
@@ -884,8 +934,9 @@ impl<'a, 'w> Tokenizer<'a, 'w> {
     /// `tokenizer.ggml.merges` is missing or not an array of strings; [`Error::BadTokenizer`] if
     /// the counts do not fit in `u32` or the size overflows `usize`.
     pub fn workspace_len(gguf: &Gguf<'_>) -> Result<usize> {
-        let (_, _, layout) = string_arrays(gguf)?;
-        Ok(if has_tables(gguf) { 0 } else { layout.words })
+        let meta = Meta::read(gguf);
+        let (_, _, layout) = string_arrays(&meta)?;
+        Ok(if meta.has_tables() { 0 } else { layout.words })
     }
 
     /// Validates the tokenizer metadata of `gguf` and its precomputed tables, or builds the
@@ -917,9 +968,10 @@ impl<'a, 'w> Tokenizer<'a, 'w> {
     where
         'a: 'w,
     {
-        let (tokens, merges, layout) = check_kind(gguf)?;
-        let (head, tables) = if has_tables(gguf) {
-            check_file_tables(gguf, tokens, merges, layout)?
+        let meta = Meta::read(gguf);
+        let (tokens, merges, layout) = check_kind(&meta)?;
+        let (head, tables) = if meta.has_tables() {
+            check_file_tables(&meta, tokens, merges, layout)?
         } else {
             if workspace.len() < layout.words {
                 return Err(Error::BufferTooSmall {
@@ -928,7 +980,7 @@ impl<'a, 'w> Tokenizer<'a, 'w> {
                     got: workspace.len(),
                 });
             }
-            build_tables(gguf, tokens, merges, layout, words_as_bytes(workspace))?
+            build_tables(&meta, tokens, merges, layout, words_as_bytes(workspace))?
         };
         Ok(Tokenizer { head, tables })
     }
@@ -1342,7 +1394,7 @@ impl Decoder {
 #[cfg(feature = "std")]
 mod with_std {
     use super::{
-        build_tables, check_file_tables, check_kind, has_tables, Decoder, Head, Layout, Tables,
+        build_tables, check_file_tables, check_kind, Decoder, Head, Layout, Meta, Tables,
         Tokenizer, BYTE_WORDS,
     };
     use crate::error::Result;
@@ -1406,9 +1458,10 @@ mod with_std {
         /// [`Tokenizer::workspace_len`] words that it allocates (none when the file has the
         /// precomputed tables).
         pub fn new(gguf: &Gguf<'a>) -> Result<Self> {
-            let (tokens, merges, layout) = check_kind(gguf)?;
-            if has_tables(gguf) {
-                let (head, tables) = check_file_tables(gguf, tokens, merges, layout)?;
+            let meta = Meta::read(gguf);
+            let (tokens, merges, layout) = check_kind(&meta)?;
+            if meta.has_tables() {
+                let (head, tables) = check_file_tables(&meta, tokens, merges, layout)?;
                 return Ok(TokenizerBuf {
                     head,
                     file_tables: Some(tables),
@@ -1418,7 +1471,7 @@ mod with_std {
             }
             // Layout::new checked that the bytes fit in usize.
             let mut workspace = vec![0u8; layout.words * 4];
-            let head = build_tables(gguf, tokens, merges, layout, &mut workspace)?.0;
+            let head = build_tables(&meta, tokens, merges, layout, &mut workspace)?.0;
             Ok(TokenizerBuf {
                 head,
                 file_tables: None,
