@@ -310,15 +310,25 @@ fn forward_scalar_float() {
 #[test]
 fn tokenizer_and_sampler() {
     let g = Gguf::parse(QUANT).unwrap();
-    // The no_std way: a caller-provided workspace.
-    let need = Tokenizer::workspace_len(&g).unwrap();
-    let mut ws = vec![0u32; need];
-    let tok = Tokenizer::new(&g, &mut ws).unwrap();
+    // The no_std way: the tables are read in place from the file, no workspace.
+    assert_eq!(Tokenizer::workspace_len(&g), Ok(0));
+    let tok = Tokenizer::new(&g, &mut []).unwrap();
     hostile::tokenizer_text(&tok, b"Once upon a time, \xc3\xa9\xf0\x9f\x98\x80 \xff!");
     let mut out = [0u32; 32];
     let n = tok.encode(b"the cat sat", &mut out).unwrap();
     assert!(n > 0 && n <= 11);
     assert_eq!(tok.encode(b"", &mut []), Ok(0));
+    // A file without the tables (the same vocabulary): built in a caller-provided workspace,
+    // which the tokenizer views as bytes.
+    let g_built = Gguf::parse(FLOAT).unwrap();
+    let need = Tokenizer::workspace_len(&g_built).unwrap();
+    assert!(need > 0);
+    let mut ws = vec![0u32; need];
+    let built = Tokenizer::new(&g_built, &mut ws).unwrap();
+    let mut out_built = [0u32; 32];
+    assert_eq!(built.encode(b"the cat sat", &mut out_built), Ok(n));
+    assert_eq!(out_built[..n], out[..n]);
+    hostile::tokenizer_text(&built, b"the robot \xc3\xa9");
     // The std way.
     let buf = TokenizerBuf::new(&g).unwrap();
     assert_eq!(

@@ -3,6 +3,9 @@
 //! * `golden_cases`: `tests/golden/tokenizer_cases.txt` (ids from `tools/mhmoe_tools/bpe.py`,
 //!   format in its header) with the model it names, then the same cases with every other test
 //!   model that has a tokenizer (they all share one).
+//! * `demo_tokenizer_ram_at_most_8_kib`, `file_tables_and_built_tables_agree`: the shipped demo
+//!   models carry the tokenizer's lookup tables, so the tokenizer needs no workspace; the SMoE
+//!   twin (same vocabulary) has none, and the tables built in RAM encode the same.
 //! * `hf_corpus_cross_check` (ignored: needs data outside the repository): a whole text file
 //!   against the ids Hugging Face `tokenizers` gave for it, e.g. the demo corpus that
 //!   `tools/train_tokenizer.py` writes:
@@ -139,6 +142,54 @@ fn golden_cases() {
         cases.len(),
         model.display()
     );
+}
+
+/// The RAM bound of issue 10 for the shipped demo models: workspace plus the `Tokenizer` value
+/// at most 8 KiB (the value is counted at this machine's pointer width, about twice its size on
+/// a 32-bit microcontroller; encoding and decoding add a few hundred bytes of stack).
+#[test]
+fn demo_tokenizer_ram_at_most_8_kib() {
+    for name in [
+        "mhmoe-demo-q8_0.gguf",
+        "mhmoe-demo-q4_0.gguf",
+        "mhmoe-demo-f32.gguf",
+    ] {
+        let bytes = std::fs::read(root().join("models").join(name)).unwrap();
+        let g = Gguf::parse(&bytes).unwrap();
+        let words = Tokenizer::workspace_len(&g).unwrap();
+        let ram = words * 4 + std::mem::size_of::<Tokenizer<'_, '_>>();
+        eprintln!("{name}: tokenizer RAM {ram} bytes (workspace {words} words)");
+        assert!(ram <= 8 * 1024, "{name}: {ram} bytes");
+        let mut ws = vec![0u32; words];
+        let tok = Tokenizer::new(&g, &mut ws).unwrap();
+        assert_eq!((tok.vocab_size(), tok.merge_count()), (2048, 1792));
+    }
+}
+
+/// The same vocabulary with its tables in the file (the demo model) and built in a workspace
+/// (the SMoE twin, which has none): the same ids for the held-out sample, the same strings.
+#[test]
+fn file_tables_and_built_tables_agree() {
+    let demo = std::fs::read(root().join("models/mhmoe-demo-q8_0.gguf")).unwrap();
+    let twin = std::fs::read(root().join("models/smoe-twin-q8_0.gguf")).unwrap();
+    let (g_demo, g_twin) = (Gguf::parse(&demo).unwrap(), Gguf::parse(&twin).unwrap());
+    assert_eq!(Tokenizer::workspace_len(&g_demo), Ok(0));
+    let words = Tokenizer::workspace_len(&g_twin).unwrap();
+    assert_eq!(words, 2 * 2048 + 4 * 1792 + 257); // 46,084 bytes
+    let mut ws = vec![0u32; words];
+    let in_file = Tokenizer::new(&g_demo, &mut []).unwrap();
+    let built = Tokenizer::new(&g_twin, &mut ws).unwrap();
+    for id in 0..2048 {
+        assert_eq!(in_file.token_str(id), built.token_str(id));
+    }
+    for b in 0..=255u8 {
+        assert_eq!(in_file.byte_token(b), built.byte_token(b));
+    }
+    let text = std::fs::read(root().join("models/heldout-sample.txt")).unwrap();
+    let ids = in_file.encode_to_vec(&text).unwrap();
+    assert_eq!(ids.len(), 12_167); // MODEL_CARD.md
+    assert_eq!(built.encode_to_vec(&text).unwrap(), ids);
+    assert_eq!(in_file.decode_to_bytes(&ids).unwrap(), text);
 }
 
 #[test]

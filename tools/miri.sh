@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the Miri subset: the scalar kernels, quantization, the sampler and the tokenizer's decoder
-# (library unit tests), and tests/miri.rs (GGUF parsing of a real model and damaged copies, the
+# and table building (library unit tests), and tests/miri.rs (GGUF parsing of a real model and damaged copies, the
 # unsafe buffer carving of src/state.rs and src/file.rs, the tokenizer and forward steps on the
 # scalar kernels against the golden logits) plus the parse-time regression tests. Installs the
 # nightly toolchain and its miri and rust-src components if missing. About 4-5 minutes on two
@@ -41,7 +41,8 @@ cargo +nightly miri test "${features[@]}" --lib -- \
     sampler::tests::top_k_1_ \
     tokenizer::tests::byte_unicode_ \
     tokenizer::tests::decoder_replaces_ \
-    tokenizer::tests::decoder_joins_
+    tokenizer::tests::decoder_joins_ \
+    tokenizer::tests::workspace_len_
 
 echo "==> miri: tests/miri.rs and tests/regressions.rs (parse-time checks)"
 cargo +nightly miri test "${features[@]}" --test miri --test regressions -- \
