@@ -53,8 +53,8 @@
 //!
 //! ```text
 //! error: nrf52840-dk@0.1.0: the model and its buffers do not fit nrf52840-dk:
-//! error: nrf52840-dk@0.1.0:   RAM: needed 1152820 bytes (1125.8 KiB) = state 1074992 (context 256, batch 1, KV cache f32) + tokenizer workspace 45060 + stack 32768, available 262144 bytes (256.0 KiB): 890676 bytes short
-//! error: nrf52840-dk@0.1.0:   the largest context that fits this RAM is 39 positions
+//! error: nrf52840-dk@0.1.0:   RAM: needed 1107760 bytes (1081.8 KiB) = state 1074992 (context 256, batch 1, KV cache f32) + tokenizer workspace 0 + stack 32768, available 262144 bytes (256.0 KiB): 845616 bytes short
+//! error: nrf52840-dk@0.1.0:   the largest context that fits this RAM is 50 positions
 //! ```
 //!
 //! Paths are relative to the current directory, which for a build script is the package's

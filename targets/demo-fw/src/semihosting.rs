@@ -6,8 +6,8 @@
 //! Report lines (parsed by `tests/firmware.rs`; the values are separated by single spaces):
 //!
 //! ```text
-//! demo-fw board=mps2-an386 isa=cortex-m-dsp ctx=256 tokens=16 model=1104896
-//! sizes state=1074992 tokenizer=45060 stack-space=3087344
+//! demo-fw board=mps2-an386 isa=cortex-m-dsp ctx=256 tokens=16 model=1151168
+//! sizes state=1074992 tokenizer=0 stack-space=3087344
 //! prompt-ids 1 2 3
 //! generated-ids 4 5 6
 //! text "escaped text"
