@@ -678,7 +678,7 @@ impl<'b> State<'b> {
         Ok(state)
     }
 
-    /// The most tokens one forward pass can take ([`State::new_batch`]).
+    /// The most tokens one forward pass can take ([`StateOptions::batch`]).
     pub fn batch_capacity(&self) -> usize {
         self.plan.batch()
     }

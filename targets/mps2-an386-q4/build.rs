@@ -8,11 +8,11 @@ fn main() {
     build_support::Board {
         name: "mps2-an386-q4",
         model: "models/mhmoe-demo-q4_0.gguf",
-        ctx: 32,
+        ctx: 256,
         tokens: 16,
         model_region: "FLASH",
         defmt: false,
-        kv: mhmoe::KvType::F32,
+        kv: mhmoe::KvType::Q4_0,
     }
     .configure();
 }

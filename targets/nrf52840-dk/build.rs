@@ -8,11 +8,11 @@ fn main() {
     build_support::Board {
         name: "nrf52840-dk",
         model: "models/mhmoe-demo-q4_0.gguf",
-        ctx: 32,
+        ctx: 256,
         tokens: 16,
         model_region: "FLASH",
         defmt: true,
-        kv: mhmoe::KvType::F32,
+        kv: mhmoe::KvType::Q4_0,
     }
     .configure();
 }

@@ -27,10 +27,11 @@ pub fn run(
     cp.DWT.enable_cycle_counter();
 
     info!(
-        "demo-fw board={=str} isa={=str} ctx={=usize} tokens={=usize} model={=usize} bytes, core {=u32} Hz ({=str})",
+        "demo-fw board={=str} isa={=str} ctx={=usize} kv={=str} tokens={=usize} model={=usize} bytes, core {=u32} Hz ({=str})",
         demo.board,
         mhmoe::Isa::active().name(),
         demo.ctx,
+        demo.kv.name(),
         demo.tokens,
         demo.model.len(),
         core_hz,

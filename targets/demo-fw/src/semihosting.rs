@@ -6,7 +6,7 @@
 //! Report lines (parsed by `tests/firmware.rs`; the values are separated by single spaces):
 //!
 //! ```text
-//! demo-fw board=mps2-an386 isa=cortex-m-dsp ctx=256 tokens=16 model=1151168
+//! demo-fw board=mps2-an386 isa=cortex-m-dsp ctx=256 kv=f32 tokens=16 model=1151168
 //! sizes state=1074992 tokenizer=0 stack-space=3087344
 //! prompt-ids 1 2 3
 //! generated-ids 4 5 6
@@ -71,10 +71,11 @@ pub fn run(demo: &Demo<'_>, state_buf: &mut [u8], tok_workspace: &mut [u32]) -> 
         let _ = mhmoe::Isa::force(Some(mhmoe::Isa::Scalar));
     }
     hprintln!(
-        "demo-fw board={} isa={} ctx={} tokens={} model={}",
+        "demo-fw board={} isa={} ctx={} kv={} tokens={} model={}",
         demo.board,
         mhmoe::Isa::active().name(),
         demo.ctx,
+        demo.kv.name(),
         demo.tokens,
         demo.model.len()
     );
