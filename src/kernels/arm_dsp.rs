@@ -488,143 +488,260 @@ fn plan(w: &Matrix<'_>, block_bytes: usize, xq: &[i8], xd: &[f32]) -> Option<(us
     (w.data.len() >= w.rows * rb).then_some((rb, nb))
 }
 
-/// Most activation blocks the pre-extended stream holds (the Q8_0 GEMV takes the per-block
-/// path above this).
+/// Most activation blocks the Q8_0 GEMV stream holds (longer rows take the per-block path).
 #[cfg(target_abi = "eabihf")]
 const XCAP: usize = 32;
 
-/// Words per block of the pre-extended activation stream: eight pairs `[sxtb16(x),
-/// sxtb16(x ror 8)]`, the block scale `dx`, and the number of blocks still to come.
+/// Words of the Q8_0 GEMV stream: per block 16 words of pre-extended activation, `dx`, one or
+/// two lane pointers and a code address (19 words for blocks 0-7, 20 after), then one word for
+/// the context pointer.
 #[cfg(target_abi = "eabihf")]
-const XWORDS: usize = 18;
+const XS_WORDS: usize = 19 * 8 + 20 * (XCAP - 8) + 1;
 
-/// Extends `nb >= 1` activation blocks once per GEMV into the stream the four-row loop reads
-/// (see [`XWORDS`]).
-///
-/// # Safety
-/// `xq` must have `32 * nb` readable bytes, `xd` `nb` f32, `out` room for `XWORDS * nb` words
-/// (4-byte aligned).
+/// State of the whole-GEMV assembly, read and written at fixed offsets (checked below): the
+/// lanes `acc[lane][row]` of the current four rows at 0, then the output cursor, the output
+/// end, the row-pointer step between groups, the stream, a +0.0 word, and the inputs the
+/// assembly's first part reads.
 #[cfg(target_abi = "eabihf")]
-#[inline(always)]
-unsafe fn extend_x(xq: *const i8, xd: *const f32, nb: usize, out: *mut u32) {
-    // SAFETY: reads exactly the bytes the caller vouches for and writes XWORDS * nb words.
-    unsafe {
-        asm!(
-            "2:",
-            rept!(
-                8,
-                "ldr {r}, [{xq}], #4",
-                "sxtb16 {b}, {r}, ror #8",
-                "sxtb16 {r}, {r}",
-                "strd {r}, {b}, [{out}], #8",
-            ),
-            "ldr {r}, [{xd}], #4",
-            "subs {n}, {n}, #1",
-            "strd {r}, {n}, [{out}], #8",
-            "bne 2b",
-            xq = inout(reg) xq => _,
-            xd = inout(reg) xd => _,
-            n = inout(reg) nb => _,
-            out = inout(reg) out => _,
-            r = out(reg) _,
-            b = out(reg) _,
-            options(nostack),
-        );
-    }
-}
-
-/// State of the whole-GEMV loop, read and written by the assembly at fixed offsets:
-/// lanes `acc[lane][row]` at 0, then `out` (128), `groups` (132), `xs` (136), `delta` (140).
-/// 256-byte aligned, so that the lane pointer wraps from lane 7 to lane 0 by clearing bit 7.
-#[cfg(target_abi = "eabihf")]
-#[repr(C, align(256))]
+#[repr(C, align(8))]
 struct Ctx {
     acc: [[f32; 4]; 8],
     out: *mut f32,
-    groups: usize,
-    xs: *const u32,
+    out_end: *mut f32,
     delta: usize,
-}
-
-/// The Q8_0 GEMV for `groups >= 1` groups of four rows, all in one assembly loop: per block,
-/// the four scales (`LDRH`, `VCVTB`), eight words of four rows against the pre-extended
-/// activation (`LDRD` + 4 x (`LDR`, 2 `SXTB16`, 2 `SMLAD`)), then the scalar kernel's float
-/// operations for the four rows (`sumi as f32 * (dw * dx)` into lane `b % 8`); per group,
-/// `reduce8` of each row into `out`. Core registers are all in use; the lane pointer lives in
-/// s25 and the context pointer in s24.
-///
-/// # Safety
-/// `w` is the first row's first block; `4 * groups` rows of `stride` bytes with at least `nb`
-/// blocks each must be readable from it; `xs` must hold the [`extend_x`] stream of `nb >= 1`
-/// blocks; `out` must have room for `4 * groups` f32.
-#[cfg(target_abi = "eabihf")]
-#[inline(always)]
-unsafe fn gemv_q8_0_x4(
+    xs: *mut u32,
+    zero: f32,
+    xq: *const i8,
+    xd: *const f32,
+    nb: usize,
     w: *const u8,
     stride: usize,
-    nb: usize,
-    xs: *const u32,
-    out: *mut f32,
-    groups: usize,
-) {
-    let mut ctx = core::mem::MaybeUninit::<Ctx>::uninit();
-    let c = ctx.as_mut_ptr();
-    // SAFETY: `c` points to the (uninitialized) context; writing its fields is allowed.
-    unsafe {
-        (&raw mut (*c).out).write(out);
-        (&raw mut (*c).groups).write(groups);
-        (&raw mut (*c).xs).write(xs);
-        (&raw mut (*c).delta).write((4 * stride).wrapping_sub(nb * Q8_0_BLOCK_BYTES));
-    }
-    // SAFETY: the caller guarantees the rows, the stream and `out`; the assembly zeroes the lanes
-    // before reading them, writes only the context and `out[..4 * groups]`, keeps the lane
-    // pointer inside the lanes (256-byte alignment), and saves and restores s0-s31.
+}
+
+#[cfg(target_abi = "eabihf")]
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(Ctx, out) == 128);
+    assert!(offset_of!(Ctx, out_end) == 132);
+    assert!(offset_of!(Ctx, delta) == 136);
+    assert!(offset_of!(Ctx, xs) == 140);
+    assert!(offset_of!(Ctx, zero) == 144);
+    assert!(offset_of!(Ctx, xq) == 148);
+    assert!(offset_of!(Ctx, xd) == 152);
+    assert!(offset_of!(Ctx, nb) == 156);
+    assert!(offset_of!(Ctx, w) == 160);
+    assert!(offset_of!(Ctx, stride) == 164);
+};
+
+/// `q8_word!` with the registers of [`gemv_q8_0_x4`] (weight word r1, temporary r0, activation
+/// halves r8/r9): one weight word at `$addr` times the activation word into `$a`.
+macro_rules! q8w {
+    ($op:ident, $addr:literal, $a:literal) => {
+        lines!(
+            concat!("ldr r1, ", $addr),
+            "sxtb16 r0, r1",
+            q8w!(@$op, $a, "r0", "r8"),
+            "sxtb16 r1, r1, ror #8",
+            q8w!(@smlad, $a, "r1", "r9"),
+        )
+    };
+    (@smuad, $a:literal, $u:literal, $v:literal) => {
+        concat!("smuad ", $a, ", ", $u, ", ", $v)
+    };
+    (@smlad, $a:literal, $u:literal, $v:literal) => {
+        concat!("smlad ", $a, ", ", $u, ", ", $v, ", ", $a)
+    };
+}
+
+/// One activation word (pre-extended, `LDRD` from the stream) against the next weight word of
+/// four rows: rows 1 and 3 at `p0 + s` and `p2 + s` (r11 + lr, r12 + lr), then rows 0 and 2,
+/// whose pointers advance by 4; sums in r2-r5.
+macro_rules! q8w_x4 {
+    ($op:ident) => {
+        lines!(
+            "ldrd r8, r9, [r10], #8",
+            q8w!($op, "[r11, lr]", "r3"),
+            q8w!($op, "[r12, lr]", "r5"),
+            q8w!($op, "[r11], #4", "r2"),
+            q8w!($op, "[r12], #4", "r4"),
+        )
+    };
+}
+
+/// One Q8_0 block of four rows in [`gemv_q8_0_x4`], from the scale loads to the terms
+/// `sumi as f32 * (dw * dx)`: `first` leaves them in s12-s15 (the block's lane, to be stored),
+/// `later` adds them to the block's lane loaded into s12-s15 with `VMLA` (multiply, round, add,
+/// round: not fused). Ends by loading the lane pointer (r0) and jumping to the next block's code
+/// (or to the end of the group), both taken from the stream.
+macro_rules! q8_block4 {
+    ($variant:ident) => {
+        lines!(
+            "ldrh r3, [r11, lr]",
+            "ldrh r5, [r12, lr]",
+            "ldrh r2, [r11], #2",
+            "ldrh r4, [r12], #2",
+            "vmov s4, s5, r2, r3",
+            "vmov s6, s7, r4, r5",
+            q8w_x4!(smuad),
+            rept!(7, q8w_x4!(smlad)),
+            "vmov s0, s1, r2, r3",
+            "vmov s2, s3, r4, r5",
+            f32_sums!(),
+            f32_scales!(),
+            "vldmia r10!, {{s8}}",
+            "vmul.f32 s4, s4, s8",
+            "vmul.f32 s5, s5, s8",
+            "vmul.f32 s6, s6, s8",
+            "vmul.f32 s7, s7, s8",
+            q8_block4!(@$variant),
+            "ldmia r10!, {{r0, pc}}",
+        )
+    };
+    (@first) => {
+        lines!(
+            "vmul.f32 s12, s0, s4",
+            "vmul.f32 s13, s1, s5",
+            "vmul.f32 s14, s2, s6",
+            "vmul.f32 s15, s3, s7",
+        )
+    };
+    (@later) => {
+        lines!(
+            "ldr r0, [r10], #4",
+            "vldmia r0, {{s12-s15}}",
+            "vmla.f32 s12, s0, s4",
+            "vmla.f32 s13, s1, s5",
+            "vmla.f32 s14, s2, s6",
+            "vmla.f32 s15, s3, s7",
+        )
+    };
+}
+
+/// Extends two activation words (at r0, which advances) into the stream (at r3, which
+/// advances): `[sxtb16(x), sxtb16(x ror 8)]` for each.
+macro_rules! extend2 {
+    () => {
+        lines!(
+            "ldrd r8, r10, [r0], #8",
+            "sxtb16 r9, r8, ror #8",
+            "sxtb16 r8, r8",
+            "sxtb16 r11, r10, ror #8",
+            "sxtb16 r10, r10",
+            "stmia r3!, {{r8-r11}}",
+        )
+    };
+}
+
+/// The Q8_0 GEMV of `4 * groups` rows in one assembly block, threaded through a stream built at
+/// its start.
+///
+/// The stream holds, per activation block `b`: its 32 values sign-extended in halfword pairs
+/// (`[sxtb16(x), sxtb16(x ror 8)]` per word, as the `LDRD` of the inner loop wants them), its
+/// scale `dx`, for `b >= 8` the address of lane `b % 8`, the address of lane `b % 8` again, and
+/// the address of the code for block `b + 1`: the "first" code for `b + 1 < 8`, the "later"
+/// code after, the end of the group after the last block. Each block's code ends with
+/// `LDMIA {r0, pc}`, which loads its lane pointer and jumps; the next code starts by storing the
+/// block's terms (s12-s15) there. So a block costs no loop counter, compare or lane-pointer
+/// arithmetic, and blocks 0-7 (whose lane starts at +0) store their terms without loading the
+/// lane or adding. That skips the scalar kernel's `+0.0 + term`, which differs only for a term
+/// of -0.0: every lane, and so the `reduce8` result, then equals the specification's up to the
+/// sign of a zero, and the specification's result is never -0.0 (its lanes start at +0.0, and
+/// a round-to-nearest sum is -0.0 only when both operands are), so one `+ 0.0` per row after
+/// `reduce8` gives its exact bits. The rest is the scalar kernel's operations in its order:
+/// `dw * dx`, `sumi as f32 * (dw * dx)`, the add into lane `b % 8` (`VMLA`, two roundings), and
+/// `reduce8` at the end of each group of four rows.
+///
+/// Registers in the block code: r0 lane pointer / temporary, r1 weight word, r2-r5 block sums
+/// of rows 0-3, r8/r9 activation pair, r10 stream, r11/r12 rows 0 and 2 (rows 1 and 3 at +lr),
+/// lr the row stride; s0-s8 and s12-s15 the float part. All core registers but sp are in use,
+/// hence fixed registers (and `LDMIA` must not list lr with pc).
+///
+/// # Safety
+/// `ctx` must be filled in as [`Ctx`] describes: `w` is the first row's first block; `4 *
+/// groups` rows of `stride` bytes with at least `nb` blocks each must be readable from it
+/// (`1 <= nb <= XCAP`), `nb` activation blocks at `xq` and `nb` f32 at `xd`; `xs` must have
+/// room for [`XS_WORDS`] words; `out..out_end` (`4 * groups >= 4` f32) must be writable; `acc`
+/// must hold +0.0 in lanes `nb..8`; `zero` must be +0.0 and `delta` `4 * stride - 34 * nb`.
+#[cfg(target_abi = "eabihf")]
+#[inline(never)]
+unsafe fn gemv_q8_0_x4(ctx: &mut Ctx) {
+    // SAFETY: the caller guarantees the inputs and outputs; the assembly writes only the
+    // stream (at most XS_WORDS words: 19 per block for blocks 0-7, 20 after, plus one), the
+    // lanes and cursor of `ctx` and `out..out_end`; every lane pointer in the stream points into
+    // `ctx.acc`, and every code address to one of the block codes or the group end in this
+    // block. s0-s31 are saved and restored (FP registers cannot be declared as clobbers on
+    // stable Rust), every core register it uses is declared.
     unsafe {
         asm!(
             "vpush {{d0-d15}}",
-            "6:",
-            "vmov s24, {t}",
-            "mov {w}, #0",
-            "vmov s16, s17, {w}, {w}",
-            "vmov s18, s19, {w}, {w}",
-            "vmov s20, s21, {w}, {w}",
-            "vmov s22, s23, {w}, {w}",
-            "vstmia {t}, {{s16-s23}}",
-            "add {w}, {t}, #32",
-            "vstmia {w}, {{s16-s23}}",
-            "add {w}, {t}, #64",
-            "vstmia {w}, {{s16-s23}}",
-            "add {w}, {t}, #96",
-            "vstmia {w}, {{s16-s23}}",
-            "vmov s25, {t}",
-            "ldr {xp}, [{t}, #136]",
-            "7:",
-            "ldrh {a1}, [{p0}, {s}]",
-            "ldrh {a3}, [{p2}, {s}]",
-            "ldrh {a0}, [{p0}], #2",
-            "ldrh {a2}, [{p2}], #2",
-            "vmov s4, s5, {a0}, {a1}",
-            "vmov s6, s7, {a2}, {a3}",
-            "ldrd {xa}, {xb}, [{xp}], #8",
-            q8_x4_word!(smuad),
-            rept!(7, "ldrd {xa}, {xb}, [{xp}], #8", q8_x4_word!(smlad)),
-            "vmov s0, s1, {a0}, {a1}",
-            "vmov s2, s3, {a2}, {a3}",
-            f32_sums!(),
-            f32_scales!(),
-            "vldmia {xp}!, {{s8}}",
-            scale_sums!(),
-            "vmov {t}, s25",
-            "vldmia {t}, {{s12-s15}}",
-            add_lanes!(),
-            "vstmia {t}!, {{s12-s15}}",
-            "bic {t}, {t}, #128",
-            "vmov s25, {t}",
-            "ldr {t}, [{xp}], #4",
-            "cmp {t}, #0",
-            "bne 7b",
-            "vmov {t}, s24",
-            "vldmia {t}, {{s0-s31}}",
+            "ldrd r0, r1, [r4, #148]",
+            "ldr r2, [r4, #156]",
+            "ldr r3, [r4, #140]",
+            "mov r12, r4",
+            "adr.w lr, 2f",
+            "orr lr, lr, #1",
+            "cmp r2, #8",
+            "ite hi",
+            "movhi r5, #8",
+            "movls r5, r2",
+            "sub r2, r2, r5",
+            // Blocks 0..min(nb, 8): activation, dx, lane, "first" code.
+            "1:",
+            rept!(4, extend2!()),
+            "ldr r8, [r1], #4",
+            "stmia r3!, {{r8, r12, lr}}",
+            "add r12, r12, #16",
+            "subs r5, r5, #1",
+            "bne 1b",
+            "cmp r2, #0",
+            "beq 8f",
+            // Blocks 8..nb: activation, dx, lane twice, "later" code (block 7 jumps there).
+            "mov r12, r4",
+            "add r5, r4, #128",
+            "adr.w lr, 4f",
+            "orr lr, lr, #1",
+            "str lr, [r3, #-4]",
+            "1:",
+            rept!(4, extend2!()),
+            "ldr r8, [r1], #4",
+            "mov r9, r12",
+            "stmia r3!, {{r8, r9, r12, lr}}",
+            "add r12, r12, #16",
+            "cmp r12, r5",
+            "it eq",
+            "subeq r12, r12, #128",
+            "subs r2, r2, #1",
+            "bne 1b",
+            // The last block jumps to the group end, which finds the context after it.
+            "8:",
+            "adr.w r8, 5f",
+            "orr r8, r8, #1",
+            "str r8, [r3, #-4]",
+            "str r4, [r3]",
+            "ldrd r11, lr, [r4, #160]",
+            "add r12, r11, lr, lsl #1",
+            "ldr r10, [r4, #140]",
+            "b 3f",
+            // Block code for blocks 1-7 (2) and block 0 (3). The code addresses come from
+            // `ADR`, which rounds its PC down to a word: the targets are word-aligned (which
+            // also makes this section word-aligned, as the offsets `ADR` encodes assume).
+            ".p2align 2",
+            "2:",
+            "vstmia r0, {{s12-s15}}",
+            "3:",
+            q8_block4!(first),
+            // Block code for blocks 8 and after.
+            ".p2align 2",
+            "4:",
+            "vstmia r0, {{s12-s15}}",
+            q8_block4!(later),
+            // End of a group: store the last lane, reduce8 each row, + 0.0, write four
+            // outputs, step to the next four rows.
+            ".p2align 2",
+            "5:",
+            "vstmia r0, {{s12-s15}}",
+            "ldr r0, [r10]",
+            "vldmia r0, {{s0-s31}}",
             "vadd.f32 s0, s0, s16",
             "vadd.f32 s1, s1, s17",
             "vadd.f32 s2, s2, s18",
@@ -653,29 +770,32 @@ unsafe fn gemv_q8_0_x4(
             "vadd.f32 s1, s1, s5",
             "vadd.f32 s2, s2, s6",
             "vadd.f32 s3, s3, s7",
-            "ldr {w}, [{t}, #128]",
-            "vstmia {w}!, {{s0-s3}}",
-            "str {w}, [{t}, #128]",
-            "ldr {w}, [{t}, #140]",
-            "add {p0}, {p0}, {w}",
-            "add {p2}, {p2}, {w}",
-            "ldr {w}, [{t}, #132]",
-            "subs {w}, {w}, #1",
-            "str {w}, [{t}, #132]",
-            "bne 6b",
+            "vldr s4, [r0, #144]",
+            "vadd.f32 s0, s0, s4",
+            "vadd.f32 s1, s1, s4",
+            "vadd.f32 s2, s2, s4",
+            "vadd.f32 s3, s3, s4",
+            "ldrd r1, r2, [r0, #128]",
+            "vstmia r1!, {{s0-s3}}",
+            "str r1, [r0, #128]",
+            "ldrd r3, r10, [r0, #136]",
+            "add r11, r11, r3",
+            "add r12, r12, r3",
+            "cmp r1, r2",
+            "bne 3b",
             "vpop {{d0-d15}}",
-            p0 = inout(reg) w => _,
-            p2 = inout(reg) w.wrapping_add(2 * stride) => _,
-            s = in(reg) stride,
-            t = inout(reg) c => _,
-            xp = out(reg) _,
-            xa = out(reg) _,
-            xb = out(reg) _,
-            w = out(reg) _,
-            a0 = out(reg) _,
-            a1 = out(reg) _,
-            a2 = out(reg) _,
-            a3 = out(reg) _,
+            inout("r4") core::ptr::from_mut(ctx) => _,
+            out("r0") _,
+            out("r1") _,
+            out("r2") _,
+            out("r3") _,
+            out("r5") _,
+            out("r8") _,
+            out("r9") _,
+            out("r10") _,
+            out("r11") _,
+            out("r12") _,
+            out("lr") _,
         );
     }
 }
@@ -692,15 +812,25 @@ fn gemv_q8_0(w: &Matrix<'_>, xq: &[i8], xd: &[f32], out: &mut [f32]) {
     #[cfg(target_abi = "eabihf")]
     if (1..=XCAP).contains(&nb) && w.rows >= 4 {
         let groups = w.rows / 4;
-        let mut xs = core::mem::MaybeUninit::<[u32; XWORDS * XCAP]>::uninit();
-        let xs = xs.as_mut_ptr().cast::<u32>();
-        // SAFETY: nb <= XCAP blocks of xq (nb <= xq.len() / 32) and xd (nb <= xd.len()) are
-        // read, XWORDS * nb words of `xs` written; `w.data` holds every row in full (plan) and
-        // nb <= rb / 34; `out` has w.rows >= 4 * groups elements.
-        unsafe {
-            extend_x(xq.as_ptr(), xd.as_ptr(), nb, xs);
-            gemv_q8_0_x4(w.data.as_ptr(), rb, nb, xs, out.as_mut_ptr(), groups);
-        }
+        let mut xs = core::mem::MaybeUninit::<[u32; XS_WORDS]>::uninit();
+        let o = out.as_mut_ptr();
+        let mut ctx = Ctx {
+            acc: [[0.0; 4]; 8],
+            out: o,
+            out_end: o.wrapping_add(4 * groups),
+            delta: (4 * rb).wrapping_sub(nb * Q8_0_BLOCK_BYTES),
+            xs: xs.as_mut_ptr().cast(),
+            zero: 0.0,
+            xq: xq.as_ptr(),
+            xd: xd.as_ptr(),
+            nb,
+            w: w.data.as_ptr(),
+            stride: rb,
+        };
+        // SAFETY: 1 <= nb <= XCAP; nb <= xq.len() / 32 and nb <= xd.len() (plan); `w.data`
+        // holds every row in full (plan) and nb <= rb / 34; `out` has w.rows >= 4 * groups
+        // elements; the lanes start at +0.0, `zero` is +0.0, `delta` as required.
+        unsafe { gemv_q8_0_x4(&mut ctx) };
         for (r, o) in out.iter_mut().enumerate().skip(4 * groups) {
             *o = dot_q8_0_q8_0(w.row(r), xq, xd);
         }

@@ -148,9 +148,13 @@ enum Fill {
     NonFinite,
     /// Activation scales that are arbitrary f32 (not f16), including f32 subnormals.
     F32Scale,
+    /// Weight scales -0, quants and activations at their maximum, activation scales positive:
+    /// every block's term is -0.0, and the specification's result +0.0 (its lanes start at
+    /// +0.0).
+    NegZeroTerms,
 }
 
-const FILLS: [Fill; 9] = [
+const FILLS: [Fill; 10] = [
     Fill::Random,
     Fill::AllMin,
     Fill::AllMax,
@@ -160,6 +164,7 @@ const FILLS: [Fill; 9] = [
     Fill::WideScale,
     Fill::NonFinite,
     Fill::F32Scale,
+    Fill::NegZeroTerms,
 ];
 
 fn normal_f16(rng: &mut Rng) -> u16 {
@@ -172,6 +177,7 @@ fn weight_scale(fill: Fill, rng: &mut Rng) -> u16 {
     match fill {
         Fill::MaxScale => 0x7BFF,
         Fill::ZeroScale => [0x0000, 0x8000][rng.below(2) as usize],
+        Fill::NegZeroTerms => 0x8000,
         Fill::WideScale => loop {
             let b = rng.u32() as u16;
             if b & 0x7C00 != 0x7C00 {
@@ -192,6 +198,7 @@ fn weight_scale(fill: Fill, rng: &mut Rng) -> u16 {
 fn act_scale(fill: Fill, rng: &mut Rng) -> f32 {
     match fill {
         Fill::MaxScale => 65504.0,
+        Fill::NegZeroTerms => f16_to_f32(normal_f16(rng) & 0x7FFF),
         Fill::WideScale => f16_to_f32(weight_scale(fill, rng)),
         Fill::F32Scale => match rng.below(4) {
             0 => f32::from_bits(1 + rng.below(0x7F_FFFF)),
@@ -215,7 +222,7 @@ fn fill_blocks(w: &mut [u8], ty: GgmlType, nblocks: usize, fill: Fill, rng: &mut
         for q in &mut blk[2..] {
             *q = match fill {
                 Fill::AllMin | Fill::MinMax => lo,
-                Fill::AllMax => hi,
+                Fill::AllMax | Fill::NegZeroTerms => hi,
                 _ => rng.u32() as u8,
             };
         }
@@ -226,7 +233,7 @@ fn fill_act(xq: &mut [i8], xd: &mut [f32], fill: Fill, rng: &mut Rng) {
     for q in xq.iter_mut() {
         *q = match fill {
             Fill::AllMin => -128,
-            Fill::AllMax | Fill::MinMax => 127,
+            Fill::AllMax | Fill::MinMax | Fill::NegZeroTerms => 127,
             _ => rng.u32() as i8,
         };
     }
@@ -353,7 +360,19 @@ impl<'r> Checker<'r> {
 
 const DOT_NBS: [usize; 13] = [0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 33, 64, 65];
 const GEMV_ROWS: [usize; 12] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16];
-const GEMV_NBS: [usize; 4] = [1, 8, 9, 17];
+/// Row lengths in blocks for the GEMV cases: every count up to 9 (the Helium GEMV enters its
+/// eight-block code at `8 - nb`), 16/17 and the DSP stream's capacity 32/33.
+const GEMV_NBS: [usize; 13] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 32, 33];
+/// Fills tried on a few GEMV shapes besides random data (`NegZeroTerms` checks the `+ 0.0` that
+/// the assembly GEMVs apply after `reduce8`).
+const GEMV_FILLS: [Fill; 6] = [
+    Fill::AllMin,
+    Fill::MaxScale,
+    Fill::WideScale,
+    Fill::ZeroScale,
+    Fill::NegZeroTerms,
+    Fill::NonFinite,
+];
 const FLOAT_NS: [usize; 10] = [0, 1, 7, 8, 9, 17, 33, 100, 257, 2048];
 
 fn dot_q<K: Kernels>(ty: GgmlType, row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
@@ -410,11 +429,17 @@ fn quantized<K: Kernels>(bufs: &mut Bufs, ck: &mut Checker<'_>, rng: &mut Rng) {
     }
 
     for (ty, k) in [(GgmlType::Q8_0, GEMV_Q8), (GgmlType::Q4_0, GEMV_Q4)] {
-        let mut shapes = [(0usize, 0usize, Fill::Random, 0usize); 200];
+        let mut shapes = [(0usize, 0usize, Fill::Random, 0usize); 256];
         let mut n = 0;
         for &rows in &GEMV_ROWS {
             for &nb in &GEMV_NBS {
-                for fill in [Fill::Random, Fill::AllMin, Fill::MaxScale, Fill::WideScale] {
+                shapes[n] = (rows, nb, Fill::Random, 0);
+                n += 1;
+            }
+        }
+        for rows in [4, 9] {
+            for nb in [1, 4, 8, 9, 17] {
+                for fill in GEMV_FILLS {
                     shapes[n] = (rows, nb, fill, 0);
                     n += 1;
                 }
