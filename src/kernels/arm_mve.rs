@@ -277,27 +277,310 @@ unsafe fn rows4(
     }
 }
 
-/// Quantized GEMV (Q8_0 or Q4_0 weights): four rows at a time, the rest one by one.
+/// Joins assembly lines into one template string, a newline after each.
+macro_rules! lines {
+    ($($line:expr),+ $(,)?) => {
+        concat!($($line, "\n"),+)
+    };
+}
+
+/// One block position of [`gemv_q8_0_small`]: the block's activation halves at
+/// `[$base, #$off]` and `[$base, #$off + 16]`, its `dx` at `[r8, #$dx]`; the four rows' quants
+/// at r1, r3, r5 and r9 (each advancing to the next block) give the block sums r0, r2, r4 and
+/// r10; the scales are gathered from the row pointers' block start (offsets in q6); the terms
+/// `sumi as f32 * (dw * dx)` go to `$lane`: written (`write`) or added (`add`).
+macro_rules! q8_small_pos {
+    ($base:literal, $off:literal, $dx:literal, $lane:literal, $variant:ident) => {
+        lines!(
+            concat!("vldrb.s8 q4, [", $base, ", #", $off, "]"),
+            "vldrb.s8 q5, [r1], #16",
+            "vmladav.s8 r0, q5, q4",
+            "vldrb.s8 q5, [r3], #16",
+            "vmladav.s8 r2, q5, q4",
+            "vldrb.s8 q5, [r5], #16",
+            "vmladav.s8 r4, q5, q4",
+            "vldrb.s8 q5, [r9], #16",
+            "vmladav.s8 r10, q5, q4",
+            concat!("vldrb.s8 q4, [", $base, ", #", $off, " + 16]"),
+            "vldrb.s8 q5, [r1], #18",
+            "vmladava.s8 r0, q5, q4",
+            "vldrb.s8 q5, [r3], #18",
+            "vmladava.s8 r2, q5, q4",
+            "vldrb.s8 q5, [r5], #18",
+            "vmladava.s8 r4, q5, q4",
+            "vldrb.s8 q5, [r9], #18",
+            "vmladava.s8 r10, q5, q4",
+            "vldrh.u32 q5, [r1, q6]",
+            "vmov q4[2], q4[0], r0, r4",
+            "vmov q4[3], q4[1], r2, r10",
+            concat!("ldr.w r0, [r8, #", $dx, "]"),
+            "vcvtb.f32.f16 q5, q5",
+            "vmul.f32 q5, q5, r0",
+            "vcvt.f32.s32 q4, q4",
+            q8_small_pos!(@$variant, $lane),
+        )
+    };
+    (@write, $lane:literal) => {
+        concat!("vmul.f32 ", $lane, ", q4, q5")
+    };
+    (@add, $lane:literal) => {
+        lines!(
+            "vmul.f32 q4, q4, q5",
+            concat!("vadd.f32 ", $lane, ", ", $lane, ", q4"),
+        )
+    };
+}
+
+/// Inputs of [`gemv_q8_0_small`], read at fixed offsets (checked below).
+#[repr(C, align(16))]
+struct SmallQ8 {
+    /// Scale gather offsets: row lane `k`'s block scale from the row-0 quant pointer after the
+    /// block's loads, `k * lane_stride - 36`.
+    gather: [u32; 4],
+    /// Output scatter addresses minus 4: `out + 4 * k * groups - 4`.
+    scatter: [u32; 4],
+    /// Row 0's first quant (`w + 2`).
+    w: *const u8,
+    /// Bytes from one row lane to the next (`groups * row_bytes`).
+    lane_stride: usize,
+    /// `xq + 32 * nb - 256`: block position `j`'s activation at `+ 32 * j`.
+    xq: *const i8,
+    /// `xd + 4 * nb - 32`: block position `j`'s scale at `+ 4 * j`.
+    xd: *const f32,
+    /// Groups of four rows.
+    groups: usize,
+    /// The first block position, `8 - nb`.
+    first: usize,
+}
+
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(SmallQ8, scatter) == 16);
+    assert!(offset_of!(SmallQ8, w) == 32);
+    assert!(offset_of!(SmallQ8, lane_stride) == 36);
+    assert!(offset_of!(SmallQ8, xq) == 40);
+    assert!(offset_of!(SmallQ8, xd) == 44);
+    assert!(offset_of!(SmallQ8, groups) == 48);
+    assert!(offset_of!(SmallQ8, first) == 52);
+};
+
+/// Q8_0 GEMV of `4 * groups` rows of `1 <= nb <= 8` blocks (exactly `row_bytes = 34 * nb`)
+/// with each row's eight lanes in registers.
+///
+/// Group `g` computes rows `g`, `g + G`, `g + 2G` and `g + 3G` (`G` = groups) in the four
+/// vector lanes; their pointers walk forward through a row, which ends where the next group's
+/// rows start, and the four results go out with one scatter store. The block code is written
+/// out for eight block positions, and a group enters it at position `8 - nb`, so block `b` runs
+/// at position `b + 8 - nb` and leaves its terms in q(`(b + 8 - nb) % 4`): positions 0-3 write
+/// them, 4-7 add them (the lanes that only get an add are zeroed first). With at most eight
+/// blocks, `reduce8`'s first step `a[l] + a[l + 4]` adds the terms of blocks `l` and `l + 4`,
+/// which is what each register holds, so q0-q3 are the four `s[l]` rotated by `nb % 4`; the
+/// remaining `(s0 + s2) + (s1 + s3)` gives the same bits for every rotation (it only swaps the
+/// operands of single additions), and is computed as `(q0 + q2) + (q1 + q3)`. Written terms
+/// skip the specification's `+0.0 + term`, which differs only for -0.0; one `+ 0.0` after the
+/// reduction restores the exact bits, as in the DSP GEMV (`super::arm_dsp`). The rest is the
+/// scalar kernel's operations in its order, lane by lane.
+///
+/// Registers: r1/r3/r5/r9 row pointers, r0/r2/r4/r10 block sums (r0 then `dx`), r11/r12 the
+/// activation of positions 0-3 and 4-7, r8 the `dx` of position 0, lr the group counter (a
+/// low-overhead loop); q0-q3 lanes, q4/q5 working registers, q6 gather offsets, q7 scatter
+/// addresses. The stack holds the eight positions' addresses and the group entry.
+///
+/// # Safety
+/// `p` as [`SmallQ8`] describes, for `groups >= 1` groups and `nb` blocks: `4 * groups` rows
+/// of `34 * nb` bytes readable from `w - 2` (an even address), `32 * nb` bytes at the
+/// activation and `nb` f32 at its scales, and `out[..4 * groups]` writable.
+#[inline(never)]
+unsafe fn gemv_q8_0_small(p: &SmallQ8) {
+    // SAFETY: the caller guarantees every address the loads, gathers and the scatter store use;
+    // the stack area is reserved and released here, code addresses are those of this block's
+    // labels (word-aligned, so `ADR` is exact); q0-q7 are saved and restored, every core
+    // register used is declared.
+    unsafe {
+        asm!(
+            "vpush {{d0-d15}}",
+            "sub sp, sp, #48",
+            "adr.w r0, 10f",
+            "orr r0, r0, #1",
+            "str r0, [sp]",
+            "adr.w r0, 11f",
+            "orr r0, r0, #1",
+            "str r0, [sp, #4]",
+            "adr.w r0, 12f",
+            "orr r0, r0, #1",
+            "str r0, [sp, #8]",
+            "adr.w r0, 13f",
+            "orr r0, r0, #1",
+            "str r0, [sp, #12]",
+            "adr.w r0, 14f",
+            "orr r0, r0, #1",
+            "str r0, [sp, #16]",
+            "adr.w r0, 15f",
+            "orr r0, r0, #1",
+            "str r0, [sp, #20]",
+            "adr.w r0, 16f",
+            "orr r0, r0, #1",
+            "str r0, [sp, #24]",
+            "adr.w r0, 17f",
+            "orr r0, r0, #1",
+            "str r0, [sp, #28]",
+            "adr.w r0, 9f",
+            "orr r0, r0, #1",
+            "str r0, [sp, #40]",
+            // [sp + 36]: the first position; [sp + 32]: the group entry (the zeroing stub unless
+            // all eight positions run).
+            "ldr r2, [r4, #52]",
+            "ldr r0, [sp, r2, lsl #2]",
+            "str r0, [sp, #36]",
+            "cmp r2, #0",
+            "it ne",
+            "ldrne r0, [sp, #40]",
+            "str r0, [sp, #32]",
+            "vldrw.u32 q6, [r4]",
+            "vldrw.u32 q7, [r4, #16]",
+            "ldrd r1, r0, [r4, #32]",
+            "add r3, r1, r0",
+            "add r5, r3, r0",
+            "add r9, r5, r0",
+            "ldrd r11, r8, [r4, #40]",
+            "add r12, r11, #128",
+            "ldr lr, [r4, #48]",
+            "dls lr, lr",
+            "8:",
+            "ldr pc, [sp, #32]",
+            ".p2align 2",
+            "9:",
+            "vmov.i32 q0, #0",
+            "vmov.i32 q1, #0",
+            "vmov.i32 q2, #0",
+            "vmov.i32 q3, #0",
+            "ldr pc, [sp, #36]",
+            ".p2align 2",
+            "10:",
+            q8_small_pos!("r11", 0, 0, "q0", write),
+            ".p2align 2",
+            "11:",
+            q8_small_pos!("r11", 32, 4, "q1", write),
+            ".p2align 2",
+            "12:",
+            q8_small_pos!("r11", 64, 8, "q2", write),
+            ".p2align 2",
+            "13:",
+            q8_small_pos!("r11", 96, 12, "q3", write),
+            ".p2align 2",
+            "14:",
+            q8_small_pos!("r12", 0, 16, "q0", add),
+            ".p2align 2",
+            "15:",
+            q8_small_pos!("r12", 32, 20, "q1", add),
+            ".p2align 2",
+            "16:",
+            q8_small_pos!("r12", 64, 24, "q2", add),
+            ".p2align 2",
+            "17:",
+            q8_small_pos!("r12", 96, 28, "q3", add),
+            "vadd.f32 q0, q0, q2",
+            "vadd.f32 q1, q1, q3",
+            "vadd.f32 q0, q0, q1",
+            "vmov.i32 q4, #0",
+            "vadd.f32 q0, q0, q4",
+            "vstrw.32 q0, [q7, #4]!",
+            "le lr, 8b",
+            "add sp, sp, #48",
+            "vpop {{d0-d15}}",
+            inout("r4") core::ptr::from_ref(p) => _,
+            out("r0") _,
+            out("r1") _,
+            out("r2") _,
+            out("r3") _,
+            out("r5") _,
+            out("r8") _,
+            out("r9") _,
+            out("r10") _,
+            out("r11") _,
+            out("r12") _,
+            out("lr") _,
+        );
+    }
+}
+
+/// The Q8_0 GEMV through [`gemv_q8_0_small`] for the first `4 * (rows / 4)` rows, the rest
+/// one by one.
+///
+/// # Safety
+/// `w` is Q8_0 with `1 <= nb <= 8` blocks per row and `row_bytes == 34 * nb`, `w.data` holds
+/// `w.rows >= 4` rows from an even address, `nb <= xq.len() / 32`, `nb <= xd.len()` and
+/// `out.len() == w.rows`.
+#[inline(always)]
+unsafe fn gemv_q8_0_rows_in_lanes(
+    w: &Matrix<'_>,
+    xq: &[i8],
+    xd: &[f32],
+    out: &mut [f32],
+    nb: usize,
+) {
+    let groups = w.rows / 4;
+    let (o, lane_stride) = (out.as_mut_ptr() as usize, groups * w.row_bytes());
+    let sq = SmallQ8 {
+        gather: core::array::from_fn(|k| (k * lane_stride).wrapping_sub(36) as u32),
+        scatter: core::array::from_fn(|k| (o + 4 * k * groups).wrapping_sub(4) as u32),
+        w: w.data.as_ptr().wrapping_add(2),
+        lane_stride,
+        xq: xq.as_ptr().wrapping_add(32 * nb).wrapping_sub(256),
+        xd: xd.as_ptr().wrapping_add(nb).wrapping_sub(8),
+        groups,
+        first: 8 - nb,
+    };
+    // SAFETY: 1 <= nb <= 8 and every row is 34 * nb bytes; w.data holds w.rows >= 4 * groups
+    // rows from an even address; nb <= xq.len() / 32 and nb <= xd.len(); `out` has w.rows >=
+    // 4 * groups elements (the caller's guarantees).
+    unsafe { gemv_q8_0_small(&sq) };
+    for (r, o) in out.iter_mut().enumerate().skip(4 * groups) {
+        *o = dot_q8_0_q8_0(w.row(r), xq, xd);
+    }
+}
+
+/// Quantized GEMV (Q8_0 or Q4_0 weights): Q8_0 rows of at most eight blocks through
+/// [`gemv_q8_0_rows_in_lanes`], others four rows at a time ([`gemv_rows4`]); both take the
+/// remaining rows one by one.
 fn gemv_quant(w: &Matrix<'_>, xq: &[i8], xd: &[f32], out: &mut [f32]) {
     let q4 = w.ty == GgmlType::Q4_0;
-    let dot = if q4 { dot_q4_0_q8_0 } else { dot_q8_0_q8_0 };
     let out = &mut out[..w.rows];
     let rb = w.row_bytes();
     let bb = w.ty.type_size();
     let nb = (rb / bb).min(xq.len() / QK).min(xd.len());
-    // The scale gather (VLDRH) wants halfword-aligned scales; blocks and rows have even sizes,
+    // The scale gathers (VLDRH) want halfword-aligned scales; blocks and rows have even sizes,
     // so that holds whenever the data starts at an even address (as GGUF tensor data does).
     if nb == 0 || w.data.len() < w.rows * rb || !(w.data.as_ptr() as usize).is_multiple_of(2) {
+        let dot = if q4 { dot_q4_0_q8_0 } else { dot_q8_0_q8_0 };
         for (r, o) in out.iter_mut().enumerate() {
             *o = dot(w.row(r), xq, xd);
         }
         return;
     }
+    if !q4 && nb <= 8 && rb == nb * bb && w.rows >= 4 {
+        // SAFETY: Q8_0 with 1 <= nb <= 8 blocks and rows of exactly 34 * nb bytes, w.rows >= 4
+        // rows held in full from an even address, nb <= xq.len() / 32, nb <= xd.len(), and
+        // out.len() == w.rows (all checked above).
+        unsafe { gemv_q8_0_rows_in_lanes(w, xq, xd, out, nb) };
+    } else {
+        gemv_rows4(q4, w, xq, xd, out, nb);
+    }
+}
+
+/// The GEMV of [`rows4`] groups, then the remaining rows one by one. `nb >= 1` is the block
+/// count (at most the row's, the activation's and its scales'), `w.data` holds every row from
+/// an even address, `out.len() == w.rows`.
+#[inline(never)]
+fn gemv_rows4(q4: bool, w: &Matrix<'_>, xq: &[i8], xd: &[f32], out: &mut [f32], nb: usize) {
+    let dot = if q4 { dot_q4_0_q8_0 } else { dot_q8_0_q8_0 };
+    let rb = w.row_bytes();
     let mut groups = out.chunks_exact_mut(4);
     for (g, o4) in (&mut groups).enumerate() {
         let rows = &w.data[g * 4 * rb..(g * 4 + 4) * rb];
-        // SAFETY: nb <= rb / bb, so blocks 0..nb of the four rows lie inside `rows` (4 * rb
-        // bytes); nb <= xq.len() / 32 and nb <= xd.len().
+        // SAFETY: nb <= rb / (block bytes), so blocks 0..nb of the four rows lie inside `rows`
+        // (4 * rb bytes, from an even address: `w.data` starts at one and rb is even);
+        // nb <= xq.len() / 32 and nb <= xd.len().
         let r = unsafe { rows4(q4, rows.as_ptr(), rb, xq.as_ptr(), xd.as_ptr(), nb) };
         o4.copy_from_slice(&r);
     }
