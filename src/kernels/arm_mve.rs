@@ -331,6 +331,22 @@ macro_rules! q8_small_pos {
     };
 }
 
+/// The end of a group in [`gemv_q8_0_small`]: `(q0 + q2) + (q1 + q3)`, `+ 0.0`, the four
+/// results scattered (q7 advances to the next outputs), and the next group.
+macro_rules! q8_small_end {
+    () => {
+        lines!(
+            "vadd.f32 q0, q0, q2",
+            "vadd.f32 q1, q1, q3",
+            "vadd.f32 q0, q0, q1",
+            "vmov.i32 q4, #0",
+            "vadd.f32 q0, q0, q4",
+            "vstrw.32 q0, [q7, #4]!",
+            "le lr, 8b",
+        )
+    };
+}
+
 /// Inputs of [`gemv_q8_0_small`], read at fixed offsets (checked below).
 #[repr(C, align(16))]
 struct SmallQ8 {
@@ -343,14 +359,16 @@ struct SmallQ8 {
     w: *const u8,
     /// Bytes from one row lane to the next (`groups * row_bytes`).
     lane_stride: usize,
-    /// `xq + 32 * nb - 256`: block position `j`'s activation at `+ 32 * j`.
+    /// `xq + 32 * (nb - span)`: block position `j`'s activation at `+ 32 * j`.
     xq: *const i8,
-    /// `xd + 4 * nb - 32`: block position `j`'s scale at `+ 4 * j`.
+    /// `xd + 4 * (nb - span)`: block position `j`'s scale at `+ 4 * j`.
     xd: *const f32,
     /// Groups of four rows.
     groups: usize,
-    /// The first block position, `8 - nb`.
+    /// The first block position, `span - nb`.
     first: usize,
+    /// The block positions used: 4 (positions 0-3) for at most four blocks, else 8.
+    span: usize,
 }
 
 const _: () = {
@@ -362,6 +380,7 @@ const _: () = {
     assert!(offset_of!(SmallQ8, xd) == 44);
     assert!(offset_of!(SmallQ8, groups) == 48);
     assert!(offset_of!(SmallQ8, first) == 52);
+    assert!(offset_of!(SmallQ8, span) == 56);
 };
 
 /// Q8_0 GEMV of `4 * groups` rows of `1 <= nb <= 8` blocks (exactly `row_bytes = 34 * nb`)
@@ -370,11 +389,13 @@ const _: () = {
 /// Group `g` computes rows `g`, `g + G`, `g + 2G` and `g + 3G` (`G` = groups) in the four
 /// vector lanes; their pointers walk forward through a row, which ends where the next group's
 /// rows start, and the four results go out with one scatter store. The block code is written
-/// out for eight block positions, and a group enters it at position `8 - nb`, so block `b` runs
-/// at position `b + 8 - nb` and leaves its terms in q(`(b + 8 - nb) % 4`): positions 0-3 write
-/// them, 4-7 add them (the lanes that only get an add are zeroed first). With at most eight
+/// out for eight block positions, and a group enters it at position `span - nb` (`span` = 8,
+/// or 4 for at most four blocks, which then end after position 3), so block `b` runs at
+/// position `b + span - nb` and leaves its terms in q(`(b + span - nb) % 4`): positions 0-3
+/// write them, 4-7 add them (the lanes not written are zeroed first). With at most eight
 /// blocks, `reduce8`'s first step `a[l] + a[l + 4]` adds the terms of blocks `l` and `l + 4`,
-/// which is what each register holds, so q0-q3 are the four `s[l]` rotated by `nb % 4`; the
+/// which is what each register holds (with at most four blocks, `a[l + 4]` is +0.0 and the
+/// register holds `a[l]`), so q0-q3 are the four `s[l]` rotated by `nb % 4`; the
 /// remaining `(s0 + s2) + (s1 + s3)` gives the same bits for every rotation (it only swaps the
 /// operands of single additions), and is computed as `(q0 + q2) + (q1 + q3)`. Written terms
 /// skip the specification's `+0.0 + term`, which differs only for -0.0; one `+ 0.0` after the
@@ -384,7 +405,9 @@ const _: () = {
 /// Registers: r1/r3/r5/r9 row pointers, r0/r2/r4/r10 block sums (r0 then `dx`), r11/r12 the
 /// activation of positions 0-3 and 4-7, r8 the `dx` of position 0, lr the group counter (a
 /// low-overhead loop); q0-q3 lanes, q4/q5 working registers, q6 gather offsets, q7 scatter
-/// addresses. The stack holds the eight positions' addresses and the group entry.
+/// addresses. The stack holds the entry addresses of positions 0-3 and the group entry. Rows of
+/// at most four blocks run a second copy of positions 0-3 that ends the group, so neither
+/// case pays a branch between positions.
 ///
 /// # Safety
 /// `p` as [`SmallQ8`] describes, for `groups >= 1` groups and `nb` blocks: `4 * groups` rows
@@ -399,43 +422,39 @@ unsafe fn gemv_q8_0_small(p: &SmallQ8) {
     unsafe {
         asm!(
             "vpush {{d0-d15}}",
-            "sub sp, sp, #48",
+            "sub sp, sp, #24",
+            // [sp + 4j]: block position j's code (j < 4; for at most four blocks, the copy of
+            // positions 0-3 that ends the group).
+            "ldr r2, [r4, #56]",
+            "cmp r2, #8",
+            "bne 1f",
             "adr.w r0, 10f",
+            "adr.w r1, 11f",
+            "adr.w r2, 12f",
+            "adr.w r3, 13f",
+            "b 2f",
+            "1:",
+            "adr.w r0, 20f",
+            "adr.w r1, 21f",
+            "adr.w r2, 22f",
+            "adr.w r3, 23f",
+            "2:",
             "orr r0, r0, #1",
-            "str r0, [sp]",
-            "adr.w r0, 11f",
-            "orr r0, r0, #1",
-            "str r0, [sp, #4]",
-            "adr.w r0, 12f",
-            "orr r0, r0, #1",
-            "str r0, [sp, #8]",
-            "adr.w r0, 13f",
-            "orr r0, r0, #1",
-            "str r0, [sp, #12]",
-            "adr.w r0, 14f",
-            "orr r0, r0, #1",
-            "str r0, [sp, #16]",
-            "adr.w r0, 15f",
-            "orr r0, r0, #1",
-            "str r0, [sp, #20]",
-            "adr.w r0, 16f",
-            "orr r0, r0, #1",
-            "str r0, [sp, #24]",
-            "adr.w r0, 17f",
-            "orr r0, r0, #1",
-            "str r0, [sp, #28]",
-            "adr.w r0, 9f",
-            "orr r0, r0, #1",
-            "str r0, [sp, #40]",
-            // [sp + 36]: the first position; [sp + 32]: the group entry (the zeroing stub unless
-            // all eight positions run).
+            "orr r1, r1, #1",
+            "orr r2, r2, #1",
+            "orr r3, r3, #1",
+            "stm sp, {{r0-r3}}",
+            // [sp + 20]: the first position's code; [sp + 16]: the group entry, that code or (if
+            // it is not position 0, so some lanes are not written) the zeroing stub.
             "ldr r2, [r4, #52]",
             "ldr r0, [sp, r2, lsl #2]",
-            "str r0, [sp, #36]",
+            "str r0, [sp, #20]",
             "cmp r2, #0",
-            "it ne",
-            "ldrne r0, [sp, #40]",
-            "str r0, [sp, #32]",
+            "beq 1f",
+            "adr.w r0, 9f",
+            "orr r0, r0, #1",
+            "1:",
+            "str r0, [sp, #16]",
             "vldrw.u32 q6, [r4]",
             "vldrw.u32 q7, [r4, #16]",
             "ldrd r1, r0, [r4, #32]",
@@ -447,14 +466,15 @@ unsafe fn gemv_q8_0_small(p: &SmallQ8) {
             "ldr lr, [r4, #48]",
             "dls lr, lr",
             "8:",
-            "ldr pc, [sp, #32]",
+            "ldr pc, [sp, #16]",
+            // Zeroes the lanes below the first position (at most 3: q3 is always written).
             ".p2align 2",
             "9:",
             "vmov.i32 q0, #0",
             "vmov.i32 q1, #0",
             "vmov.i32 q2, #0",
-            "vmov.i32 q3, #0",
-            "ldr pc, [sp, #36]",
+            "ldr pc, [sp, #20]",
+            // Eight positions (5 to 8 blocks).
             ".p2align 2",
             "10:",
             q8_small_pos!("r11", 0, 0, "q0", write),
@@ -467,26 +487,28 @@ unsafe fn gemv_q8_0_small(p: &SmallQ8) {
             ".p2align 2",
             "13:",
             q8_small_pos!("r11", 96, 12, "q3", write),
-            ".p2align 2",
-            "14:",
             q8_small_pos!("r12", 0, 16, "q0", add),
-            ".p2align 2",
-            "15:",
             q8_small_pos!("r12", 32, 20, "q1", add),
-            ".p2align 2",
-            "16:",
             q8_small_pos!("r12", 64, 24, "q2", add),
-            ".p2align 2",
-            "17:",
             q8_small_pos!("r12", 96, 28, "q3", add),
-            "vadd.f32 q0, q0, q2",
-            "vadd.f32 q1, q1, q3",
-            "vadd.f32 q0, q0, q1",
-            "vmov.i32 q4, #0",
-            "vadd.f32 q0, q0, q4",
-            "vstrw.32 q0, [q7, #4]!",
-            "le lr, 8b",
-            "add sp, sp, #48",
+            q8_small_end!(),
+            "b 3f",
+            // Four positions (1 to 4 blocks).
+            ".p2align 2",
+            "20:",
+            q8_small_pos!("r11", 0, 0, "q0", write),
+            ".p2align 2",
+            "21:",
+            q8_small_pos!("r11", 32, 4, "q1", write),
+            ".p2align 2",
+            "22:",
+            q8_small_pos!("r11", 64, 8, "q2", write),
+            ".p2align 2",
+            "23:",
+            q8_small_pos!("r11", 96, 12, "q3", write),
+            q8_small_end!(),
+            "3:",
+            "add sp, sp, #24",
             "vpop {{d0-d15}}",
             inout("r4") core::ptr::from_ref(p) => _,
             out("r0") _,
@@ -520,16 +542,18 @@ unsafe fn gemv_q8_0_rows_in_lanes(
     nb: usize,
 ) {
     let groups = w.rows / 4;
+    let span = if nb <= 4 { 4 } else { 8 };
     let (o, lane_stride) = (out.as_mut_ptr() as usize, groups * w.row_bytes());
     let sq = SmallQ8 {
         gather: core::array::from_fn(|k| (k * lane_stride).wrapping_sub(36) as u32),
         scatter: core::array::from_fn(|k| (o + 4 * k * groups).wrapping_sub(4) as u32),
         w: w.data.as_ptr().wrapping_add(2),
         lane_stride,
-        xq: xq.as_ptr().wrapping_add(32 * nb).wrapping_sub(256),
-        xd: xd.as_ptr().wrapping_add(nb).wrapping_sub(8),
+        xq: xq.as_ptr().wrapping_add(32 * nb).wrapping_sub(32 * span),
+        xd: xd.as_ptr().wrapping_add(nb).wrapping_sub(span),
         groups,
-        first: 8 - nb,
+        first: span - nb,
+        span,
     };
     // SAFETY: 1 <= nb <= 8 and every row is 34 * nb bytes; w.data holds w.rows >= 4 * groups
     // rows from an even address; nb <= xq.len() / 32 and nb <= xd.len(); `out` has w.rows >=

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Counts the instructions a 64 x 256 GEMV executes on emulated Cortex-M cores, scalar kernels
-# against the core's ISA kernels, and prints instructions per multiply-accumulate (MAC).
+# against the core's ISA kernels, and prints instructions per multiply-accumulate (MAC); then the
+# Q8_0 GEMV of 64 rows of 128, 512, 1024 and 2048 columns (labels ending in 64xC).
 #
 # Usage: tools/qemu-insn-count/run.sh [m4] [m7] [m33] [m55]   (default: m4 m55)
 # Needs: tools/install-cortex-m.sh (qemu-system-arm, Rust targets, llvm-tools) and gcc.
@@ -50,7 +51,13 @@ for core in "${cores[@]}"; do
             n = $2; sub(":", "", n); $1 = ""; $2 = ""; label = substr($0, 3)
             if (label == "empty") { base = count[n]; next }
             c = count[n] - base
-            printf "  %-18s %9d instructions  %6.3f per MAC\n", label, c, c / macs
+            m = macs
+            # A label ending in RxC (the extra GEMV shapes) is R x C multiply-accumulates.
+            if (match(label, /[0-9]+x[0-9]+$/)) {
+                split(substr(label, RSTART), d, "x")
+                m = d[1] * d[2]
+            }
+            printf "  %-26s %9d instructions  %6.3f per MAC\n", label, c, c / m
         }' "$log" <(echo "$out")
     rm -f "$log"
 done

@@ -1,11 +1,13 @@
 //! Instruction-count workload for tools/qemu-insn-count: one 64 x 256 GEMV (Q8_0, then Q4_0)
 //! with the scalar kernels and with the ISA this build selects, each between calls of
 //! [`mark_begin`] and [`mark_end`], whose addresses the TCG plugin watches. Also the same
-//! matrix as 64 single-row dot products (the path grouped experts take). Prints one line per
-//! measured interval, in order; the plugin prints the counts in the same order.
+//! matrix as 64 single-row dot products (the path grouped experts take), then the Q8_0 GEMV of
+//! 64 rows of other lengths ([`MORE_COLS`], labelled `64xC`). Prints one line per measured
+//! interval, in order; the plugin prints the counts in the same order.
 #![no_std]
 #![no_main]
 
+use core::fmt::Write;
 use core::hint::black_box;
 use core::ptr::addr_of_mut;
 
@@ -31,6 +33,10 @@ type Fast = mhmoe::kernels::Scalar;
 
 const ROWS: usize = 64;
 const COLS: usize = 256;
+/// Row lengths of the extra Q8_0 GEMV intervals (64 rows each).
+const MORE_COLS: [usize; 4] = [128, 512, 1024, 2048];
+/// The longest row measured.
+const MAX_COLS: usize = 2048;
 
 static mut BEGIN: u32 = 0;
 static mut END: u32 = 0;
@@ -51,7 +57,38 @@ pub extern "C" fn mark_end(tag: u32) {
     unsafe { addr_of_mut!(END).write_volatile(tag) };
 }
 
-static mut W: [u8; ROWS * COLS / QK * 34] = [0; ROWS * COLS / QK * 34];
+/// A short label written with `write!` (no allocator).
+struct Label {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl Label {
+    fn new() -> Self {
+        Label {
+            buf: [0; 48],
+            len: 0,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("?")
+    }
+}
+
+impl Write for Label {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(core::fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+static mut W: [u8; ROWS * MAX_COLS / QK * 34] = [0; ROWS * MAX_COLS / QK * 34];
 
 fn measure(n: &mut u32, label: &str, f: impl FnOnce()) {
     hprintln!("interval {}: {}", n, label);
@@ -67,8 +104,8 @@ fn main() -> ! {
     // SAFETY: the only reference ever taken to W.
     let w = unsafe { &mut *addr_of_mut!(W) };
     let mut rng = cases::Rng::new(42);
-    let mut xq = [0i8; COLS];
-    let mut xd = [0.0f32; COLS / QK];
+    let mut xq = [0i8; MAX_COLS];
+    let mut xd = [0.0f32; MAX_COLS / QK];
     for q in xq.iter_mut() {
         *q = rng.next_u64() as i8;
     }
@@ -80,8 +117,8 @@ fn main() -> ! {
     }
     let act = Act {
         x: &[],
-        q: &xq,
-        d: &xd,
+        q: &xq[..COLS],
+        d: &xd[..COLS / QK],
     };
     let mut out = [0.0f32; ROWS];
     let mut ref_out = [0.0f32; ROWS];
@@ -146,6 +183,38 @@ fn main() -> ! {
                 }
             },
         );
+        ok &= out
+            .iter()
+            .zip(&ref_out)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+    }
+    for cols in MORE_COLS {
+        let data = &mut w[..ROWS * cols / QK * 34];
+        for blk in data.chunks_exact_mut(34) {
+            let d = 0x2400u16 | (blk[2] as u16 & 0x3FF);
+            blk[..2].copy_from_slice(&d.to_le_bytes());
+        }
+        let m = Matrix {
+            ty: GgmlType::Q8_0,
+            rows: ROWS,
+            cols,
+            data,
+        };
+        let act = Act {
+            x: &[],
+            q: &xq[..cols],
+            d: &xd[..cols / QK],
+        };
+        let mut label = Label::new();
+        let _ = write!(label, "gemv Q8_0 scalar {ROWS}x{cols}");
+        measure(&mut n, label.as_str(), || {
+            Scalar::gemv(black_box(&m), black_box(&act), black_box(&mut ref_out))
+        });
+        let mut label = Label::new();
+        let _ = write!(label, "gemv Q8_0 isa {ROWS}x{cols}");
+        measure(&mut n, label.as_str(), || {
+            Fast::gemv(black_box(&m), black_box(&act), black_box(&mut out))
+        });
         ok &= out
             .iter()
             .zip(&ref_out)
