@@ -284,11 +284,12 @@ macro_rules! lines {
     };
 }
 
-/// One block position of [`gemv_q8_0_small`]: the block's activation halves at
-/// `[$base, #$off]` and `[$base, #$off + 16]`, its `dx` at `[r8, #$dx]`; the four rows' quants
-/// at r1, r3, r5 and r9 (each advancing to the next block) give the block sums r0, r2, r4 and
-/// r10; the scales are gathered from the row pointers' block start (offsets in q6); the terms
-/// `sumi as f32 * (dw * dx)` go to `$lane`: written (`write`) or added (`add`).
+/// One block position of [`gemv_q8_0_small`] and [`gemv_q8_0_long`]: the block's activation
+/// halves at `[$base, #$off]` and `[$base, #$off + 16]`, its `dx` at `[r8, #$dx]`; the four
+/// rows' quants at r1, r3, r5 and r9 (each advancing to the next block) give the block sums r0,
+/// r2, r4 and r10; the scales are gathered from the row pointers' block start (offsets in q6);
+/// the terms `sumi as f32 * (dw * dx)` go to `$lane`: written (`write`) or added (`add`) to a
+/// register, or written (`write_stack`) or added (`add_stack`) to the lane at `[sp, #$lane]`.
 macro_rules! q8_small_pos {
     ($base:literal, $off:literal, $dx:literal, $lane:literal, $variant:ident) => {
         lines!(
@@ -327,6 +328,17 @@ macro_rules! q8_small_pos {
         lines!(
             "vmul.f32 q4, q4, q5",
             concat!("vadd.f32 ", $lane, ", ", $lane, ", q4"),
+        )
+    };
+    (@write_stack, $off:literal) => {
+        lines!("vmul.f32 q4, q4, q5", concat!("vstrw.32 q4, [sp, #", $off, "]"))
+    };
+    (@add_stack, $off:literal) => {
+        lines!(
+            "vmul.f32 q4, q4, q5",
+            concat!("vldrw.u32 q5, [sp, #", $off, "]"),
+            "vadd.f32 q5, q5, q4",
+            concat!("vstrw.32 q5, [sp, #", $off, "]"),
         )
     };
 }
@@ -526,6 +538,245 @@ unsafe fn gemv_q8_0_small(p: &SmallQ8) {
     }
 }
 
+/// Inputs of [`gemv_q8_0_long`], read at fixed offsets (checked below).
+#[repr(C, align(16))]
+struct LongQ8 {
+    /// As [`SmallQ8::gather`].
+    gather: [u32; 4],
+    /// As [`SmallQ8::scatter`].
+    scatter: [u32; 4],
+    /// Row 0's first quant (`w + 2`).
+    w: *const u8,
+    /// Bytes from one row lane to the next (`groups * row_bytes`).
+    lane_stride: usize,
+    /// `xq - 32 * first`: block position `j`'s activation in the first pass at `+ 32 * j`.
+    xq: *const i8,
+    /// `xd - 4 * first`: block position `j`'s scale in the first pass at `+ 4 * j`.
+    xd: *const f32,
+    /// Groups of four rows.
+    groups: usize,
+    /// The first block position, `(8 - nb % 8) % 8`.
+    first: usize,
+    /// Passes after the first, `(nb - 1) / 8` (at least 1).
+    passes: usize,
+}
+
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(LongQ8, scatter) == 16);
+    assert!(offset_of!(LongQ8, w) == 32);
+    assert!(offset_of!(LongQ8, lane_stride) == 36);
+    assert!(offset_of!(LongQ8, xq) == 40);
+    assert!(offset_of!(LongQ8, xd) == 44);
+    assert!(offset_of!(LongQ8, groups) == 48);
+    assert!(offset_of!(LongQ8, first) == 52);
+    assert!(offset_of!(LongQ8, passes) == 56);
+};
+
+/// Q8_0 GEMV of `4 * groups` rows of `nb > 8` blocks (exactly `row_bytes = 34 * nb`): the
+/// scheme of [`gemv_q8_0_small`] over all eight lanes.
+///
+/// Lanes 0-3 of the four rows are q0-q3, lanes 4-7 four vectors on the stack. The blocks run in
+/// passes over eight block positions (position `j` adds to lane `j`): the first pass enters at
+/// position `(8 - nb % 8) % 8` and writes its terms (the lanes it does not reach are zeroed
+/// first), the others add them; block `b` so lands in lane `(b - nb) % 8`, the
+/// specification's lanes rotated by `nb % 8`, which `reduce8` does not see (its first step
+/// pairs lanes `l` and `l + 4`, which stay paired, and the rest only swaps the operands of
+/// single additions). Written terms skip `+0.0 + term`; one `+ 0.0` after the reduction
+/// restores the exact bits. The activation and `dx` bases advance by one pass (r11/r12 by 256
+/// bytes, r8 by 32) after each pass; lr counts the passes after the first (a low-overhead
+/// loop), the group count is on the stack.
+///
+/// # Safety
+/// `p` as [`LongQ8`] describes, for `groups >= 1` groups and `nb > 8` blocks: `4 * groups` rows
+/// of `34 * nb` bytes readable from `w - 2` (an even address), `32 * nb` bytes at the
+/// activation and `nb` f32 at its scales, and `out[..4 * groups]` writable.
+#[inline(never)]
+unsafe fn gemv_q8_0_long(p: &LongQ8) {
+    // SAFETY: the caller guarantees every address the loads, gathers and the scatter store use;
+    // the stack area (lanes 4-7 at sp, then the entry addresses and counters) is reserved and
+    // released here; code addresses are those of this block's labels (word-aligned, so `ADR` is
+    // exact); q0-q7 are saved and restored, every core register used is declared.
+    unsafe {
+        asm!(
+            "vpush {{d0-d15}}",
+            "sub sp, sp, #128",
+            // [sp + 64 + 4j]: first-pass position j's code.
+            "adr.w r0, 10f",
+            "adr.w r1, 11f",
+            "adr.w r2, 12f",
+            "adr.w r3, 13f",
+            "orr r0, r0, #1",
+            "orr r1, r1, #1",
+            "orr r2, r2, #1",
+            "orr r3, r3, #1",
+            "add r5, sp, #64",
+            "stm r5!, {{r0-r3}}",
+            "adr.w r0, 14f",
+            "adr.w r1, 15f",
+            "adr.w r2, 16f",
+            "adr.w r3, 17f",
+            "orr r0, r0, #1",
+            "orr r1, r1, #1",
+            "orr r2, r2, #1",
+            "orr r3, r3, #1",
+            "stm r5!, {{r0-r3}}",
+            // [sp + 100]: the first position's code; [sp + 96]: the group entry (the zeroing
+            // stub unless the first pass starts at position 0).
+            "ldr r2, [r4, #52]",
+            "add r0, sp, #64",
+            "ldr r0, [r0, r2, lsl #2]",
+            "str r0, [sp, #100]",
+            "cmp r2, #0",
+            "beq 1f",
+            "adr.w r0, 9f",
+            "orr r0, r0, #1",
+            "1:",
+            "str r0, [sp, #96]",
+            // [sp + 104]: first-pass activation base, [sp + 108]: its dx base, [sp + 112]: groups
+            // left, [sp + 116]: passes after the first.
+            "ldrd r0, r1, [r4, #40]",
+            "strd r0, r1, [sp, #104]",
+            "ldrd r0, r1, [r4, #48]",
+            "str r0, [sp, #112]",
+            "ldr r0, [r4, #56]",
+            "str r0, [sp, #116]",
+            "vldrw.u32 q6, [r4]",
+            "vldrw.u32 q7, [r4, #16]",
+            "ldrd r1, r0, [r4, #32]",
+            "add r3, r1, r0",
+            "add r5, r3, r0",
+            "add r9, r5, r0",
+            // A group.
+            "7:",
+            "ldrd r11, r8, [sp, #104]",
+            "add r12, r11, #128",
+            "ldr pc, [sp, #96]",
+            // Zeroes the lanes below the first position (at most 7: the lane of position 7, at
+            // sp + 48, is always written).
+            ".p2align 2",
+            "9:",
+            "vmov.i32 q0, #0",
+            "vmov.i32 q1, #0",
+            "vmov.i32 q2, #0",
+            "vmov.i32 q3, #0",
+            "vstrw.32 q0, [sp]",
+            "vstrw.32 q0, [sp, #16]",
+            "vstrw.32 q0, [sp, #32]",
+            "ldr pc, [sp, #100]",
+            // The first pass: terms written.
+            ".p2align 2",
+            "10:",
+            q8_small_pos!("r11", 0, 0, "q0", write),
+            ".p2align 2",
+            "11:",
+            q8_small_pos!("r11", 32, 4, "q1", write),
+            ".p2align 2",
+            "12:",
+            q8_small_pos!("r11", 64, 8, "q2", write),
+            ".p2align 2",
+            "13:",
+            q8_small_pos!("r11", 96, 12, "q3", write),
+            ".p2align 2",
+            "14:",
+            q8_small_pos!("r12", 0, 16, 0, write_stack),
+            ".p2align 2",
+            "15:",
+            q8_small_pos!("r12", 32, 20, 16, write_stack),
+            ".p2align 2",
+            "16:",
+            q8_small_pos!("r12", 64, 24, 32, write_stack),
+            ".p2align 2",
+            "17:",
+            q8_small_pos!("r12", 96, 28, 48, write_stack),
+            "add r11, r11, #256",
+            "add r12, r12, #256",
+            "add r8, r8, #32",
+            "ldr lr, [sp, #116]",
+            "dls lr, lr",
+            // The other passes: terms added.
+            "2:",
+            q8_small_pos!("r11", 0, 0, "q0", add),
+            q8_small_pos!("r11", 32, 4, "q1", add),
+            q8_small_pos!("r11", 64, 8, "q2", add),
+            q8_small_pos!("r11", 96, 12, "q3", add),
+            q8_small_pos!("r12", 0, 16, 0, add_stack),
+            q8_small_pos!("r12", 32, 20, 16, add_stack),
+            q8_small_pos!("r12", 64, 24, 32, add_stack),
+            q8_small_pos!("r12", 96, 28, 48, add_stack),
+            "add r11, r11, #256",
+            "add r12, r12, #256",
+            "add r8, r8, #32",
+            "le lr, 2b",
+            // reduce8: lanes l + (l + 4), then (s0 + s2) + (s1 + s3); + 0.0; scatter.
+            "vldrw.u32 q4, [sp]",
+            "vadd.f32 q0, q0, q4",
+            "vldrw.u32 q4, [sp, #16]",
+            "vadd.f32 q1, q1, q4",
+            "vldrw.u32 q4, [sp, #32]",
+            "vadd.f32 q2, q2, q4",
+            "vldrw.u32 q4, [sp, #48]",
+            "vadd.f32 q3, q3, q4",
+            "vadd.f32 q0, q0, q2",
+            "vadd.f32 q1, q1, q3",
+            "vadd.f32 q0, q0, q1",
+            "vmov.i32 q4, #0",
+            "vadd.f32 q0, q0, q4",
+            "vstrw.32 q0, [q7, #4]!",
+            "ldr r0, [sp, #112]",
+            "subs r0, r0, #1",
+            "str r0, [sp, #112]",
+            "bne 7b",
+            "add sp, sp, #128",
+            "vpop {{d0-d15}}",
+            inout("r4") core::ptr::from_ref(p) => _,
+            out("r0") _,
+            out("r1") _,
+            out("r2") _,
+            out("r3") _,
+            out("r5") _,
+            out("r8") _,
+            out("r9") _,
+            out("r10") _,
+            out("r11") _,
+            out("r12") _,
+            out("lr") _,
+        );
+    }
+}
+
+/// The Q8_0 GEMV through [`gemv_q8_0_long`] for the first `4 * (rows / 4)` rows, the rest one
+/// by one.
+///
+/// # Safety
+/// `w` is Q8_0 with `nb > 8` blocks per row and `row_bytes == 34 * nb`, `w.data` holds
+/// `w.rows >= 4` rows from an even address, `nb <= xq.len() / 32`, `nb <= xd.len()` and
+/// `out.len() == w.rows`.
+#[inline(never)]
+unsafe fn gemv_q8_0_long_rows(w: &Matrix<'_>, xq: &[i8], xd: &[f32], out: &mut [f32], nb: usize) {
+    let groups = w.rows / 4;
+    let first = (8 - nb % 8) % 8;
+    let (o, lane_stride) = (out.as_mut_ptr() as usize, groups * w.row_bytes());
+    let lq = LongQ8 {
+        gather: core::array::from_fn(|k| (k * lane_stride).wrapping_sub(36) as u32),
+        scatter: core::array::from_fn(|k| (o + 4 * k * groups).wrapping_sub(4) as u32),
+        w: w.data.as_ptr().wrapping_add(2),
+        lane_stride,
+        xq: xq.as_ptr().wrapping_sub(32 * first),
+        xd: xd.as_ptr().wrapping_sub(first),
+        groups,
+        first,
+        passes: (nb - 1) / 8,
+    };
+    // SAFETY: nb > 8 and every row is 34 * nb bytes; w.data holds w.rows >= 4 * groups rows
+    // from an even address; nb <= xq.len() / 32 and nb <= xd.len(); `out` has w.rows >= 4 *
+    // groups elements (the caller's guarantees).
+    unsafe { gemv_q8_0_long(&lq) };
+    for (r, o) in out.iter_mut().enumerate().skip(4 * groups) {
+        *o = dot_q8_0_q8_0(w.row(r), xq, xd);
+    }
+}
+
 /// The Q8_0 GEMV through [`gemv_q8_0_small`] for the first `4 * (rows / 4)` rows, the rest
 /// one by one.
 ///
@@ -587,6 +838,9 @@ fn gemv_quant(w: &Matrix<'_>, xq: &[i8], xd: &[f32], out: &mut [f32]) {
         // rows held in full from an even address, nb <= xq.len() / 32, nb <= xd.len(), and
         // out.len() == w.rows (all checked above).
         unsafe { gemv_q8_0_rows_in_lanes(w, xq, xd, out, nb) };
+    } else if !q4 && rb == nb * bb && w.rows >= 4 {
+        // SAFETY: as above, with nb > 8.
+        unsafe { gemv_q8_0_long_rows(w, xq, xd, out, nb) };
     } else {
         gemv_rows4(q4, w, xq, xd, out, nb);
     }

@@ -438,7 +438,7 @@ fn quantized<K: Kernels>(bufs: &mut Bufs, ck: &mut Checker<'_>, rng: &mut Rng) {
             }
         }
         for rows in [4, 9] {
-            for nb in [1, 4, 8, 9, 17] {
+            for nb in [1, 4, 8, 9, 16, 17] {
                 for fill in GEMV_FILLS {
                     shapes[n] = (rows, nb, fill, 0);
                     n += 1;
