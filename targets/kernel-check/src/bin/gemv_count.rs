@@ -194,12 +194,7 @@ fn main() -> ! {
             let d = 0x2400u16 | (blk[2] as u16 & 0x3FF);
             blk[..2].copy_from_slice(&d.to_le_bytes());
         }
-        let m = Matrix {
-            ty: GgmlType::Q8_0,
-            rows: ROWS,
-            cols,
-            data,
-        };
+        let m = Matrix::new(GgmlType::Q8_0, ROWS, cols, data).expect("a whole matrix");
         let act = Act {
             x: &[],
             q: &xq[..cols],
