@@ -663,7 +663,7 @@ macro_rules! extend2 {
 /// room for [`XS_WORDS`] words; `out..out_end` (`4 * groups >= 4` f32) must be writable; `acc`
 /// must hold +0.0 in lanes `nb..8`; `zero` must be +0.0 and `delta` `4 * stride - 34 * nb`.
 #[cfg(target_abi = "eabihf")]
-#[inline(never)]
+#[inline(always)]
 unsafe fn gemv_q8_0_x4(ctx: &mut Ctx) {
     // SAFETY: the caller guarantees the inputs and outputs; the assembly writes only the
     // stream (at most XS_WORDS words: 19 per block for blocks 0-7, 20 after, plus one), the
