@@ -12,7 +12,9 @@
 //! `sumi as f32 * (dw * dx)` into lane `b % 8`, then [`scalar::reduce8`]. Integer sums are exact,
 //! so every result is bit-identical to [`super::scalar`]. The GEMV processes four rows (Q8_0) or
 //! two rows (Q4_0) per pass so that each activation word is loaded and extended once for all of
-//! them.
+//! them. The Q8_0 GEMV is one threaded assembly block (`gemv_q8_0_x4`): it skips the
+//! specification's `+0.0 + term` for the first term of each lane and adds `+ 0.0` to each
+//! row's result instead, which gives the same bits (the argument is at `gemv_q8_0_x4`).
 //!
 //! Float kernels (F32/F16/BF16 rows, RMSNorm, softmax, ...) stay scalar: these cores have a
 //! scalar single-precision FPU and no float SIMD, and the scalar code already compiles to it.

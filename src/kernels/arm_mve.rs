@@ -14,7 +14,10 @@
 //! row dot product keeps blocks `b % 8 = 0..3` and `4..7` in two vectors. MVE single-precision
 //! arithmetic rounds like the scalar FPU (IEEE, round to nearest even, FPSCR), and the block
 //! sums are below 2^24 in magnitude, so their conversion is exact. [`scalar::reduce8`]'s order is
-//! kept: `(a0 + a4) + (a2 + a6)` and `(a1 + a5) + (a3 + a7)`, then their sum.
+//! kept: `(a0 + a4) + (a2 + a6)` and `(a1 + a5) + (a3 + a7)`, then their sum. The Q8_0 GEMV
+//! (`gemv_q8_0_small`, `gemv_q8_0_long`) keeps each row's lanes in registers and writes the
+//! first term of a lane instead of adding it to +0.0, then adds `+ 0.0` to each result (the same
+//! bits; see `gemv_q8_0_small`).
 //!
 //! Stable Rust cannot name FP/vector registers as `asm!` operands (the `vfp2`/`mve` target
 //! features are unstable on ARM), so each assembly block saves q0-q7 with one `VPUSH` and
