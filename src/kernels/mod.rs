@@ -502,9 +502,13 @@ pub trait Kernels {
     }
 
     /// Matrix `w` applied to several inputs (a batch of tokens, or the members of one expert
-    /// group), reading each weight row once: member `p` takes item `p / in_div` of `batch`
-    /// (items `w.cols` wide, see [`Act::item`]) and writes its row `r` with `out.set(p, r, ..)`
-    /// for every row `r < w.rows` (`out` covers exactly `w.rows` rows).
+    /// group): member `p` takes item `p / in_div` of `batch` (items `w.cols` wide, see
+    /// [`Act::item`]) and writes its row `r` with `out.set(p, r, ..)` for every row
+    /// `r < w.rows` (`out` covers exactly `w.rows` rows).
+    ///
+    /// The default runs [`Kernels::gemv`] once per member: on microcontrollers, which have no
+    /// data cache to keep a row in, the ISA's fast GEMV is what matters. The desktop ISAs
+    /// override it with kernels that read each weight row once for all members.
     #[inline]
     fn gemv_group(
         w: &Matrix<'_>,
@@ -513,16 +517,9 @@ pub trait Kernels {
         in_div: usize,
         out: &mut Out<'_>,
     ) {
-        for r in 0..w.rows {
-            let row = w.row(r);
-            for &p in members {
-                let p = p as usize;
-                out.set(
-                    p,
-                    r,
-                    Self::dot_row(w.ty, row, &batch.item(w.cols, p / in_div)),
-                );
-            }
+        for &p in members {
+            let p = p as usize;
+            Self::gemv(w, &batch.item(w.cols, p / in_div), out.item(p));
         }
     }
 }
