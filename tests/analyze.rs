@@ -264,6 +264,13 @@ fn check_model(name: &str) {
             .sum::<usize>() as f64
             / n as f64;
         assert!((sl["experts_per_token"].as_f64().unwrap() - ept).abs() < 1e-12);
+        let eff = (0..e_n)
+            .map(|e| share(l, e))
+            .filter(|&p| p > 0.0)
+            .map(|p| -p * p.ln())
+            .sum::<f64>()
+            .exp();
+        assert!((sl["effective_experts"].as_f64().unwrap() - eff).abs() < 1e-9);
         for (e, v) in sl["share"].as_array().unwrap().iter().enumerate() {
             assert!((v.as_f64().unwrap() - share(l, e)).abs() < 1e-12);
         }

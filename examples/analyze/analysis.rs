@@ -233,6 +233,17 @@ impl Stats {
         n as f64 / (self.layers.len() * self.n_experts) as f64
     }
 
+    /// The effective number of experts of layer `l`: `exp` of the entropy of the load shares
+    /// (E under perfect balance, 1 if one expert takes everything). Needs no threshold.
+    pub fn effective_experts(&self, l: usize) -> f64 {
+        let h: f64 = (0..self.n_experts)
+            .map(|e| self.share(l, e))
+            .filter(|&p| p > 0.0)
+            .map(|p| -p * p.ln())
+            .sum();
+        h.exp()
+    }
+
     /// Mean number of distinct experts a token reaches in layer `l`.
     pub fn experts_per_token(&self, l: usize) -> f64 {
         self.layers[l].distinct_sum as f64 / self.tokens as f64
@@ -645,6 +656,7 @@ fn write_summary(path: &Path, r: &Report, model_name: &str, o: &Options) -> Resu
                 "activation": s.activation(l, o.threshold),
                 "activated": s.activated(l, o.threshold),
                 "experts_per_token": s.experts_per_token(l),
+                "effective_experts": s.effective_experts(l),
                 "share": (0..s.n_experts).map(|e| s.share(l, e)).collect::<Vec<_>>(),
                 "ratio": (0..s.n_experts).map(|e| s.ratio(l, e)).collect::<Vec<_>>(),
                 "unused": ls.selections.iter().filter(|&&n| n == 0).count(),

@@ -128,7 +128,7 @@ fn run(a: Args) -> Result<(), String> {
         r.trace.ctx
     );
     println!(
-        "layer  experts/token  activation (ratio > {})  load share min..max  unused",
+        "layer  experts/token  activation (ratio > {})  load share min..max  unused  effective experts",
         o.threshold
     );
     for (l, ls) in s.layers.iter().enumerate() {
@@ -136,7 +136,7 @@ fn run(a: Args) -> Result<(), String> {
         let min = shares.iter().copied().fold(f64::INFINITY, f64::min);
         let max = shares.iter().copied().fold(0.0, f64::max);
         println!(
-            "{:>5}  {:>13.2}  {:>13.1}% ({:>3}/{})  {:>7.2}%..{:.2}%  {:>6}",
+            "{:>5}  {:>13.2}  {:>13.1}% ({:>3}/{})  {:>7.2}%..{:.2}%  {:>6}  {:>17.2}",
             ls.layer,
             s.experts_per_token(l),
             100.0 * s.activation(l, o.threshold),
@@ -144,7 +144,8 @@ fn run(a: Args) -> Result<(), String> {
             s.n_experts,
             100.0 * min,
             100.0 * max,
-            ls.selections.iter().filter(|&&n| n == 0).count()
+            ls.selections.iter().filter(|&&n| n == 0).count(),
+            s.effective_experts(l)
         );
     }
     println!(
