@@ -27,11 +27,11 @@
 //!   most and least diverse tokens).
 //!
 //! **Activation** follows the MH-MoE paper (Wu et al. 2024, arXiv 2404.15045v1, caption of
-//! Fig. 1): "the ratio of each expert's selection frequency in each MoE layer to the total
-//! number of tokens, where those exceeding a threshold (< 1) are considered activated". Here the
+//! Fig. 1): per MoE layer, each expert's selection frequency divided by the number of tokens;
+//! experts whose ratio exceeds a threshold (given only as below 1) are activated. Here the
 //! ratio of expert `e` in a layer is the fraction of the text's tokens whose routing in that
 //! layer selects `e` (for `h > 1`: at least one of the token's sub-tokens does, so the ratio is
-//! at most 1, as the paper's "< 1" implies); `e` is activated when the ratio is above
+//! at most 1, as a threshold below 1 implies); `e` is activated when the ratio is above
 //! `--threshold` (default 0.1; the paper does not give its value). A layer's activation is its
 //! activated experts over `E`; the overall activation is over all MoE layers. Because the ratio
 //! counts tokens, not sub-tokens, a token with `h` sub-tokens reaches up to `h * k` experts
