@@ -30,6 +30,7 @@ import data  # noqa: E402  (standard library only)
 MODELS = os.path.join(REPO, "models")
 SAMPLE = os.path.join(MODELS, "heldout-sample.txt")
 Q8_LIMIT = 1153433
+E32_LIMIT = 2000000  # the 32-expert pair of the activation experiment (models/MODEL_CARD.md)
 
 
 # --- a tiny R serializer for synthetic test records (XDR, the subset data.py reads) ---------
@@ -220,6 +221,16 @@ class ShippedModelTest(unittest.TestCase):
             path = os.path.join(MODELS, name)
             if os.path.exists(path):
                 self.assertLessEqual(os.path.getsize(path), Q8_LIMIT, name)
+
+    def test_e32_pair(self):
+        """The pair trained alike (32 experts): at most 2 MB each, the demo's vocabulary."""
+        demo = os.path.join(MODELS, "mhmoe-demo-q8_0.gguf")
+        for name in ("mhmoe-e32-q8_0.gguf", "smoe-e32-q8_0.gguf"):
+            path = os.path.join(MODELS, name)
+            if not os.path.exists(path):
+                self.skipTest("pair not shipped")
+            self.assertLessEqual(os.path.getsize(path), E32_LIMIT, name)
+            self.assertEqual(_gguf_vocab(path), _gguf_vocab(demo), name)
 
 
 if __name__ == "__main__":

@@ -875,9 +875,9 @@ fn draw_heatmap<DB: DrawingBackend>(
     }
     root.draw(&Text::new(
         format!(
-            "uniform load = {:.2}%; activated: more than {} of the tokens reach the expert (paper's ratio)",
+            "uniform load = 100/E = {:.3}%; activated: the expert is reached by more than {}% of the tokens (the paper's ratio)",
             100.0 / e_n as f64,
-            threshold
+            100.0 * threshold
         ),
         (left, yb + 44),
         sans(11.0),
