@@ -271,7 +271,8 @@ impl Config {
 
     /// True if layer `i` is an MH-MoE layer.
     pub const fn is_moe_layer(&self, i: usize) -> bool {
-        self.moe_interval != 0 && (i + 1).is_multiple_of(self.moe_interval)
+        // `(i + 1) % interval == 0` without the `+ 1` (which overflows for `usize::MAX`).
+        self.moe_interval != 0 && i % self.moe_interval == self.moe_interval - 1
     }
 
     /// Sub-token width `m = d / h`.

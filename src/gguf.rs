@@ -276,9 +276,13 @@ pub struct TensorInfo<'a> {
 }
 
 impl TensorInfo<'_> {
-    /// Total number of elements.
+    /// Total number of elements (saturating at `u64::MAX`, which only a hand-made view can
+    /// reach: a parsed tensor's element count fits).
     pub fn n_elements(&self) -> u64 {
-        self.dims.iter().product()
+        self.dims
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d))
+            .unwrap_or(u64::MAX)
     }
 }
 

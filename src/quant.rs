@@ -60,7 +60,7 @@ impl GgmlType {
     }
 
     /// Elements per block.
-    pub fn block_size(self) -> usize {
+    pub const fn block_size(self) -> usize {
         match self {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
             GgmlType::Q8_0 | GgmlType::Q4_0 => QK,
@@ -68,7 +68,7 @@ impl GgmlType {
     }
 
     /// Bytes per block.
-    pub fn type_size(self) -> usize {
+    pub const fn type_size(self) -> usize {
         match self {
             GgmlType::F32 => 4,
             GgmlType::F16 | GgmlType::BF16 => 2,
@@ -82,9 +82,17 @@ impl GgmlType {
         matches!(self, GgmlType::Q8_0 | GgmlType::Q4_0)
     }
 
-    /// Bytes of a row of `n` elements (`n` must be a multiple of the block size).
+    /// Bytes of a row of `n` elements (`n` must be a multiple of the block size), saturating
+    /// at `usize::MAX` (a size no buffer has) when it does not fit: see
+    /// [`GgmlType::checked_row_bytes`].
     pub fn row_bytes(self, n: usize) -> usize {
-        n / self.block_size() * self.type_size()
+        self.checked_row_bytes(n).unwrap_or(usize::MAX)
+    }
+
+    /// Bytes of a row of `n` elements (whole blocks; a partial block is not counted), `None`
+    /// when that does not fit in `usize`.
+    pub const fn checked_row_bytes(self, n: usize) -> Option<usize> {
+        (n / self.block_size()).checked_mul(self.type_size())
     }
 
     /// The type's name as ggml spells it.

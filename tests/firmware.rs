@@ -504,7 +504,9 @@ fn template_runs_like_the_desktop() {
         "building targets/template failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let elf = target_dir().join(board.target).join("release/mhmoe-template");
+    let elf = target_dir()
+        .join(board.target)
+        .join("release/mhmoe-template");
     let (code, text) = run_qemu(board.qemu.unwrap(), &elf, false);
     assert_eq!(code, Some(0), "the template failed:\n{text}");
     assert!(text.contains("template ok"), "{text}");

@@ -1,0 +1,132 @@
+//! The findings of a hostile-input review (issue 12), each pinned by a test that failed before
+//! its fix: arithmetic that overflowed in debug builds, F16 NaN payloads, duplicate names in a
+//! GGUF file, error messages that misled, and files of types or architectures the engine does
+//! not run.
+// `Error` keeps names inline (no allocation), so it is large; results carry it by value here.
+#![allow(clippy::result_large_err)]
+
+mod common;
+
+use mhmoe::gguf::TensorInfo;
+use mhmoe::model::Matrix;
+use mhmoe::quant::GgmlType;
+use mhmoe::state::{KvType, Shape, StateOptions};
+use mhmoe::State;
+
+const ALL_TYPES: [GgmlType; 5] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+];
+
+/// Sizes computed from caller-given numbers saturate or fail instead of overflowing (a panic
+/// in debug builds): `GgmlType::row_bytes` multiplied without a check.
+#[test]
+fn size_arithmetic_never_overflows() {
+    for ty in ALL_TYPES {
+        for n in [usize::MAX, usize::MAX / 2, usize::MAX - 31, 1 << 62] {
+            let n = n / ty.block_size() * ty.block_size();
+            let exact = (n / ty.block_size()).checked_mul(ty.type_size());
+            assert_eq!(ty.checked_row_bytes(n), exact, "{} x {n}", ty.name());
+            assert_eq!(ty.row_bytes(n), exact.unwrap_or(usize::MAX));
+            assert!(Matrix::new(ty, 1, n, &[]).is_err());
+            assert!(Matrix::new(ty, n, n, &[]).is_err());
+            assert!(Matrix::new(ty, 0, n, &[]).is_ok() || exact.is_none());
+        }
+    }
+    for kv in KvType::ALL {
+        for hd in [usize::MAX, usize::MAX & !31, 1 << 62] {
+            let _ = kv.row_bytes(hd);
+        }
+    }
+    // A hand-made tensor view of huge dimensions.
+    let t = TensorInfo {
+        name: "huge",
+        n_dims: 4,
+        dims: [u64::MAX; 4],
+        ty: GgmlType::F32.into(),
+        offset: 0,
+        data: &[],
+    };
+    assert_eq!(t.n_elements(), u64::MAX);
+    // Shapes with extreme fields: None, never a panic.
+    let base = Shape {
+        dim: 128,
+        n_layers: 4,
+        ff_dim: 0,
+        n_heads: 4,
+        n_kv_heads: 4,
+        head_dim: 32,
+        n_experts: 8,
+        top_k: 2,
+        expert_ff_dim: 128,
+        shared_ff_dim: 0,
+        moe_heads: 4,
+        vocab_size: 2048,
+        context_length: usize::MAX,
+        router_red: 0,
+    };
+    assert!(State::bytes_for(&base, StateOptions::new(256)).is_some());
+    for (field, other) in (0..14).flat_map(|a| (0..14).map(move |b| (a, b))) {
+        for v in [usize::MAX, usize::MAX / 3, 1 << 40, 0] {
+            let mut s = base;
+            s.context_length = 1 << 40;
+            *[
+                &mut s.dim,
+                &mut s.n_layers,
+                &mut s.ff_dim,
+                &mut s.n_heads,
+                &mut s.n_kv_heads,
+                &mut s.head_dim,
+                &mut s.n_experts,
+                &mut s.top_k,
+                &mut s.expert_ff_dim,
+                &mut s.shared_ff_dim,
+                &mut s.moe_heads,
+                &mut s.vocab_size,
+                &mut s.context_length,
+                &mut s.router_red,
+            ][other] = 1 << 33;
+            let f = [
+                &mut s.dim,
+                &mut s.n_layers,
+                &mut s.ff_dim,
+                &mut s.n_heads,
+                &mut s.n_kv_heads,
+                &mut s.head_dim,
+                &mut s.n_experts,
+                &mut s.top_k,
+                &mut s.expert_ff_dim,
+                &mut s.shared_ff_dim,
+                &mut s.moe_heads,
+                &mut s.vocab_size,
+                &mut s.context_length,
+                &mut s.router_red,
+            ];
+            *f[field] = v;
+            for opts in [
+                StateOptions::new(256),
+                StateOptions::new(usize::MAX).batch(usize::MAX),
+                StateOptions::new(1 << 40).kv(KvType::Q4_0),
+            ] {
+                let _ = State::bytes_for(&s, opts);
+            }
+        }
+    }
+}
+
+/// `Config::is_moe_layer` for any index (it added 1 without a check).
+#[test]
+fn layer_predicates_take_any_index() {
+    let bytes = std::fs::read(common::root().join("tests/models/e_q4_0_h2_k2_shexp.gguf")).unwrap();
+    let model = mhmoe::Model::from_bytes(&bytes).unwrap();
+    let c = model.config();
+    for i in [c.n_layers(), usize::MAX - 1, usize::MAX] {
+        assert_eq!(
+            c.is_moe_layer(i),
+            (i as u128 + 1) % c.moe_interval() as u128 == 0
+        );
+    }
+}
