@@ -107,9 +107,16 @@ impl GgmlType {
     }
 }
 
-/// Widens an IEEE half (given as its bits) to f32, exactly.
+/// Widens an IEEE half (given as its bits) to f32, exactly: bit for bit numpy's conversion
+/// (and so the `gguf` Python package's), which keeps a NaN's payload and its signalling bit.
 #[inline(always)]
 pub fn f16_to_f32(bits: u16) -> f32 {
+    // The `half` crate (and the F16C/FP16 conversion instructions) set the quiet bit of a
+    // signalling NaN; numpy moves the bits as they are.
+    if bits & 0x7C00 == 0x7C00 && bits & 0x03FF != 0 {
+        let sign = u32::from(bits & 0x8000) << 16;
+        return f32::from_bits(sign | 0x7F80_0000 | (u32::from(bits & 0x03FF) << 13));
+    }
     f16::from_bits(bits).to_f32()
 }
 
