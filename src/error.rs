@@ -273,6 +273,11 @@ pub enum Error {
         /// The tensor.
         tensor: Name,
     },
+    /// Two metadata entries share one key.
+    DuplicateKey {
+        /// The key.
+        key: Name,
+    },
     /// A layer's tensor outside its layer's run: the tensors of a layer must be contiguous in
     /// the tensor table and the layers in increasing order (FORMAT.md, "Tensor order").
     TensorOutOfOrder {
@@ -443,6 +448,7 @@ impl fmt::Display for Error {
                 "tensor {tensor}: data ends at byte {end}, past the end of the file ({file_size} bytes)"
             ),
             DuplicateTensor { tensor } => write!(f, "tensor {tensor} appears twice"),
+            DuplicateKey { key } => write!(f, "metadata key {key} appears twice"),
             TensorOutOfOrder { tensor } => write!(
                 f,
                 "tensor {tensor} is out of order: a layer's tensors must be contiguous in the \

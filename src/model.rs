@@ -314,7 +314,6 @@ impl<'a> Model<'a> {
         for t in walk.pending.into_iter().chain(walk.tensors) {
             if let Some((j, _)) = parse_blk(t.name) {
                 if j < c.n_layers {
-                    find(&file, t.name)?; // a second copy is a duplicate
                     return Err(Error::TensorOutOfOrder {
                         tensor: name(t.name),
                     });
@@ -724,20 +723,9 @@ fn blk(i: usize, suffix: &str) -> Name {
     s
 }
 
-/// The tensor called `tname`, failing if it appears twice.
+/// The tensor called `tname` (`Gguf::parse` rejected files with two of one name).
 fn find<'a>(file: &Gguf<'a>, tname: &str) -> Result<Option<TensorInfo<'a>>> {
-    let mut found = None;
-    for t in file.tensors() {
-        if t.name == tname {
-            if found.is_some() {
-                return Err(Error::DuplicateTensor {
-                    tensor: name(tname),
-                });
-            }
-            found = Some(t);
-        }
-    }
-    Ok(found)
+    Ok(file.tensor(tname))
 }
 
 fn require<'a>(file: &Gguf<'a>, tname: &str) -> Result<TensorInfo<'a>> {

@@ -130,3 +130,92 @@ fn layer_predicates_take_any_index() {
         );
     }
 }
+
+/// A name as errors hold it.
+fn n(s: &str) -> mhmoe::error::Name {
+    mhmoe::error::Name::try_from(s).unwrap()
+}
+
+fn small_model() -> Vec<u8> {
+    std::fs::read(common::root().join("tests/models/e_q4_0_h2_k2_shexp.gguf")).unwrap()
+}
+
+/// A second copy of a metadata key is an error of the parser (gguf-py rejects it too): before,
+/// `get` returned the first copy while the parser applied the last `general.alignment`, and an
+/// architecture "mhmoe" followed by "llama" loaded.
+#[test]
+fn duplicate_metadata_keys_are_rejected() {
+    use common::builder::{Builder, Kv};
+    use mhmoe::error::Error;
+    use mhmoe::gguf::Gguf;
+    let dup = |key: &str, v: Kv| {
+        let mut b = Builder::from_file(&small_model());
+        b.kvs.push((key.to_owned(), v));
+        Gguf::parse(&b.build()).map(|_| ()).unwrap_err()
+    };
+    for (key, v) in [
+        ("general.architecture", Kv::Str("llama".into())),
+        ("general.architecture", Kv::Str("mhmoe".into())),
+        ("mhmoe.block_count", Kv::U32(2)),
+        ("tokenizer.ggml.model", Kv::U32(1)),
+    ] {
+        assert_eq!(
+            dup(key, v.clone()),
+            Error::DuplicateKey { key: n(key) },
+            "{key} = {v:?}"
+        );
+    }
+    // The parser used the last alignment: a file whose data is laid out at the second one.
+    let mut b = Builder::from_file(&small_model());
+    b.kvs.push(("general.alignment".into(), Kv::U32(32)));
+    b.kvs.push(("general.alignment".into(), Kv::U32(64)));
+    b.alignment = 64;
+    assert_eq!(
+        Gguf::parse(&b.build()).map(|_| ()).unwrap_err(),
+        Error::DuplicateKey {
+            key: n("general.alignment")
+        }
+    );
+}
+
+/// A second tensor of one name is an error of the parser, wherever the copies are (the check
+/// works on chunks of names: copies in one chunk, in two, first and last).
+#[test]
+fn duplicate_tensor_names_are_rejected() {
+    use common::builder::{Builder, Tensor};
+    use mhmoe::error::Error;
+    use mhmoe::gguf::Gguf;
+    let extra = |name: String| Tensor {
+        name,
+        dims: vec![4],
+        ty: 0,
+        data: vec![0; 16],
+    };
+    let base = Builder::from_file(&small_model());
+    let n0 = base.tensors.len();
+    // 1000 distinct extra tensors parse.
+    let mut b = base.clone();
+    for i in 0..1000 {
+        b.tensors.push(extra(format!("extra.{i}")));
+    }
+    let bytes = b.build();
+    assert_eq!(Gguf::parse(&bytes).unwrap().tensor_count(), n0 + 1000);
+    for (i, j) in [(0, 1), (5, 700), (127, 128), (300, 999), (998, 999)] {
+        let mut b = b.clone();
+        b.tensors[n0 + j].name = format!("extra.{i}");
+        assert_eq!(
+            Gguf::parse(&b.build()).map(|_| ()).unwrap_err(),
+            Error::DuplicateTensor {
+                tensor: n(&format!("extra.{i}"))
+            },
+            "copies at {i} and {j}"
+        );
+    }
+    // A copy of a model tensor far after the first.
+    let mut b2 = b.clone();
+    b2.tensors[n0 + 500].name = "token_embd.weight".into();
+    assert!(matches!(
+        Gguf::parse(&b2.build()),
+        Err(Error::DuplicateTensor { .. })
+    ));
+}
