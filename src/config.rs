@@ -1,6 +1,6 @@
 //! Model hyper-parameters read from the GGUF metadata and checked for consistency.
 
-use crate::error::{name, Error, Result};
+use crate::error::{name, truncated, Error, Result};
 use crate::gguf::{Gguf, Value};
 
 /// How a sub-token picks its experts.
@@ -166,8 +166,11 @@ impl Config {
     /// Reads and validates the configuration. `vocab_size` comes from the token embedding's
     /// second dimension (the model loader checks it against the tokenizer).
     pub fn from_gguf(file: &Gguf<'_>) -> Result<Self> {
-        if get_str(file, "general.architecture")? != "mhmoe" {
-            return Err(Error::WrongArchitecture);
+        let architecture = get_str(file, "general.architecture")?;
+        if architecture != "mhmoe" {
+            return Err(Error::WrongArchitecture {
+                found: truncated(architecture),
+            });
         }
         let router = match get_str(file, "mhmoe.moe.router")? {
             "softmax" => RouterKind::Softmax,

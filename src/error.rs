@@ -13,16 +13,31 @@
 
 use core::fmt;
 
+use crate::quant::{TensorType, TensorTypes};
+
 /// A short, fixed-capacity copy of a name (tensor name or metadata key) for error messages.
 ///
 /// Names longer than the capacity are truncated (on a character boundary) and end in `~`.
 pub type Name = heapless::String<64>;
 
+/// A short name (an architecture) for error messages, truncated like a [`Name`].
+pub type ShortName = heapless::String<24>;
+
 /// Copies `s` into a [`Name`], truncating if needed.
 pub(crate) fn name(s: &str) -> Name {
-    let mut out = Name::new();
+    truncated(s)
+}
+
+/// Copies `s` into a fixed-capacity string, truncating (on a character boundary) if needed
+/// with a final `~`.
+pub(crate) fn truncated<const N: usize>(s: &str) -> heapless::String<N> {
+    let mut out = heapless::String::new();
+    if s.len() <= N {
+        let _ = out.push_str(s);
+        return out;
+    }
     for c in s.chars() {
-        if out.len() + c.len_utf8() > out.capacity() - 1 {
+        if out.len() + c.len_utf8() > N - 1 {
             let _ = out.push('~');
             break;
         }
@@ -234,12 +249,27 @@ pub enum Error {
         /// Number of dimensions declared.
         n_dims: u32,
     },
-    /// A tensor type id this engine does not support.
-    UnsupportedTensorType {
+    /// A tensor type id that is not a ggml type gguf-py knows (so its size is unknown).
+    UnknownTensorType {
         /// The tensor.
         tensor: Name,
         /// The ggml type id.
         type_id: u32,
+    },
+    /// The file holds tensors of types the engine does not compute with: its tables read, but
+    /// it cannot be loaded as a model. Names every such type and the architecture;
+    /// [`crate::gguf::Gguf::type_counts`] gives the count and first tensor of each type.
+    UnsupportedTensorTypes {
+        /// `general.architecture` (truncated; empty when missing or not a string).
+        architecture: ShortName,
+        /// Every type found that the engine does not compute with.
+        types: TensorTypes,
+        /// How many tensors have one of them.
+        tensors: usize,
+        /// The first such tensor in the table.
+        first: Name,
+        /// Its type.
+        first_type: TensorType,
     },
     /// A block-quantized tensor whose first dimension is not a multiple of the block size.
     RowNotBlockAligned {
@@ -297,7 +327,10 @@ pub enum Error {
         expected: &'static str,
     },
     /// `general.architecture` is not `mhmoe`.
-    WrongArchitecture,
+    WrongArchitecture {
+        /// The architecture found (truncated).
+        found: ShortName,
+    },
     /// The hyper-parameters contradict each other.
     InvalidConfig {
         /// Which rule was broken.
@@ -423,10 +456,31 @@ impl fmt::Display for Error {
                 f,
                 "tensor {tensor}: {n_dims} dimensions, or a zero dimension (1..=4 non-zero allowed)"
             ),
-            UnsupportedTensorType { tensor, type_id } => write!(
+            UnknownTensorType { tensor, type_id } => write!(
                 f,
-                "tensor {tensor}: ggml type {type_id} is not supported (F32, F16, BF16, Q8_0, Q4_0 are)"
+                "tensor {tensor}: ggml type id {type_id} is unknown (not a type gguf-py knows)"
             ),
+            UnsupportedTensorTypes {
+                architecture,
+                types,
+                tensors,
+                first,
+                first_type,
+            } => {
+                let s = if *tensors == 1 { "" } else { "s" };
+                write!(
+                    f,
+                    "this engine cannot run the file: {tensors} tensor{s} of type{} it does not \
+                     compute with ({types}; the first: {first}, {first_type}); it computes with \
+                     F32, F16, BF16, Q8_0 and Q4_0. ",
+                    if types.len() == 1 { "" } else { "s" }
+                )?;
+                match architecture.as_str() {
+                    "mhmoe" => write!(f, "Architecture \"mhmoe\"."),
+                    "" => write!(f, "The file names no architecture (general.architecture)."),
+                    a => write!(f, "Architecture \"{a}\", not \"mhmoe\"."),
+                }
+            }
             RowNotBlockAligned { tensor, ne0, block } => write!(
                 f,
                 "tensor {tensor}: first dimension {ne0} is not a multiple of the block size {block}"
@@ -456,7 +510,10 @@ impl fmt::Display for Error {
             ),
             MissingKey { key } => write!(f, "metadata key {key} is missing"),
             BadKey { key, expected } => write!(f, "metadata key {key}: expected {expected}"),
-            WrongArchitecture => write!(f, "general.architecture is not \"mhmoe\""),
+            WrongArchitecture { found } => write!(
+                f,
+                "general.architecture is \"{found}\": this engine runs \"mhmoe\" models only"
+            ),
             InvalidConfig { reason } => write!(f, "invalid model configuration: {reason}"),
             MissingTensor { tensor } => write!(f, "tensor {tensor} is missing"),
             WrongShape {

@@ -7,7 +7,7 @@
 //! alignment (values are read with `from_le_bytes`).
 
 use crate::error::{name, Error, Result};
-use crate::quant::GgmlType;
+use crate::quant::{TensorType, TensorTypes};
 
 const MAGIC: u32 = 0x4655_4747; // "GGUF" read as little-endian u32
 const DEFAULT_ALIGNMENT: u64 = 32;
@@ -267,8 +267,8 @@ pub struct TensorInfo<'a> {
     pub n_dims: usize,
     /// Dimensions, innermost first; unused ones are 1.
     pub dims: [u64; MAX_DIMS],
-    /// Element type.
-    pub ty: GgmlType,
+    /// Element type: any ggml type (see [`TensorType::computed`] for the engine's).
+    pub ty: TensorType,
     /// Offset of the data relative to the start of the data section.
     pub offset: u64,
     /// The tensor's bytes.
@@ -708,7 +708,7 @@ impl<'a> Gguf<'a> {
 
     fn resolve(&self, cur: &mut Cursor<'a>) -> Result<TensorInfo<'a>> {
         let (tname, n_dims, dims, ty_raw, offset) = read_tensor_info(cur)?;
-        let ty = GgmlType::from_u32(ty_raw).ok_or_else(|| Error::UnsupportedTensorType {
+        let ty = TensorType::from_u32(ty_raw).ok_or_else(|| Error::UnknownTensorType {
             tensor: name(tname),
             type_id: ty_raw,
         })?;
@@ -825,6 +825,80 @@ impl<'a> Gguf<'a> {
     /// The tensor called `name`, if present.
     pub fn tensor(&self, name: &str) -> Option<TensorInfo<'a>> {
         self.tensors().find(|t| t.name == name)
+    }
+
+    /// `general.architecture`, if it is a string.
+    pub fn architecture(&self) -> Option<&'a str> {
+        self.get("general.architecture").and_then(|v| v.as_str())
+    }
+
+    /// How many tensors of each type the file holds, and the first of each (one walk of the
+    /// tensor table, no allocation).
+    pub fn type_counts(&self) -> TypeCounts {
+        let mut c = TypeCounts {
+            count: [0; TensorType::ALL.len()],
+            first: [usize::MAX; TensorType::ALL.len()],
+            bytes: [0; TensorType::ALL.len()],
+        };
+        for (i, t) in self.tensors().enumerate() {
+            let k = index_of(t.ty);
+            c.count[k] += 1;
+            c.bytes[k] += t.data.len() as u64;
+            if c.first[k] == usize::MAX {
+                c.first[k] = i;
+            }
+        }
+        c
+    }
+}
+
+/// Position of `t` in [`TensorType::ALL`].
+fn index_of(t: TensorType) -> usize {
+    TensorType::ALL.iter().position(|&u| u == t).unwrap_or(0)
+}
+
+/// The tensors of a file by type ([`Gguf::type_counts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeCounts {
+    count: [usize; TensorType::ALL.len()],
+    first: [usize; TensorType::ALL.len()],
+    bytes: [u64; TensorType::ALL.len()],
+}
+
+impl TypeCounts {
+    /// Tensors of type `t`.
+    pub fn count(&self, t: TensorType) -> usize {
+        self.count[index_of(t)]
+    }
+
+    /// Index in the tensor table of the first tensor of type `t`, if any.
+    pub fn first(&self, t: TensorType) -> Option<usize> {
+        Some(self.first[index_of(t)]).filter(|&i| i != usize::MAX)
+    }
+
+    /// Bytes of data of the tensors of type `t`.
+    pub fn bytes(&self, t: TensorType) -> u64 {
+        self.bytes[index_of(t)]
+    }
+
+    /// Every type the file holds.
+    pub fn types(&self) -> TensorTypes {
+        let mut s = TensorTypes::new();
+        for t in TensorType::ALL {
+            if self.count(t) > 0 {
+                s.insert(t);
+            }
+        }
+        s
+    }
+
+    /// The types the file holds that the engine does not compute with.
+    pub fn unsupported(&self) -> TensorTypes {
+        let mut s = TensorTypes::new();
+        for t in self.types().iter().filter(|t| !t.is_computed()) {
+            s.insert(t);
+        }
+        s
     }
 }
 

@@ -126,7 +126,7 @@ fn layer_predicates_take_any_index() {
     for i in [c.n_layers(), usize::MAX - 1, usize::MAX] {
         assert_eq!(
             c.is_moe_layer(i),
-            (i as u128 + 1) % c.moe_interval() as u128 == 0
+            (i as u128 + 1).is_multiple_of(c.moe_interval() as u128)
         );
     }
 }
@@ -218,4 +218,40 @@ fn duplicate_tensor_names_are_rejected() {
         Gguf::parse(&b2.build()),
         Err(Error::DuplicateTensor { .. })
     ));
+}
+
+/// An unsupported type is named (Q5_0, not "ggml type 6"), with its tensor and the
+/// architecture; another architecture is named too.
+#[test]
+fn errors_name_types_and_architectures() {
+    use common::builder::{Builder, Kv};
+    use mhmoe::error::Error;
+    let mut b = Builder::from_file(&small_model());
+    let t = b.tensor_mut("blk.0.attn_q.weight");
+    let n = (t.dims[0] * t.dims[1]) as usize;
+    t.ty = 6; // Q5_0
+    t.data = vec![0; n / 32 * 22];
+    let bytes = b.build();
+    let e = mhmoe::Model::from_bytes(&bytes).unwrap_err();
+    let msg = e.to_string();
+    for part in [
+        "Q5_0",
+        "blk.0.attn_q.weight",
+        "1 tensor ",
+        "Architecture \"mhmoe\"",
+    ] {
+        assert!(msg.contains(part), "{part:?} not in {msg:?}");
+    }
+    assert!(!msg.contains("type 6"), "{msg}");
+
+    let mut b = Builder::from_file(&small_model());
+    b.set("general.architecture", Kv::Str("qwen2moe".into()));
+    let e = mhmoe::Model::from_bytes(&b.build()).unwrap_err();
+    assert_eq!(
+        e,
+        Error::WrongArchitecture {
+            found: "qwen2moe".try_into().unwrap()
+        }
+    );
+    assert!(e.to_string().contains("\"qwen2moe\""), "{e}");
 }

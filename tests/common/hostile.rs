@@ -55,7 +55,17 @@ pub fn gguf(data: &[u8]) {
         n += 1;
     }
     assert_eq!(n, g.tensor_count(), "tensor iterator and header disagree");
-    let _ = g.get("general.architecture");
+    // The census by type agrees with the table.
+    let counts = g.type_counts();
+    let mut total = 0;
+    for ty in counts.types().iter() {
+        total += counts.count(ty);
+        let first = counts.first(ty).expect("a type found has a first tensor");
+        assert_eq!(g.tensors().nth(first).map(|t| t.ty), Some(ty));
+        assert!(g.tensors().take(first).all(|t| t.ty != ty));
+    }
+    assert_eq!(total, g.tensor_count());
+    let _ = g.architecture();
     let _ = g.tensor("token_embd.weight");
     let _ = Config::from_gguf(&g);
 }
@@ -128,12 +138,25 @@ impl Aligned {
 /// (context 0 and past the model's maximum are errors) and `State::new` with a buffer one byte
 /// too small.
 pub fn model(data: &[u8]) {
-    let Ok(m) = Model::from_bytes(data) else {
-        // Still exercise the configuration reader on whatever parsed.
-        if let Ok(g) = Gguf::parse(data) {
-            let _ = Config::from_gguf(&g);
+    let m = match Model::from_bytes(data) {
+        Ok(m) => m,
+        Err(e) => {
+            // Still exercise the configuration reader on whatever parsed.
+            if let Ok(g) = Gguf::parse(data) {
+                let _ = Config::from_gguf(&g);
+                let unsupported = g.type_counts().unsupported();
+                match e {
+                    Error::UnsupportedTensorTypes {
+                        types, first_type, ..
+                    } => {
+                        assert_eq!(types, unsupported);
+                        assert!(types.contains(first_type));
+                    }
+                    e => assert!(unsupported.is_empty(), "{e:?} with types {unsupported}"),
+                }
+            }
+            return;
         }
-        return;
     };
     let c = m.config();
     assert_eq!(
