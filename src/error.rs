@@ -171,9 +171,7 @@ impl From<TokenError> for Error {
                 len: len as usize,
                 capacity: capacity as usize,
             },
-            TokenError::WrongState => Error::InvalidConfig {
-                reason: "the state was made for a different model",
-            },
+            TokenError::WrongState => Error::WrongState,
             TokenError::NonFinite(at) => Error::NonFinite { what: at.as_str() },
             TokenError::NoLogits => Error::BadSamplerParams {
                 reason: "logits must hold between 1 and u32::MAX values",
@@ -242,10 +240,16 @@ pub enum Error {
         /// The alignment found (0 when the type was wrong).
         alignment: u64,
     },
-    /// A tensor has more than 4 dimensions, or a zero dimension.
+    /// A tensor has no dimension, more than 4, or a zero dimension.
     BadTensorDims {
         /// The tensor.
         tensor: Name,
+        /// Its index in the tensor table.
+        index: usize,
+        /// The header's tensor count.
+        count: usize,
+        /// Byte offset of its tensor info.
+        offset: usize,
         /// Number of dimensions declared.
         n_dims: u32,
     },
@@ -331,6 +335,13 @@ pub enum Error {
         /// The architecture found (truncated).
         found: ShortName,
     },
+    /// An instruction set this build has no kernels for, or the CPU does not support.
+    IsaUnavailable {
+        /// The instruction set.
+        isa: crate::kernels::Isa,
+    },
+    /// A state used with a model other than the one it was made for.
+    WrongState,
     /// The hyper-parameters contradict each other.
     InvalidConfig {
         /// Which rule was broken.
@@ -452,10 +463,27 @@ impl fmt::Display for Error {
                 f,
                 "general.alignment must be a non-zero power of two u32, got {alignment}"
             ),
-            BadTensorDims { tensor, n_dims } => write!(
-                f,
-                "tensor {tensor}: {n_dims} dimensions, or a zero dimension (1..=4 non-zero allowed)"
-            ),
+            BadTensorDims {
+                tensor,
+                index,
+                count,
+                offset,
+                n_dims,
+            } => {
+                write!(
+                    f,
+                    "tensor {index} of {count} (\"{tensor}\", info at byte {offset}): {n_dims} \
+                     dimensions, or a zero dimension (1..=4 allowed, none of them 0)"
+                )?;
+                if tensor.is_empty() {
+                    write!(
+                        f,
+                        "; an empty name and no dimensions there suggest that the header's \
+                         tensor count ({count}) is too high"
+                    )?;
+                }
+                Ok(())
+            }
             UnknownTensorType { tensor, type_id } => write!(
                 f,
                 "tensor {tensor}: ggml type id {type_id} is unknown (not a type gguf-py knows)"
@@ -515,6 +543,20 @@ impl fmt::Display for Error {
                 "general.architecture is \"{found}\": this engine runs \"mhmoe\" models only"
             ),
             InvalidConfig { reason } => write!(f, "invalid model configuration: {reason}"),
+            IsaUnavailable { isa } => {
+                write!(
+                    f,
+                    "instruction set {} is not available on this CPU or in this build \
+                     (available: ",
+                    isa.name()
+                )?;
+                let available = crate::kernels::ALL_ISAS.into_iter();
+                for (n, i) in available.filter(|i| i.is_available()).enumerate() {
+                    write!(f, "{}{}", if n > 0 { ", " } else { "" }, i.name())?;
+                }
+                write!(f, ")")
+            }
+            WrongState => write!(f, "the state was made for a different model"),
             MissingTensor { tensor } => write!(f, "tensor {tensor} is missing"),
             WrongShape {
                 tensor,

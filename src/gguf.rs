@@ -520,7 +520,8 @@ impl<'a> Iterator for TensorNames<'a> {
             return None;
         }
         self.remaining -= 1;
-        read_tensor_info(&mut self.cur).ok().map(|t| t.0)
+        // The index only goes into errors, and these infos were read without one before.
+        read_tensor_info(&mut self.cur, 0, 0).ok().map(|t| t.0)
     }
 }
 
@@ -581,26 +582,31 @@ fn read_kv<'a>(cur: &mut Cursor<'a>) -> Result<(&'a str, Value<'a>)> {
     Ok((key, v))
 }
 
-/// Reads one tensor info; the data view is resolved against the data section later.
+/// Reads tensor info `index` of `count`; the data view is resolved against the data section
+/// later.
 fn read_tensor_info<'a>(
     cur: &mut Cursor<'a>,
+    index: usize,
+    count: usize,
 ) -> Result<(&'a str, usize, [u64; MAX_DIMS], u32, u64)> {
+    let offset = cur.offset();
     let tname = cur.string("tensor name")?;
     let n_dims = cur.u32("tensor n_dims")?;
+    let bad = || Error::BadTensorDims {
+        tensor: name(tname),
+        index,
+        count,
+        offset,
+        n_dims,
+    };
     if n_dims == 0 || n_dims as usize > MAX_DIMS {
-        return Err(Error::BadTensorDims {
-            tensor: name(tname),
-            n_dims,
-        });
+        return Err(bad());
     }
     let mut dims = [1u64; MAX_DIMS];
     for d in dims.iter_mut().take(n_dims as usize) {
         *d = cur.u64("tensor dimension")?;
         if *d == 0 {
-            return Err(Error::BadTensorDims {
-                tensor: name(tname),
-                n_dims,
-            });
+            return Err(bad());
         }
     }
     let ty = cur.u32("tensor type")?;
@@ -668,8 +674,8 @@ impl<'a> Gguf<'a> {
 
         let tensors_start = cur.pos;
         let mut infos_end = cur.clone();
-        for _ in 0..n_tensors {
-            read_tensor_info(&mut infos_end)?;
+        for i in 0..n_tensors {
+            read_tensor_info(&mut infos_end, i, n_tensors)?;
         }
         let data_start = align_up(infos_end.pos as u64, alignment)
             .and_then(|v| usize::try_from(v).ok())
@@ -691,8 +697,8 @@ impl<'a> Gguf<'a> {
 
         // Resolve and check every tensor, then check that every name is used once.
         let mut c = cur.clone();
-        for _ in 0..n_tensors {
-            file.resolve(&mut c)?;
+        for i in 0..n_tensors {
+            file.resolve(&mut c, i)?;
         }
         let names = TensorNames {
             cur,
@@ -706,8 +712,9 @@ impl<'a> Gguf<'a> {
         Ok(file)
     }
 
-    fn resolve(&self, cur: &mut Cursor<'a>) -> Result<TensorInfo<'a>> {
-        let (tname, n_dims, dims, ty_raw, offset) = read_tensor_info(cur)?;
+    /// Reads tensor info `index` and resolves its data.
+    fn resolve(&self, cur: &mut Cursor<'a>, index: usize) -> Result<TensorInfo<'a>> {
+        let (tname, n_dims, dims, ty_raw, offset) = read_tensor_info(cur, index, self.n_tensors)?;
         let ty = TensorType::from_u32(ty_raw).ok_or_else(|| Error::UnknownTensorType {
             tensor: name(tname),
             type_id: ty_raw,
@@ -947,9 +954,10 @@ impl<'a> Iterator for TensorIter<'a> {
         if self.remaining == 0 {
             return None;
         }
+        let index = self.file.n_tensors - self.remaining;
         self.remaining -= 1;
         // Validated by `Gguf::parse`.
-        match self.file.resolve(&mut self.cur) {
+        match self.file.resolve(&mut self.cur, index) {
             Ok(t) => Some(t),
             Err(_) => {
                 self.remaining = 0;

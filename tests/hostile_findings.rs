@@ -255,3 +255,47 @@ fn errors_name_types_and_architectures() {
     );
     assert!(e.to_string().contains("\"qwen2moe\""), "{e}");
 }
+
+/// An instruction set this CPU or build lacks is said to be one, not "invalid model
+/// configuration"; so is a state used with another model.
+#[test]
+fn unavailable_instruction_sets_and_foreign_states_are_named() {
+    use mhmoe::kernels::ALL_ISAS;
+    use mhmoe::{Exec, Isa};
+    let Some(missing) = ALL_ISAS.into_iter().find(|i| !i.is_available()) else {
+        return; // every instruction set of this build runs here
+    };
+    for e in [
+        Isa::force(Some(missing)).unwrap_err(),
+        Exec::serial().with_isa(missing).unwrap_err(),
+    ] {
+        let msg = e.to_string();
+        assert!(!msg.contains("model configuration"), "{msg}");
+        assert!(msg.contains(missing.name()), "{msg}");
+        assert!(msg.contains("not available"), "{msg}");
+    }
+    let e = mhmoe::Error::from(mhmoe::TokenError::WrongState).to_string();
+    assert!(!e.contains("model configuration"), "{e}");
+    assert!(e.contains("different model"), "{e}");
+}
+
+/// A tensor count one too high makes the parser read padding as a tensor info: the error says
+/// which tensor (its index and byte offset) and that the count may be too high, where it said
+/// `tensor : 0 dimensions`.
+#[test]
+fn a_tensor_count_too_high_is_reported_as_such() {
+    use mhmoe::error::Error;
+    use mhmoe::gguf::Gguf;
+    let mut bytes = small_model();
+    let n = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
+    bytes[8..16].copy_from_slice(&(n + 1).to_le_bytes());
+    let e = Gguf::parse(&bytes).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(&e, Error::BadTensorDims { index, count, .. } if *index == n as usize && *count == n as usize + 1),
+        "{e:?}"
+    );
+    assert!(msg.contains(&format!("tensor {n} of {}", n + 1)), "{msg}");
+    assert!(msg.contains("tensor count"), "{msg}");
+    assert!(!msg.contains("tensor :"), "{msg}");
+}
