@@ -164,7 +164,7 @@ fn invalid(reason: &'static str) -> Error {
 
 impl Config {
     /// Reads and validates the configuration. `vocab_size` comes from the token embedding's
-    /// second dimension (the model loader checks it against the tokenizer).
+    /// second dimension (`Model::from_gguf` checks that the tokenizer has as many tokens).
     pub fn from_gguf(file: &Gguf<'_>) -> Result<Self> {
         let architecture = get_str(file, "general.architecture")?;
         if architecture != "mhmoe" {

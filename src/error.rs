@@ -401,6 +401,14 @@ pub enum Error {
         /// The vocabulary size.
         vocab_size: usize,
     },
+    /// The tokenizer's size (`tokenizer.ggml.tokens`) is not the number of rows of
+    /// `token_embd.weight`.
+    VocabMismatch {
+        /// Tokens of the tokenizer.
+        tokenizer: usize,
+        /// Rows of the token embedding.
+        embedding: usize,
+    },
     /// The tokenizer metadata is malformed or of an unsupported kind.
     BadTokenizer {
         /// Which rule was broken.
@@ -585,6 +593,14 @@ impl fmt::Display for Error {
             TokenOutOfRange { token, vocab_size } => write!(
                 f,
                 "token id {token} is out of range (vocabulary has {vocab_size} tokens)"
+            ),
+            VocabMismatch {
+                tokenizer,
+                embedding,
+            } => write!(
+                f,
+                "the tokenizer has {tokenizer} tokens but token_embd.weight has {embedding} rows \
+                 (they must be equal)"
             ),
             BadTokenizer { reason } => write!(f, "tokenizer: {reason}"),
             EmptyPrompt => write!(f, "the prompt is empty"),

@@ -12,7 +12,7 @@ use core::fmt::Write;
 
 use crate::config::{Config, RouterKind};
 use crate::error::{name, truncated, Error, Name, Result};
-use crate::gguf::{Gguf, TensorInfo, TensorIter, MAX_DIMS};
+use crate::gguf::{Gguf, TensorInfo, TensorIter, ValueType, MAX_DIMS};
 use crate::quant::{dequantize_row, GgmlType, TensorType};
 
 /// A weight matrix `rows x cols` (GGUF dims `[cols, rows]`), stored row-major in `ty`.
@@ -293,6 +293,24 @@ impl<'a> Model<'a> {
         }
         let config = Config::from_gguf(&file)?;
         let c = &config;
+        // The tokenizer, if the file has one, has a row of the embedding for every token
+        // (FORMAT.md, "Tokenizer rules"): a token without one would fail mid-generation.
+        if let Some(tokens) = file.get("tokenizer.ggml.tokens") {
+            let n = tokens
+                .as_array()
+                .filter(|a| a.elem_type() == ValueType::String)
+                .ok_or_else(|| Error::BadKey {
+                    key: name("tokenizer.ggml.tokens"),
+                    expected: "an array of strings",
+                })?
+                .len();
+            if n != c.vocab_size {
+                return Err(Error::VocabMismatch {
+                    tokenizer: n,
+                    embedding: c.vocab_size,
+                });
+            }
+        }
         let (d, v) = (c.dim, c.vocab_size);
         let named =
             |tname| -> Result<_> { Ok((Entry::of(&require(&file, tname)?)?, Label::Str(tname))) };

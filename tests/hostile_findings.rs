@@ -299,3 +299,61 @@ fn a_tensor_count_too_high_is_reported_as_such() {
     assert!(msg.contains("tensor count"), "{msg}");
     assert!(!msg.contains("tensor :"), "{msg}");
 }
+
+/// The tokenizer's size must equal `token_embd.weight`'s rows (FORMAT.md): a file with fewer
+/// tokens loaded and failed mid-generation (`decode: token id 2010 is out of range`), one with
+/// more gave ids the model has no row for.
+#[test]
+fn tokenizer_size_must_equal_the_embedding_rows() {
+    use common::builder::{Builder, Kv};
+    use mhmoe::error::Error;
+    use mhmoe::gguf::Gguf;
+    let bytes = small_model();
+    let g = Gguf::parse(&bytes).unwrap();
+    let tokens: Vec<&str> = g
+        .get("tokenizer.ggml.tokens")
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let rows = g.tensor("token_embd.weight").unwrap().dims[1] as usize;
+    assert_eq!(tokens.len(), rows);
+    mhmoe::Model::from_bytes(&bytes).unwrap();
+    for n in [rows - 48, rows - 1, rows + 1, rows + 100] {
+        let mut list: Vec<String> = tokens.iter().take(n).map(|s| s.to_string()).collect();
+        while list.len() < n {
+            list.push(format!("<extra {}>", list.len()));
+        }
+        let raw: Vec<u8> = list
+            .iter()
+            .flat_map(|s| (s.len() as u64).to_le_bytes().into_iter().chain(s.bytes()))
+            .collect();
+        let mut b = Builder::from_file(&bytes);
+        b.set("tokenizer.ggml.tokens", Kv::RawArray(8, n as u64, raw));
+        let bytes = b.build();
+        let Err(e) = mhmoe::Model::from_bytes(&bytes) else {
+            panic!("{n} tokens for {rows} rows loaded");
+        };
+        assert_eq!(
+            e,
+            Error::VocabMismatch {
+                tokenizer: n,
+                embedding: rows
+            }
+        );
+        assert!(e.to_string().contains(&format!("{n} tokens")), "{e}");
+    }
+    // Not an array of strings.
+    let mut b = Builder::from_file(&bytes);
+    b.set("tokenizer.ggml.tokens", Kv::U32(7));
+    assert!(matches!(
+        mhmoe::Model::from_bytes(&b.build()),
+        Err(Error::BadKey { .. })
+    ));
+    // A model without a tokenizer still loads.
+    let mut b = Builder::from_file(&bytes);
+    b.kvs.retain(|(k, _)| !k.starts_with("tokenizer."));
+    mhmoe::Model::from_bytes(&b.build()).unwrap();
+}
