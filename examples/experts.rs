@@ -8,15 +8,21 @@
 //!
 //! "Experts per token" counts the distinct experts that at least one sub-token of a token was
 //! routed to (MH-MoE: up to `h * k`; SMoE: `k`); "activation" is that divided by the number of
-//! experts, the per-token form of the expert activation the MH-MoE paper reports.
+//! experts, the per-token form of the expert activation the MH-MoE paper reports. The text runs
+//! in windows of the model's context, at most 4096 unless `--ctx` says otherwise; stderr says
+//! which, and the bytes its state takes, before allocating it.
 
+#[macro_use]
+mod common;
+
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use mhmoe::file::{ModelBytes, StateBuffer};
-use mhmoe::forward;
 use mhmoe::tokenizer::TokenizerBuf;
+use mhmoe::{forward, State};
 
 /// Expert routing statistics of an MoE model on a text file.
 #[derive(Parser, Debug)]
@@ -31,7 +37,13 @@ struct Args {
     /// Tokens of text to use (0 = all).
     #[arg(long, default_value_t = 4096)]
     limit: usize,
+    /// Window length (default: the model's context length, at most 4096).
+    #[arg(long)]
+    ctx: Option<usize>,
 }
+
+/// The longest default window: a model's context can be far longer than memory holds.
+const DEFAULT_MAX_CTX: usize = 4096;
 
 fn run(args: Args) -> Result<(), String> {
     let file = ModelBytes::read(&args.model)
@@ -40,7 +52,9 @@ fn run(args: Args) -> Result<(), String> {
         .model()
         .map_err(|e| format!("cannot load model {}: {e}", args.model.display()))?;
     let c = model.config().clone();
-    let tok_buf = TokenizerBuf::new(model.gguf()).map_err(|e| format!("tokenizer: {e}"))?;
+    // The tokenizer's errors say "tokenizer" themselves.
+    let tok_buf =
+        TokenizerBuf::new(model.gguf()).map_err(|e| format!("{}: {e}", args.model.display()))?;
     let text = std::fs::read(&args.text)
         .map_err(|e| format!("cannot read {}: {e}", args.text.display()))?;
     let mut ids = tok_buf
@@ -50,7 +64,19 @@ fn run(args: Args) -> Result<(), String> {
     if args.limit > 0 {
         ids.truncate(args.limit);
     }
-    let ctx = c.context_length();
+    let max = c.context_length();
+    let (ctx, why) = match args.ctx {
+        Some(n) => (n, "--ctx"),
+        None => (
+            max.min(DEFAULT_MAX_CTX),
+            "default: the model's, at most 4096",
+        ),
+    };
+    let bytes = State::bytes_needed(&model, ctx).map_err(|e| format!("context: {e}"))?;
+    errln!(
+        "[context {ctx} positions per window ({why}; the model allows {max}; --ctx to \
+         change): state {bytes} bytes]"
+    )?;
     let mut buf = StateBuffer::for_model(&model, ctx).map_err(|e| format!("context: {e}"))?;
     let mut state = buf.state(&model).map_err(|e| format!("state: {e}"))?;
 
@@ -78,15 +104,20 @@ fn run(args: Args) -> Result<(), String> {
             }
         }
     }
-    println!(
+    let mut out = std::io::stdout().lock();
+    outln!(
+        out,
         "{}: h = {}, E = {}, k = {}, {tokens} tokens of {}",
         args.model.display(),
         c.moe_heads(),
         c.n_experts(),
         c.top_k(),
         args.text.display()
-    );
-    println!("layer  experts/token  activation  load share per expert (%)");
+    )?;
+    outln!(
+        out,
+        "layer  experts/token  activation  load share per expert (%)"
+    )?;
     for (i, &l) in moe_layers.iter().enumerate() {
         let mean = distinct_sum[i] as f64 / tokens as f64;
         let total: u64 = load[i].iter().sum();
@@ -94,21 +125,16 @@ fn run(args: Args) -> Result<(), String> {
             .iter()
             .map(|&n| format!("{:.1}", 100.0 * n as f64 / total as f64))
             .collect();
-        println!(
+        outln!(
+            out,
             "{l:>5}  {mean:>13.2}  {:>9.1}%  {}",
             100.0 * mean / c.n_experts() as f64,
             shares.join(" ")
-        );
+        )?;
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit(run(Args::parse()))
 }
