@@ -850,7 +850,8 @@ impl<'a> Gguf<'a> {
         for (i, t) in self.tensors().enumerate() {
             let k = index_of(t.ty);
             c.count[k] += 1;
-            c.bytes[k] += t.data.len() as u64;
+            // Tensors may overlap, so the sum is not bounded by the file size.
+            c.bytes[k] = c.bytes[k].saturating_add(t.data.len() as u64);
             if c.first[k] == usize::MAX {
                 c.first[k] = i;
             }
