@@ -17,7 +17,11 @@
 //! Token ids are synthetic (`i * 7919 % vocab`): speed does not depend on the text, and
 //! random-weight models (tools/gen_model.py) have no meaningful tokenizer anyway.
 
+#[macro_use]
+mod common;
+
 use std::hint::black_box;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -189,8 +193,10 @@ fn run(args: Args) -> Result<(), String> {
         }
     }
 
+    let mut out = std::io::stdout().lock();
     if !args.json {
-        println!(
+        outln!(
+            out,
             "model {} ({} bytes), isa {}, prompt {prompt}, decode {decode}, {} rounds (medians), \
              huge pages {} MiB",
             args.model.display(),
@@ -198,11 +204,12 @@ fn run(args: Args) -> Result<(), String> {
             isa.name(),
             args.rounds,
             huge_pages_mib().map_or("?".into(), |m| m.to_string())
-        );
-        println!(
+        )?;
+        outln!(
+            out,
             "| threads | decode tok/s | prompt tok/s | bytes/token | read GB/s | % of roofline |"
-        );
-        println!("|---|---|---|---|---|---|");
+        )?;
+        outln!(out, "|---|---|---|---|---|---|")?;
     }
     for (&n, s) in threads.iter().zip(&samples) {
         let med = |f: fn(&Sample) -> f64| median(s.iter().map(f).collect());
@@ -214,25 +221,23 @@ fn run(args: Args) -> Result<(), String> {
         );
         let roofline = 100.0 * dec * bpt / (bw * 1e9);
         if args.json {
-            println!(
+            outln!(
+                out,
                 "{{\"threads\": {n}, \"decode_tok_s\": {dec:.2}, \"prompt_tok_s\": {pr:.2}, \
                  \"bytes_per_token\": {bpt:.0}, \"bandwidth_gb_s\": {bw:.2}, \
                  \"roofline_pct\": {roofline:.1}, \"isa\": \"{}\"}}",
                 isa.name()
-            );
+            )?;
         } else {
-            println!("| {n} | {dec:.1} | {pr:.1} | {bpt:.0} | {bw:.1} | {roofline:.0}% |");
+            outln!(
+                out,
+                "| {n} | {dec:.1} | {pr:.1} | {bpt:.0} | {bw:.1} | {roofline:.0}% |"
+            )?;
         }
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit(run(Args::parse()))
 }

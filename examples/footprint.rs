@@ -9,6 +9,10 @@
 //! `Tokenizer` values themselves for a given layer capacity. Stack use and the firmware's own
 //! code come on top (the firmware tests in `targets/` measure those).
 
+#[macro_use]
+mod common;
+
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -48,9 +52,19 @@ fn run(args: Args) -> Result<(), String> {
     let row = args.kv.row_bytes(c.head_dim()).unwrap_or(0);
     let kv = 2 * c.n_layers() * c.n_kv_heads() * args.ctx * row;
     let tok_words = Tokenizer::workspace_len(model.gguf()).map_err(|e| e.to_string())?;
-    println!("model {} (context {}):", args.model.display(), args.ctx);
-    println!("flash");
-    println!("  model file            {:>10} bytes", file.bytes().len());
+    let mut out = std::io::stdout().lock();
+    outln!(
+        out,
+        "model {} (context {}):",
+        args.model.display(),
+        args.ctx
+    )?;
+    outln!(out, "flash")?;
+    outln!(
+        out,
+        "  model file            {:>10} bytes",
+        file.bytes().len()
+    )?;
     for t in [
         GgmlType::F32,
         GgmlType::F16,
@@ -65,40 +79,38 @@ fn run(args: Args) -> Result<(), String> {
             .map(|x| x.data.len())
             .sum();
         if n > 0 {
-            println!("    {:<6} tensors      {:>10} bytes", t.name(), n);
+            outln!(out, "    {:<6} tensors      {:>10} bytes", t.name(), n)?;
         }
     }
-    println!("RAM");
-    println!(
+    outln!(out, "RAM")?;
+    outln!(
+        out,
         "  state                 {:>10} bytes (KV cache {kv}, {})",
         state,
         args.kv.name()
-    );
-    println!("  tokenizer workspace   {:>10} bytes", tok_words * 4);
-    println!(
+    )?;
+    outln!(out, "  tokenizer workspace   {:>10} bytes", tok_words * 4)?;
+    outln!(
+        out,
         "  Model value           {:>10} bytes (target-dependent: pointer width)",
         std::mem::size_of::<Model<'_>>()
-    );
-    println!(
+    )?;
+    outln!(
+        out,
         "  Tokenizer value       {:>10} bytes",
         std::mem::size_of::<Tokenizer<'_, '_>>()
-    );
-    println!(
+    )?;
+    outln!(
+        out,
         "  total                 {:>10} bytes",
         state
             + tok_words * 4
             + std::mem::size_of::<Model<'_>>()
             + std::mem::size_of::<Tokenizer<'_, '_>>()
-    );
+    )?;
     Ok(())
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit(run(Args::parse()))
 }

@@ -5,8 +5,15 @@
 //! ```
 //!
 //! Streams the continuation to stdout and reports speed on stderr. With no `--model` it uses the
-//! shipped demo model `models/mhmoe-demo-q8_0.gguf`.
+//! shipped demo model `models/mhmoe-demo-q8_0.gguf`. The context is the prompt plus the tokens
+//! asked for (at most the model's) unless `--ctx` says otherwise; stderr says which, and the
+//! bytes its state takes, before allocating it. A failed write (a closed pipe, a full disk)
+//! ends the run with an error.
 
+#[macro_use]
+mod common;
+
+use std::cell::RefCell;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,7 +23,7 @@ use clap::Parser;
 use mhmoe::file::{ModelBytes, StateBuffer};
 use mhmoe::parallel::{physical_cores, Parallel, ThreadPool};
 use mhmoe::sampler::{Sampler, SamplerParams};
-use mhmoe::state::{KvType, StateOptions};
+use mhmoe::state::{KvType, State, StateOptions};
 use mhmoe::tokenizer::TokenizerBuf;
 use mhmoe::{Exec, Isa};
 
@@ -48,7 +55,7 @@ struct Args {
     /// Greedy decoding (argmax), ignoring temperature, top-k and top-p.
     #[arg(long)]
     greedy: bool,
-    /// Context length (default: the model's).
+    /// Context length (default: the prompt plus the tokens asked for, at most the model's).
     #[arg(long)]
     ctx: Option<usize>,
     /// Force an instruction set (scalar, avx2, avx512, neon, neon-dotprod) instead of the
@@ -85,9 +92,10 @@ fn run(args: Args) -> Result<(), String> {
     let model = file
         .model()
         .map_err(|e| format!("cannot load model {}: {e}", args.model.display()))?;
-    let tok_buf = TokenizerBuf::new(model.gguf()).map_err(|e| ctx_err("tokenizer", e))?;
+    // The tokenizer's errors say "tokenizer" themselves.
+    let tok_buf =
+        TokenizerBuf::new(model.gguf()).map_err(|e| format!("{}: {e}", args.model.display()))?;
     let tok = tok_buf.tokenizer();
-    let ctx = args.ctx.unwrap_or(model.config().context_length());
     let params = if args.greedy {
         SamplerParams::GREEDY
     } else {
@@ -108,6 +116,16 @@ fn run(args: Args) -> Result<(), String> {
     if prompt.is_empty() {
         return Err("the prompt is empty".into());
     }
+    // The model's context may be far longer than this run needs (and than memory holds): by
+    // default the state holds the prompt and the tokens asked for.
+    let max = model.config().context_length();
+    let (ctx, why) = match args.ctx {
+        Some(c) => (c, "--ctx".to_string()),
+        None => (
+            (prompt.len().saturating_add(args.tokens)).min(max),
+            format!("prompt {} + {} tokens asked for", prompt.len(), args.tokens),
+        ),
+    };
     if prompt.len() > ctx {
         return Err(format!(
             "the prompt is {} tokens, longer than the context of {ctx} tokens",
@@ -115,20 +133,38 @@ fn run(args: Args) -> Result<(), String> {
         ));
     }
     let batch = args.batch.clamp(1, prompt.len());
-    let mut buf = StateBuffer::for_model(&model, StateOptions::new(ctx).batch(batch).kv(args.kv))
-        .map_err(|e| ctx_err("context", e))?;
+    let opts = StateOptions::new(ctx).batch(batch).kv(args.kv);
+    let bytes = State::bytes_needed(&model, opts).map_err(|e| ctx_err("context", e))?;
+    errln!(
+        "[context {ctx} positions ({why}; the model allows {max}; --ctx to change): state {bytes} \
+         bytes]"
+    )?;
+    let mut buf = StateBuffer::for_model(&model, opts).map_err(|e| ctx_err("context", e))?;
     let mut state = buf.state(&model).map_err(|e| ctx_err("state", e))?;
     let pool = ThreadPool::new(args.threads.unwrap_or_else(physical_cores))
         .map_err(|e| ctx_err("--threads", e))?;
     let exec = Exec::new(&pool);
 
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    // Text is written as it comes; the first failed write is kept and ends the run.
+    let out = RefCell::new((std::io::stdout().lock(), None::<std::io::Error>));
     let mut emit = |s: &str| {
-        let _ = out.write_all(s.as_bytes());
-        let _ = out.flush();
+        let (w, failed) = &mut *out.borrow_mut();
+        if failed.is_none() {
+            if let Err(e) = w.write_all(s.as_bytes()).and_then(|()| w.flush()) {
+                *failed = Some(e);
+            }
+        }
+    };
+    let write_error = || {
+        out.borrow_mut()
+            .1
+            .take()
+            .map(common::write_failed("stdout"))
     };
     emit(&args.prompt);
+    if let Some(e) = write_error() {
+        return Err(e);
+    }
 
     let t_prompt = Instant::now();
     let mut logits_ready = false;
@@ -154,6 +190,9 @@ fn run(args: Args) -> Result<(), String> {
         decoder
             .push(&tok, next, &mut emit)
             .map_err(|e| ctx_err("decode", e))?;
+        if let Some(e) = write_error() {
+            return Err(e);
+        }
         generated += 1;
         if generated == args.tokens {
             break;
@@ -167,8 +206,11 @@ fn run(args: Args) -> Result<(), String> {
     }
     decoder.flush(&mut emit);
     emit("\n");
+    if let Some(e) = write_error() {
+        return Err(e);
+    }
     let gen_time = t_gen.elapsed().as_secs_f64();
-    eprintln!(
+    errln!(
         "\n[{} prompt tokens in {:.3} s; {generated} tokens generated in {gen_time:.3} s = {:.1} tokens/s; stopped: {stop_reason}; isa {}; {} threads; model {}]",
         prompt.len(),
         prompt_time.as_secs_f64(),
@@ -176,16 +218,9 @@ fn run(args: Args) -> Result<(), String> {
         Isa::active().name(),
         pool.threads(),
         args.model.display(),
-    );
-    Ok(())
+    )
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit(run(Args::parse()))
 }

@@ -7,8 +7,14 @@
 //! The text is tokenized whole, then cut into non-overlapping windows of the context length;
 //! each window starts from an empty state at position 0 and every token after the first in a
 //! window is predicted. The result is the mean negative log-likelihood in nats per token and its
-//! exponential, the perplexity (the same windowing as tools/perplexity_torch.py).
+//! exponential, the perplexity (the same windowing as tools/perplexity_torch.py). The window
+//! length is the model's context, at most 4096 unless `--ctx` says otherwise; stderr says which,
+//! and the bytes its state takes, before allocating it.
 
+#[macro_use]
+mod common;
+
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,7 +22,10 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use mhmoe::file::{ModelBytes, StateBuffer};
 use mhmoe::tokenizer::TokenizerBuf;
-use mhmoe::{forward, KvType, StateOptions};
+use mhmoe::{forward, KvType, State, StateOptions};
+
+/// The longest default window: a model's context can be far longer than memory holds.
+const DEFAULT_MAX_CTX: usize = 4096;
 
 /// Perplexity of an MH-MoE model on a text file.
 #[derive(Parser, Debug)]
@@ -28,7 +37,7 @@ struct Args {
     /// Text file (UTF-8).
     #[arg(short, long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/models/heldout-sample.txt"))]
     text: PathBuf,
-    /// Window length (default: the model's context length).
+    /// Window length (default: the model's context length, at most 4096).
     #[arg(long)]
     ctx: Option<usize>,
     /// KV cache storage: f32, f16, q8_0 or q4_0.
@@ -59,7 +68,9 @@ fn run(args: Args) -> Result<(), String> {
     let model = file
         .model()
         .map_err(|e| format!("cannot load model {}: {e}", args.model.display()))?;
-    let tok_buf = TokenizerBuf::new(model.gguf()).map_err(|e| format!("tokenizer: {e}"))?;
+    // The tokenizer's errors say "tokenizer" themselves.
+    let tok_buf =
+        TokenizerBuf::new(model.gguf()).map_err(|e| format!("{}: {e}", args.model.display()))?;
     let tok = tok_buf.tokenizer();
     let text = std::fs::read(&args.text)
         .map_err(|e| format!("cannot read {}: {e}", args.text.display()))?;
@@ -72,8 +83,20 @@ fn run(args: Args) -> Result<(), String> {
     if ids.len() < 2 {
         return Err("the text has fewer than 2 tokens".into());
     }
-    let ctx = args.ctx.unwrap_or(model.config().context_length());
+    let max = model.config().context_length();
+    let (ctx, why) = match args.ctx {
+        Some(c) => (c, "--ctx"),
+        None => (
+            max.min(DEFAULT_MAX_CTX),
+            "default: the model's, at most 4096",
+        ),
+    };
     let opts = StateOptions::new(ctx).kv(args.kv);
+    let bytes = State::bytes_needed(&model, opts).map_err(|e| format!("state: {e}"))?;
+    errln!(
+        "[context {ctx} positions per window ({why}; the model allows {max}; --ctx to \
+         change): state {bytes} bytes]"
+    )?;
     let mut buf = StateBuffer::for_model(&model, opts).map_err(|e| format!("state: {e}"))?;
     let mut state = buf.state(&model).map_err(|e| format!("state: {e}"))?;
 
@@ -99,7 +122,9 @@ fn run(args: Args) -> Result<(), String> {
     }
     bar.finish_and_clear();
     let mean = total / predicted as f64;
-    println!(
+    let mut out = std::io::stdout().lock();
+    outln!(
+        out,
         "{} (KV cache {}): {} tokens of {} in {} windows of up to {ctx}: {mean:.4} nats/token, perplexity {:.3}",
         args.model.display(),
         args.kv.name(),
@@ -107,16 +132,9 @@ fn run(args: Args) -> Result<(), String> {
         args.text.display(),
         windows.len(),
         mean.exp()
-    );
-    Ok(())
+    )
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit(run(Args::parse()))
 }

@@ -1,6 +1,6 @@
 //! Model hyper-parameters read from the GGUF metadata and checked for consistency.
 
-use crate::error::{name, Error, Result};
+use crate::error::{name, truncated, Error, Result};
 use crate::gguf::{Gguf, Value};
 
 /// How a sub-token picks its experts.
@@ -164,10 +164,13 @@ fn invalid(reason: &'static str) -> Error {
 
 impl Config {
     /// Reads and validates the configuration. `vocab_size` comes from the token embedding's
-    /// second dimension (the model loader checks it against the tokenizer).
+    /// second dimension (`Model::from_gguf` checks that the tokenizer has as many tokens).
     pub fn from_gguf(file: &Gguf<'_>) -> Result<Self> {
-        if get_str(file, "general.architecture")? != "mhmoe" {
-            return Err(Error::WrongArchitecture);
+        let architecture = get_str(file, "general.architecture")?;
+        if architecture != "mhmoe" {
+            return Err(Error::WrongArchitecture {
+                found: truncated(architecture),
+            });
         }
         let router = match get_str(file, "mhmoe.moe.router")? {
             "softmax" => RouterKind::Softmax,
@@ -271,7 +274,8 @@ impl Config {
 
     /// True if layer `i` is an MH-MoE layer.
     pub const fn is_moe_layer(&self, i: usize) -> bool {
-        self.moe_interval != 0 && (i + 1).is_multiple_of(self.moe_interval)
+        // `(i + 1) % interval == 0` without the `+ 1` (which overflows for `usize::MAX`).
+        self.moe_interval != 0 && i % self.moe_interval == self.moe_interval - 1
     }
 
     /// Sub-token width `m = d / h`.

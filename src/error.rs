@@ -13,16 +13,31 @@
 
 use core::fmt;
 
+use crate::quant::{TensorType, TensorTypes};
+
 /// A short, fixed-capacity copy of a name (tensor name or metadata key) for error messages.
 ///
 /// Names longer than the capacity are truncated (on a character boundary) and end in `~`.
 pub type Name = heapless::String<64>;
 
+/// A short name (an architecture) for error messages, truncated like a [`Name`].
+pub type ShortName = heapless::String<24>;
+
 /// Copies `s` into a [`Name`], truncating if needed.
 pub(crate) fn name(s: &str) -> Name {
-    let mut out = Name::new();
+    truncated(s)
+}
+
+/// Copies `s` into a fixed-capacity string, truncating (on a character boundary) if needed
+/// with a final `~`.
+pub(crate) fn truncated<const N: usize>(s: &str) -> heapless::String<N> {
+    let mut out = heapless::String::new();
+    if s.len() <= N {
+        let _ = out.push_str(s);
+        return out;
+    }
     for c in s.chars() {
-        if out.len() + c.len_utf8() > out.capacity() - 1 {
+        if out.len() + c.len_utf8() > N - 1 {
             let _ = out.push('~');
             break;
         }
@@ -156,9 +171,7 @@ impl From<TokenError> for Error {
                 len: len as usize,
                 capacity: capacity as usize,
             },
-            TokenError::WrongState => Error::InvalidConfig {
-                reason: "the state was made for a different model",
-            },
+            TokenError::WrongState => Error::WrongState,
             TokenError::NonFinite(at) => Error::NonFinite { what: at.as_str() },
             TokenError::NoLogits => Error::BadSamplerParams {
                 reason: "logits must hold between 1 and u32::MAX values",
@@ -227,19 +240,40 @@ pub enum Error {
         /// The alignment found (0 when the type was wrong).
         alignment: u64,
     },
-    /// A tensor has more than 4 dimensions, or a zero dimension.
+    /// A tensor has no dimension, more than 4, or a zero dimension.
     BadTensorDims {
         /// The tensor.
         tensor: Name,
+        /// Its index in the tensor table.
+        index: usize,
+        /// The header's tensor count.
+        count: usize,
+        /// Byte offset of its tensor info.
+        offset: usize,
         /// Number of dimensions declared.
         n_dims: u32,
     },
-    /// A tensor type id this engine does not support.
-    UnsupportedTensorType {
+    /// A tensor type id that is not a ggml type gguf-py knows (so its size is unknown).
+    UnknownTensorType {
         /// The tensor.
         tensor: Name,
         /// The ggml type id.
         type_id: u32,
+    },
+    /// The file holds tensors of types the engine does not compute with: its tables read, but
+    /// it cannot be loaded as a model. Names every such type and the architecture;
+    /// [`crate::gguf::Gguf::type_counts`] gives the count and first tensor of each type.
+    UnsupportedTensorTypes {
+        /// `general.architecture` (truncated; empty when missing or not a string).
+        architecture: ShortName,
+        /// Every type found that the engine does not compute with.
+        types: TensorTypes,
+        /// How many tensors have one of them.
+        tensors: usize,
+        /// The first such tensor in the table.
+        first: Name,
+        /// Its type.
+        first_type: TensorType,
     },
     /// A block-quantized tensor whose first dimension is not a multiple of the block size.
     RowNotBlockAligned {
@@ -273,6 +307,11 @@ pub enum Error {
         /// The tensor.
         tensor: Name,
     },
+    /// Two metadata entries share one key.
+    DuplicateKey {
+        /// The key.
+        key: Name,
+    },
     /// A layer's tensor outside its layer's run: the tensors of a layer must be contiguous in
     /// the tensor table and the layers in increasing order (FORMAT.md, "Tensor order").
     TensorOutOfOrder {
@@ -292,7 +331,17 @@ pub enum Error {
         expected: &'static str,
     },
     /// `general.architecture` is not `mhmoe`.
-    WrongArchitecture,
+    WrongArchitecture {
+        /// The architecture found (truncated).
+        found: ShortName,
+    },
+    /// An instruction set this build has no kernels for, or the CPU does not support.
+    IsaUnavailable {
+        /// The instruction set.
+        isa: crate::kernels::Isa,
+    },
+    /// A state used with a model other than the one it was made for.
+    WrongState,
     /// The hyper-parameters contradict each other.
     InvalidConfig {
         /// Which rule was broken.
@@ -351,6 +400,14 @@ pub enum Error {
         token: u32,
         /// The vocabulary size.
         vocab_size: usize,
+    },
+    /// The tokenizer's size (`tokenizer.ggml.tokens`) is not the number of rows of
+    /// `token_embd.weight`.
+    VocabMismatch {
+        /// Tokens of the tokenizer.
+        tokenizer: usize,
+        /// Rows of the token embedding.
+        embedding: usize,
     },
     /// The tokenizer metadata is malformed or of an unsupported kind.
     BadTokenizer {
@@ -414,14 +471,52 @@ impl fmt::Display for Error {
                 f,
                 "general.alignment must be a non-zero power of two u32, got {alignment}"
             ),
-            BadTensorDims { tensor, n_dims } => write!(
+            BadTensorDims {
+                tensor,
+                index,
+                count,
+                offset,
+                n_dims,
+            } => {
+                write!(
+                    f,
+                    "tensor {index} of {count} (\"{tensor}\", info at byte {offset}): {n_dims} \
+                     dimensions, or a zero dimension (1..=4 allowed, none of them 0)"
+                )?;
+                if tensor.is_empty() {
+                    write!(
+                        f,
+                        "; an empty name and no dimensions there suggest that the header's \
+                         tensor count ({count}) is too high"
+                    )?;
+                }
+                Ok(())
+            }
+            UnknownTensorType { tensor, type_id } => write!(
                 f,
-                "tensor {tensor}: {n_dims} dimensions, or a zero dimension (1..=4 non-zero allowed)"
+                "tensor {tensor}: ggml type id {type_id} is unknown (not a type gguf-py knows)"
             ),
-            UnsupportedTensorType { tensor, type_id } => write!(
-                f,
-                "tensor {tensor}: ggml type {type_id} is not supported (F32, F16, BF16, Q8_0, Q4_0 are)"
-            ),
+            UnsupportedTensorTypes {
+                architecture,
+                types,
+                tensors,
+                first,
+                first_type,
+            } => {
+                let s = if *tensors == 1 { "" } else { "s" };
+                write!(
+                    f,
+                    "this engine cannot run the file: {tensors} tensor{s} of type{} it does not \
+                     compute with ({types}; the first: {first}, {first_type}); it computes with \
+                     F32, F16, BF16, Q8_0 and Q4_0. ",
+                    if types.len() == 1 { "" } else { "s" }
+                )?;
+                match architecture.as_str() {
+                    "mhmoe" => write!(f, "Architecture \"mhmoe\"."),
+                    "" => write!(f, "The file names no architecture (general.architecture)."),
+                    a => write!(f, "Architecture \"{a}\", not \"mhmoe\"."),
+                }
+            }
             RowNotBlockAligned { tensor, ne0, block } => write!(
                 f,
                 "tensor {tensor}: first dimension {ne0} is not a multiple of the block size {block}"
@@ -443,6 +538,7 @@ impl fmt::Display for Error {
                 "tensor {tensor}: data ends at byte {end}, past the end of the file ({file_size} bytes)"
             ),
             DuplicateTensor { tensor } => write!(f, "tensor {tensor} appears twice"),
+            DuplicateKey { key } => write!(f, "metadata key {key} appears twice"),
             TensorOutOfOrder { tensor } => write!(
                 f,
                 "tensor {tensor} is out of order: a layer's tensors must be contiguous in the \
@@ -450,8 +546,25 @@ impl fmt::Display for Error {
             ),
             MissingKey { key } => write!(f, "metadata key {key} is missing"),
             BadKey { key, expected } => write!(f, "metadata key {key}: expected {expected}"),
-            WrongArchitecture => write!(f, "general.architecture is not \"mhmoe\""),
+            WrongArchitecture { found } => write!(
+                f,
+                "general.architecture is \"{found}\": this engine runs \"mhmoe\" models only"
+            ),
             InvalidConfig { reason } => write!(f, "invalid model configuration: {reason}"),
+            IsaUnavailable { isa } => {
+                write!(
+                    f,
+                    "instruction set {} is not available on this CPU or in this build \
+                     (available: ",
+                    isa.name()
+                )?;
+                let available = crate::kernels::ALL_ISAS.into_iter();
+                for (n, i) in available.filter(|i| i.is_available()).enumerate() {
+                    write!(f, "{}{}", if n > 0 { ", " } else { "" }, i.name())?;
+                }
+                write!(f, ")")
+            }
+            WrongState => write!(f, "the state was made for a different model"),
             MissingTensor { tensor } => write!(f, "tensor {tensor} is missing"),
             WrongShape {
                 tensor,
@@ -480,6 +593,14 @@ impl fmt::Display for Error {
             TokenOutOfRange { token, vocab_size } => write!(
                 f,
                 "token id {token} is out of range (vocabulary has {vocab_size} tokens)"
+            ),
+            VocabMismatch {
+                tokenizer,
+                embedding,
+            } => write!(
+                f,
+                "the tokenizer has {tokenizer} tokens but token_embd.weight has {embedding} rows \
+                 (they must be equal)"
             ),
             BadTokenizer { reason } => write!(f, "tokenizer: {reason}"),
             EmptyPrompt => write!(f, "the prompt is empty"),

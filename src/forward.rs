@@ -37,7 +37,7 @@ pub fn forward<'s>(model: &Model<'_>, s: &'s mut State<'_>, token: u32) -> Token
     Exec::serial().forward(model, s, token)
 }
 
-/// [`forward`] on a given instruction set; fails with [`Error::InvalidConfig`] if it is not
+/// [`forward`] on a given instruction set; fails with [`Error::IsaUnavailable`] if it is not
 /// available here (a setup error, hence [`Error`]; [`Exec::with_isa`] checks it once).
 pub fn forward_on<'s>(
     isa: Isa,
@@ -121,9 +121,7 @@ impl<'p> Exec<'p> {
     /// The same, on instruction set `isa`; fails if it is not available here.
     pub fn with_isa(self, isa: Isa) -> Result<Self> {
         if !isa.is_available() {
-            return Err(Error::InvalidConfig {
-                reason: "the requested instruction set is not available on this CPU or build",
-            });
+            return Err(Error::IsaUnavailable { isa });
         }
         Ok(Exec { isa, ..self })
     }

@@ -7,7 +7,7 @@
 //! alignment (values are read with `from_le_bytes`).
 
 use crate::error::{name, Error, Result};
-use crate::quant::GgmlType;
+use crate::quant::{TensorType, TensorTypes};
 
 const MAGIC: u32 = 0x4655_4747; // "GGUF" read as little-endian u32
 const DEFAULT_ALIGNMENT: u64 = 32;
@@ -267,8 +267,8 @@ pub struct TensorInfo<'a> {
     pub n_dims: usize,
     /// Dimensions, innermost first; unused ones are 1.
     pub dims: [u64; MAX_DIMS],
-    /// Element type.
-    pub ty: GgmlType,
+    /// Element type: any ggml type (see [`TensorType::computed`] for the engine's).
+    pub ty: TensorType,
     /// Offset of the data relative to the start of the data section.
     pub offset: u64,
     /// The tensor's bytes.
@@ -276,9 +276,13 @@ pub struct TensorInfo<'a> {
 }
 
 impl TensorInfo<'_> {
-    /// Total number of elements.
+    /// Total number of elements (saturating at `u64::MAX`, which only a hand-made view can
+    /// reach: a parsed tensor's element count fits).
     pub fn n_elements(&self) -> u64 {
-        self.dims.iter().product()
+        self.dims
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d))
+            .unwrap_or(u64::MAX)
     }
 }
 
@@ -443,6 +447,129 @@ fn read_value<'a>(cur: &mut Cursor<'a>, ty: ValueType, depth: u32) -> Result<Val
     })
 }
 
+/// Moves `cur` past a value of type `ty` that [`read_value`] accepted before (when the file was
+/// parsed), without validating it again: strings are not checked for UTF-8, fixed-size array
+/// elements are not read.
+fn skip_value(cur: &mut Cursor<'_>, ty: ValueType) -> Result<()> {
+    const W: &str = "metadata value";
+    match ty {
+        ValueType::String => {
+            let len = cur.count("metadata string", 1)?;
+            cur.take(len, W)?;
+        }
+        ValueType::Array => {
+            let type_offset = cur.offset();
+            let raw = cur.u32("array element type")?;
+            let elem = ValueType::from_u32(raw).ok_or(Error::InvalidValueType {
+                value_type: raw,
+                offset: type_offset,
+            })?;
+            match elem.fixed_size() {
+                Some(sz) => {
+                    let len = cur.count("array length", sz)?;
+                    cur.take(len * sz, "array data")?;
+                }
+                None => {
+                    for _ in 0..cur.count("array length", 8)? {
+                        skip_value(cur, elem)?;
+                    }
+                }
+            }
+        }
+        t => {
+            cur.take(t.fixed_size().unwrap_or(0), W)?;
+        }
+    }
+    Ok(())
+}
+
+/// The metadata keys in file order, their values skipped (for the duplicate check).
+#[derive(Clone)]
+struct Keys<'a> {
+    cur: Cursor<'a>,
+    remaining: usize,
+}
+
+impl<'a> Iterator for Keys<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        let key = self.cur.string("metadata key").ok()?;
+        let raw = self.cur.u32("metadata value type").ok()?;
+        skip_value(&mut self.cur, ValueType::from_u32(raw)?).ok()?;
+        Some(key)
+    }
+}
+
+/// The tensor names in file order (for the duplicate check).
+#[derive(Clone)]
+struct TensorNames<'a> {
+    cur: Cursor<'a>,
+    remaining: usize,
+}
+
+impl<'a> Iterator for TensorNames<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        // The index only goes into errors, and these infos were read without one before.
+        read_tensor_info(&mut self.cur, 0, 0).ok().map(|t| t.0)
+    }
+}
+
+/// Names the duplicate check compares at once: a chunk of (hash, name) pairs on the stack,
+/// 1.5 KiB on 32-bit targets, 3 KiB on 64-bit ones.
+const NAME_CHUNK: usize = 128;
+
+/// 32-bit FNV-1a.
+fn name_hash(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5, |h: u32, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// The first name of `names` found twice, if any, without allocating: the names are taken in
+/// chunks of [`NAME_CHUNK`]; each chunk is sorted by (hash, name), which puts copies inside it
+/// side by side, and every later name is looked up in it by hash (binary search). For `n`
+/// names that is one sort for up to 128 names, and `n / 128` passes over the names in general
+/// (`n^2 / 128` hash lookups), where comparing each name with every other would be `n^2 / 2`
+/// string comparisons.
+fn find_duplicate<'a, I: Iterator<Item = &'a str> + Clone>(names: I) -> Option<&'a str> {
+    let mut chunk: [(u32, &'a str); NAME_CHUNK] = [(0, ""); NAME_CHUNK];
+    let mut rest = names;
+    loop {
+        let mut n = 0;
+        for (slot, name) in chunk.iter_mut().zip(rest.by_ref()) {
+            *slot = (name_hash(name), name);
+            n += 1;
+        }
+        if n == 0 {
+            return None;
+        }
+        let c = &mut chunk[..n];
+        c.sort_unstable();
+        if let Some(w) = c.windows(2).find(|w| w[0].1 == w[1].1) {
+            return Some(w[0].1);
+        }
+        for name in rest.clone() {
+            let h = name_hash(name);
+            let from = c.partition_point(|e| e.0 < h);
+            let mut same_hash = c[from..].iter().take_while(|e| e.0 == h);
+            if same_hash.any(|e| e.1 == name) {
+                return Some(name);
+            }
+        }
+    }
+}
+
 fn read_kv<'a>(cur: &mut Cursor<'a>) -> Result<(&'a str, Value<'a>)> {
     let key = cur.string("metadata key")?;
     let type_offset = cur.offset();
@@ -455,26 +582,31 @@ fn read_kv<'a>(cur: &mut Cursor<'a>) -> Result<(&'a str, Value<'a>)> {
     Ok((key, v))
 }
 
-/// Reads one tensor info; the data view is resolved against the data section later.
+/// Reads tensor info `index` of `count`; the data view is resolved against the data section
+/// later.
 fn read_tensor_info<'a>(
     cur: &mut Cursor<'a>,
+    index: usize,
+    count: usize,
 ) -> Result<(&'a str, usize, [u64; MAX_DIMS], u32, u64)> {
+    let offset = cur.offset();
     let tname = cur.string("tensor name")?;
     let n_dims = cur.u32("tensor n_dims")?;
+    let bad = || Error::BadTensorDims {
+        tensor: name(tname),
+        index,
+        count,
+        offset,
+        n_dims,
+    };
     if n_dims == 0 || n_dims as usize > MAX_DIMS {
-        return Err(Error::BadTensorDims {
-            tensor: name(tname),
-            n_dims,
-        });
+        return Err(bad());
     }
     let mut dims = [1u64; MAX_DIMS];
     for d in dims.iter_mut().take(n_dims as usize) {
         *d = cur.u64("tensor dimension")?;
         if *d == 0 {
-            return Err(Error::BadTensorDims {
-                tensor: name(tname),
-                n_dims,
-            });
+            return Err(bad());
         }
     }
     let ty = cur.u32("tensor type")?;
@@ -487,7 +619,11 @@ impl<'a> Gguf<'a> {
     ///
     /// Checks the magic and version, every metadata entry (types, lengths, UTF-8), every tensor
     /// info (dimensions, type, block alignment of rows, size overflow, data alignment and
-    /// bounds) and `general.alignment`. Runs in time linear in the file size.
+    /// bounds), `general.alignment`, and that no two metadata entries share a key and no two
+    /// tensors a name ([`Error::DuplicateKey`], [`Error::DuplicateTensor`]). Runs in time
+    /// linear in the file size, except the duplicate check for files of more than 128 keys or
+    /// tensors: it takes `n / 128` passes over the `n` names (see `find_duplicate`), no memory
+    /// beyond 3 KiB of stack.
     pub fn parse(data: &'a [u8]) -> Result<Self> {
         let mut cur = Cursor {
             data,
@@ -523,10 +659,23 @@ impl<'a> Gguf<'a> {
             }
         }
 
+        // Every key once: a second copy would be ambiguous (which one does a reader use?).
+        let keys = Keys {
+            cur: Cursor {
+                data,
+                pos: kv_start,
+                base: 0,
+            },
+            remaining: n_kv,
+        };
+        if let Some(key) = find_duplicate(keys) {
+            return Err(Error::DuplicateKey { key: name(key) });
+        }
+
         let tensors_start = cur.pos;
         let mut infos_end = cur.clone();
-        for _ in 0..n_tensors {
-            read_tensor_info(&mut infos_end)?;
+        for i in 0..n_tensors {
+            read_tensor_info(&mut infos_end, i, n_tensors)?;
         }
         let data_start = align_up(infos_end.pos as u64, alignment)
             .and_then(|v| usize::try_from(v).ok())
@@ -546,19 +695,27 @@ impl<'a> Gguf<'a> {
             alignment,
         };
 
-        // Resolve and check every tensor. Duplicate names are not searched for here (that
-        // would be quadratic in a hostile tensor count); the model loader rejects duplicates of
-        // every name it uses in a single pass.
-        let mut c = cur;
-        for _ in 0..n_tensors {
-            file.resolve(&mut c)?;
+        // Resolve and check every tensor, then check that every name is used once.
+        let mut c = cur.clone();
+        for i in 0..n_tensors {
+            file.resolve(&mut c, i)?;
+        }
+        let names = TensorNames {
+            cur,
+            remaining: n_tensors,
+        };
+        if let Some(tensor) = find_duplicate(names) {
+            return Err(Error::DuplicateTensor {
+                tensor: name(tensor),
+            });
         }
         Ok(file)
     }
 
-    fn resolve(&self, cur: &mut Cursor<'a>) -> Result<TensorInfo<'a>> {
-        let (tname, n_dims, dims, ty_raw, offset) = read_tensor_info(cur)?;
-        let ty = GgmlType::from_u32(ty_raw).ok_or_else(|| Error::UnsupportedTensorType {
+    /// Reads tensor info `index` and resolves its data.
+    fn resolve(&self, cur: &mut Cursor<'a>, index: usize) -> Result<TensorInfo<'a>> {
+        let (tname, n_dims, dims, ty_raw, offset) = read_tensor_info(cur, index, self.n_tensors)?;
+        let ty = TensorType::from_u32(ty_raw).ok_or_else(|| Error::UnknownTensorType {
             tensor: name(tname),
             type_id: ty_raw,
         })?;
@@ -676,6 +833,81 @@ impl<'a> Gguf<'a> {
     pub fn tensor(&self, name: &str) -> Option<TensorInfo<'a>> {
         self.tensors().find(|t| t.name == name)
     }
+
+    /// `general.architecture`, if it is a string.
+    pub fn architecture(&self) -> Option<&'a str> {
+        self.get("general.architecture").and_then(|v| v.as_str())
+    }
+
+    /// How many tensors of each type the file holds, and the first of each (one walk of the
+    /// tensor table, no allocation).
+    pub fn type_counts(&self) -> TypeCounts {
+        let mut c = TypeCounts {
+            count: [0; TensorType::ALL.len()],
+            first: [usize::MAX; TensorType::ALL.len()],
+            bytes: [0; TensorType::ALL.len()],
+        };
+        for (i, t) in self.tensors().enumerate() {
+            let k = index_of(t.ty);
+            c.count[k] += 1;
+            // Tensors may overlap, so the sum is not bounded by the file size.
+            c.bytes[k] = c.bytes[k].saturating_add(t.data.len() as u64);
+            if c.first[k] == usize::MAX {
+                c.first[k] = i;
+            }
+        }
+        c
+    }
+}
+
+/// Position of `t` in [`TensorType::ALL`].
+fn index_of(t: TensorType) -> usize {
+    TensorType::ALL.iter().position(|&u| u == t).unwrap_or(0)
+}
+
+/// The tensors of a file by type ([`Gguf::type_counts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeCounts {
+    count: [usize; TensorType::ALL.len()],
+    first: [usize; TensorType::ALL.len()],
+    bytes: [u64; TensorType::ALL.len()],
+}
+
+impl TypeCounts {
+    /// Tensors of type `t`.
+    pub fn count(&self, t: TensorType) -> usize {
+        self.count[index_of(t)]
+    }
+
+    /// Index in the tensor table of the first tensor of type `t`, if any.
+    pub fn first(&self, t: TensorType) -> Option<usize> {
+        Some(self.first[index_of(t)]).filter(|&i| i != usize::MAX)
+    }
+
+    /// Bytes of data of the tensors of type `t`.
+    pub fn bytes(&self, t: TensorType) -> u64 {
+        self.bytes[index_of(t)]
+    }
+
+    /// Every type the file holds.
+    pub fn types(&self) -> TensorTypes {
+        let mut s = TensorTypes::new();
+        for t in TensorType::ALL {
+            if self.count(t) > 0 {
+                s.insert(t);
+            }
+        }
+        s
+    }
+
+    /// The types the file holds that the engine does not compute with.
+    pub fn unsupported(&self) -> TensorTypes {
+        let mut s = TensorTypes::new();
+        for t in self.types().iter().filter(|t| !t.is_computed()) {
+            s.insert(t);
+        }
+        s
+    }
 }
 
 fn align_up(v: u64, a: u64) -> Option<u64> {
@@ -723,9 +955,10 @@ impl<'a> Iterator for TensorIter<'a> {
         if self.remaining == 0 {
             return None;
         }
+        let index = self.file.n_tensors - self.remaining;
         self.remaining -= 1;
         // Validated by `Gguf::parse`.
-        match self.file.resolve(&mut self.cur) {
+        match self.file.resolve(&mut self.cur, index) {
             Ok(t) => Some(t),
             Err(_) => {
                 self.remaining = 0;

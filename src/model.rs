@@ -11,9 +11,9 @@
 use core::fmt::Write;
 
 use crate::config::{Config, RouterKind};
-use crate::error::{name, Error, Name, Result};
-use crate::gguf::{Gguf, TensorInfo, TensorIter, MAX_DIMS};
-use crate::quant::{dequantize_row, GgmlType};
+use crate::error::{name, truncated, Error, Name, Result};
+use crate::gguf::{Gguf, TensorInfo, TensorIter, ValueType, MAX_DIMS};
+use crate::quant::{dequantize_row, GgmlType, TensorType};
 
 /// A weight matrix `rows x cols` (GGUF dims `[cols, rows]`), stored row-major in `ty`.
 ///
@@ -273,17 +273,53 @@ impl<'a> Model<'a> {
     /// shape and type against the configuration, and the order of the tensor table (module
     /// docs). Nothing is copied: the model borrows the file's bytes.
     pub fn from_gguf(file: Gguf<'a>) -> Result<Self> {
+        // Every tensor must be of a type the engine computes with; the error names them all.
+        let counts = file.type_counts();
+        let types = counts.unsupported();
+        if !types.is_empty() {
+            let (mut tensors, mut first) = (0, usize::MAX);
+            for t in types.iter() {
+                tensors += counts.count(t);
+                first = first.min(counts.first(t).unwrap_or(usize::MAX));
+            }
+            let t = file.tensors().nth(first);
+            return Err(Error::UnsupportedTensorTypes {
+                architecture: truncated(file.architecture().unwrap_or("")),
+                types,
+                tensors,
+                first: name(t.map_or("", |t| t.name)),
+                first_type: t.map_or(TensorType::F32, |t| t.ty),
+            });
+        }
         let config = Config::from_gguf(&file)?;
         let c = &config;
+        // The tokenizer, if the file has one, has a row of the embedding for every token
+        // (FORMAT.md, "Tokenizer rules"): a token without one would fail mid-generation.
+        if let Some(tokens) = file.get("tokenizer.ggml.tokens") {
+            let n = tokens
+                .as_array()
+                .filter(|a| a.elem_type() == ValueType::String)
+                .ok_or_else(|| Error::BadKey {
+                    key: name("tokenizer.ggml.tokens"),
+                    expected: "an array of strings",
+                })?
+                .len();
+            if n != c.vocab_size {
+                return Err(Error::VocabMismatch {
+                    tokenizer: n,
+                    embedding: c.vocab_size,
+                });
+            }
+        }
         let (d, v) = (c.dim, c.vocab_size);
         let named =
-            |tname| -> Result<_> { Ok((Entry::of(&require(&file, tname)?), Label::Str(tname))) };
+            |tname| -> Result<_> { Ok((Entry::of(&require(&file, tname)?)?, Label::Str(tname))) };
         let (e, label) = named("token_embd.weight")?;
         let token_embd = matrix_of(&e, label, v, d)?;
         let (e, label) = named("output_norm.weight")?;
         let output_norm = vector_of(&e, label, d)?;
         let (output, tied_output) = match find(&file, "output.weight")? {
-            Some(t) => (matrix_of(&Entry::of(&t), Label::Str(t.name), v, d)?, false),
+            Some(t) => (matrix_of(&Entry::of(&t)?, Label::Str(t.name), v, d)?, false),
             None => (token_embd, true),
         };
         // Walk every layer once, with all the checks; the walk at run time repeats it.
@@ -314,7 +350,6 @@ impl<'a> Model<'a> {
         for t in walk.pending.into_iter().chain(walk.tensors) {
             if let Some((j, _)) = parse_blk(t.name) {
                 if j < c.n_layers {
-                    find(&file, t.name)?; // a second copy is a duplicate
                     return Err(Error::TensorOutOfOrder {
                         tensor: name(t.name),
                     });
@@ -676,7 +711,7 @@ impl<'a> LayerWalk<'a> {
                                 tensor: name(t.name),
                             });
                         }
-                        *entry = Some(Entry::of(&t));
+                        *entry = Some(Entry::of(&t)?);
                     }
                 }
                 // A tensor of an earlier layer: that layer's run is over, so it is out of order.
@@ -724,20 +759,9 @@ fn blk(i: usize, suffix: &str) -> Name {
     s
 }
 
-/// The tensor called `tname`, failing if it appears twice.
+/// The tensor called `tname` (`Gguf::parse` rejected files with two of one name).
 fn find<'a>(file: &Gguf<'a>, tname: &str) -> Result<Option<TensorInfo<'a>>> {
-    let mut found = None;
-    for t in file.tensors() {
-        if t.name == tname {
-            if found.is_some() {
-                return Err(Error::DuplicateTensor {
-                    tensor: name(tname),
-                });
-            }
-            found = Some(t);
-        }
-    }
-    Ok(found)
+    Ok(file.tensor(tname))
 }
 
 fn require<'a>(file: &Gguf<'a>, tname: &str) -> Result<TensorInfo<'a>> {
@@ -763,12 +787,18 @@ impl Label<'_> {
 }
 
 impl<'a> Entry<'a> {
-    fn of(t: &TensorInfo<'a>) -> Self {
-        Entry {
-            ty: t.ty,
+    /// The entry of `t`, whose type the engine must compute with (`Model::from_gguf` checked
+    /// every tensor's type first).
+    fn of(t: &TensorInfo<'a>) -> Result<Self> {
+        let ty = t.ty.computed().ok_or_else(|| Error::WrongTensorType {
+            tensor: name(t.name),
+            expected: "a type the engine computes with (F32, F16, BF16, Q8_0, Q4_0)",
+        })?;
+        Ok(Entry {
+            ty,
             dims: t.dims,
             data: t.data,
-        }
+        })
     }
 }
 

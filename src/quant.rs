@@ -1,4 +1,6 @@
-//! Weight types and ggml's block layouts.
+//! Tensor types and ggml's block layouts.
+//!
+//! The types the engine computes with ([`GgmlType`]):
 //!
 //! | type | id | block | bytes per block | layout |
 //! |---|---|---|---|---|
@@ -9,7 +11,9 @@
 //! | BF16 | 30 | 1 | 2 | upper half of an f32 |
 //!
 //! These are byte for byte the layouts of ggml, so the `gguf` Python package's dequantizers give
-//! the same values (checked in `tests/dequant.rs`).
+//! the same values (checked in `tests/dequant.rs`). A file may hold any other ggml type
+//! ([`TensorType`], every type gguf-py knows with its block size): the parser reads the tables
+//! of such files, only loading them as a model fails.
 
 use half::f16;
 
@@ -20,7 +24,8 @@ pub const Q8_0_BLOCK_BYTES: usize = 2 + QK;
 /// Bytes of one Q4_0 block.
 pub const Q4_0_BLOCK_BYTES: usize = 2 + QK / 2;
 
-/// A tensor element type this engine reads.
+/// A tensor element type the engine computes with (its kernels, the model loader and the KV
+/// cache use only these). A file may hold others: see [`TensorType`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GgmlType {
     /// 32-bit float.
@@ -35,8 +40,230 @@ pub enum GgmlType {
     Q4_0,
 }
 
+/// Defines [`TensorType`] from one table: variant, ggml type id, elements per block, bytes per
+/// block.
+macro_rules! tensor_types {
+    ($($v:ident = $id:literal, $block:literal, $size:literal;)*) => {
+        /// Every tensor type a GGUF file may hold: the ggml types the `gguf` Python package
+        /// knows (its `GGMLQuantizationType`), with the block sizes and bytes per block of its
+        /// `GGML_QUANT_SIZES`. [`crate::gguf::Gguf::parse`] reads the tables of files of any
+        /// of them; the engine computes with five ([`GgmlType`], [`TensorType::computed`]),
+        /// and loading a model with any other fails ([`crate::Error::UnsupportedTensorTypes`]).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[non_exhaustive]
+        #[allow(non_camel_case_types)] // spelled as ggml and gguf-py spell them
+        pub enum TensorType {
+            $(
+                #[doc = concat!("ggml type ", stringify!($id), ": blocks of ", stringify!($block),
+                                " elements in ", stringify!($size), " bytes.")]
+                $v,
+            )*
+        }
+
+        impl TensorType {
+            /// Every type, in the order of their ids.
+            pub const ALL: [TensorType; [$($id),*].len()] = [$(TensorType::$v),*];
+
+            /// The type of ggml type id `id`, `None` for an id gguf-py does not know.
+            pub const fn from_u32(id: u32) -> Option<Self> {
+                match id {
+                    $($id => Some(TensorType::$v),)*
+                    _ => None,
+                }
+            }
+
+            /// The ggml type id.
+            pub const fn id(self) -> u32 {
+                match self {
+                    $(TensorType::$v => $id,)*
+                }
+            }
+
+            /// The name as ggml and gguf-py spell it (`"Q4_K"`).
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(TensorType::$v => stringify!($v),)*
+                }
+            }
+
+            /// Elements per block.
+            pub const fn block_size(self) -> usize {
+                match self {
+                    $(TensorType::$v => $block,)*
+                }
+            }
+
+            /// Bytes per block.
+            pub const fn type_size(self) -> usize {
+                match self {
+                    $(TensorType::$v => $size,)*
+                }
+            }
+        }
+    };
+}
+
+tensor_types! {
+    F32 = 0, 1, 4;
+    F16 = 1, 1, 2;
+    Q4_0 = 2, 32, 18;
+    Q4_1 = 3, 32, 20;
+    Q5_0 = 6, 32, 22;
+    Q5_1 = 7, 32, 24;
+    Q8_0 = 8, 32, 34;
+    Q8_1 = 9, 32, 40;
+    Q2_K = 10, 256, 84;
+    Q3_K = 11, 256, 110;
+    Q4_K = 12, 256, 144;
+    Q5_K = 13, 256, 176;
+    Q6_K = 14, 256, 210;
+    Q8_K = 15, 256, 292;
+    IQ2_XXS = 16, 256, 66;
+    IQ2_XS = 17, 256, 74;
+    IQ3_XXS = 18, 256, 98;
+    IQ1_S = 19, 256, 50;
+    IQ4_NL = 20, 32, 18;
+    IQ3_S = 21, 256, 110;
+    IQ2_S = 22, 256, 82;
+    IQ4_XS = 23, 256, 136;
+    I8 = 24, 1, 1;
+    I16 = 25, 1, 2;
+    I32 = 26, 1, 4;
+    I64 = 27, 1, 8;
+    F64 = 28, 1, 8;
+    IQ1_M = 29, 256, 56;
+    BF16 = 30, 1, 2;
+    TQ1_0 = 34, 256, 54;
+    TQ2_0 = 35, 256, 66;
+    MXFP4 = 39, 32, 17;
+    NVFP4 = 40, 64, 36;
+    Q1_0 = 41, 128, 18;
+}
+
+// Every id fits in a [`TensorTypes`] bit set.
+const _: () = {
+    let mut i = 0;
+    while i < TensorType::ALL.len() {
+        assert!(TensorType::ALL[i].id() < 64);
+        i += 1;
+    }
+};
+
+impl TensorType {
+    /// The engine's type for this one, `None` if the engine does not compute with it.
+    pub const fn computed(self) -> Option<GgmlType> {
+        match self {
+            TensorType::F32 => Some(GgmlType::F32),
+            TensorType::F16 => Some(GgmlType::F16),
+            TensorType::BF16 => Some(GgmlType::BF16),
+            TensorType::Q8_0 => Some(GgmlType::Q8_0),
+            TensorType::Q4_0 => Some(GgmlType::Q4_0),
+            _ => None,
+        }
+    }
+
+    /// True if the engine computes with this type.
+    pub const fn is_computed(self) -> bool {
+        self.computed().is_some()
+    }
+
+    /// Bytes of a row of `n` elements (whole blocks), `None` when that does not fit in `usize`.
+    pub const fn checked_row_bytes(self, n: usize) -> Option<usize> {
+        (n / self.block_size()).checked_mul(self.type_size())
+    }
+}
+
+impl From<GgmlType> for TensorType {
+    fn from(t: GgmlType) -> TensorType {
+        t.tensor_type()
+    }
+}
+
+impl PartialEq<GgmlType> for TensorType {
+    fn eq(&self, other: &GgmlType) -> bool {
+        *self == other.tensor_type()
+    }
+}
+
+impl core::fmt::Display for TensorType {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A set of [`TensorType`]s (a bit per type id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct TensorTypes(u64);
+
+impl TensorTypes {
+    /// The empty set.
+    pub const fn new() -> Self {
+        TensorTypes(0)
+    }
+
+    /// Adds `t`.
+    pub fn insert(&mut self, t: TensorType) {
+        self.0 |= 1 << t.id();
+    }
+
+    /// True if `t` is in the set.
+    pub const fn contains(self, t: TensorType) -> bool {
+        self.0 & (1 << t.id()) != 0
+    }
+
+    /// Number of types in the set.
+    pub const fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    /// True for the empty set.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The types in the set, by id.
+    pub fn iter(self) -> impl Iterator<Item = TensorType> + Clone {
+        TensorType::ALL
+            .into_iter()
+            .filter(move |&t| self.contains(t))
+    }
+}
+
+/// The names, separated by `", "`.
+impl core::fmt::Display for TensorTypes {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for (i, t) in self.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(t.name())?;
+        }
+        Ok(())
+    }
+}
+
 impl GgmlType {
-    /// The type for a ggml type id, if supported.
+    /// Every type the engine computes with.
+    pub const ALL: [GgmlType; 5] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+    ];
+
+    /// The same type as a [`TensorType`].
+    pub const fn tensor_type(self) -> TensorType {
+        match self {
+            GgmlType::F32 => TensorType::F32,
+            GgmlType::F16 => TensorType::F16,
+            GgmlType::BF16 => TensorType::BF16,
+            GgmlType::Q8_0 => TensorType::Q8_0,
+            GgmlType::Q4_0 => TensorType::Q4_0,
+        }
+    }
+
+    /// The type for a ggml type id, if the engine computes with it.
     pub fn from_u32(id: u32) -> Option<Self> {
         Some(match id {
             0 => GgmlType::F32,
@@ -60,7 +287,7 @@ impl GgmlType {
     }
 
     /// Elements per block.
-    pub fn block_size(self) -> usize {
+    pub const fn block_size(self) -> usize {
         match self {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
             GgmlType::Q8_0 | GgmlType::Q4_0 => QK,
@@ -68,7 +295,7 @@ impl GgmlType {
     }
 
     /// Bytes per block.
-    pub fn type_size(self) -> usize {
+    pub const fn type_size(self) -> usize {
         match self {
             GgmlType::F32 => 4,
             GgmlType::F16 | GgmlType::BF16 => 2,
@@ -82,9 +309,17 @@ impl GgmlType {
         matches!(self, GgmlType::Q8_0 | GgmlType::Q4_0)
     }
 
-    /// Bytes of a row of `n` elements (`n` must be a multiple of the block size).
+    /// Bytes of a row of `n` elements (`n` must be a multiple of the block size), saturating
+    /// at `usize::MAX` (a size no buffer has) when it does not fit: see
+    /// [`GgmlType::checked_row_bytes`].
     pub fn row_bytes(self, n: usize) -> usize {
-        n / self.block_size() * self.type_size()
+        self.checked_row_bytes(n).unwrap_or(usize::MAX)
+    }
+
+    /// Bytes of a row of `n` elements (whole blocks; a partial block is not counted), `None`
+    /// when that does not fit in `usize`.
+    pub const fn checked_row_bytes(self, n: usize) -> Option<usize> {
+        (n / self.block_size()).checked_mul(self.type_size())
     }
 
     /// The type's name as ggml spells it.
@@ -99,9 +334,16 @@ impl GgmlType {
     }
 }
 
-/// Widens an IEEE half (given as its bits) to f32, exactly.
+/// Widens an IEEE half (given as its bits) to f32, exactly: bit for bit numpy's conversion
+/// (and so the `gguf` Python package's), which keeps a NaN's payload and its signalling bit.
 #[inline(always)]
 pub fn f16_to_f32(bits: u16) -> f32 {
+    // The `half` crate (and the F16C/FP16 conversion instructions) set the quiet bit of a
+    // signalling NaN; numpy moves the bits as they are.
+    if bits & 0x7C00 == 0x7C00 && bits & 0x03FF != 0 {
+        let sign = u32::from(bits & 0x8000) << 16;
+        return f32::from_bits(sign | 0x7F80_0000 | (u32::from(bits & 0x03FF) << 13));
+    }
     f16::from_bits(bits).to_f32()
 }
 

@@ -90,8 +90,8 @@ impl KvType {
             KvType::F32 => head_dim.checked_mul(4),
             KvType::F16 => head_dim.checked_mul(2),
             KvType::Q8_0 | KvType::Q4_0 if !head_dim.is_multiple_of(QK) => None,
-            KvType::Q8_0 => Some(head_dim / QK * crate::quant::Q8_0_BLOCK_BYTES),
-            KvType::Q4_0 => Some(head_dim / QK * crate::quant::Q4_0_BLOCK_BYTES),
+            KvType::Q8_0 => (head_dim / QK).checked_mul(crate::quant::Q8_0_BLOCK_BYTES),
+            KvType::Q4_0 => (head_dim / QK).checked_mul(crate::quant::Q4_0_BLOCK_BYTES),
         }
     }
 }
@@ -345,9 +345,9 @@ impl Plan {
             (b!(self.q_dim), 4),                                    // q
             (tri!(self.n_heads.checked_mul(self.ctx)), 4),          // attention scores
             (b!(self.half_head * 2), 4),                            // rope cos and sin
-            (b!(in_blocks * QK), 1),                                // Q8_0 input values
+            (b!(tri!(in_blocks.checked_mul(QK))), 1),               // Q8_0 input values
             (b!(in_blocks), 4),                                     // their scales
-            (b!(hid_blocks * QK), 1),                               // Q8_0 hidden values
+            (b!(tri!(hid_blocks.checked_mul(QK))), 1),              // Q8_0 hidden values
             (b!(hid_blocks), 4),                                    // their scales
             (b!(self.hidden), 4),                                   // hidden (gate)
             (b!(self.hidden), 4),                                   // hidden (up)

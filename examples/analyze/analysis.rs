@@ -13,7 +13,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mhmoe::file::{ModelBytes, StateBuffer};
 use mhmoe::parallel::ThreadPool;
 use mhmoe::tokenizer::TokenizerBuf;
-use mhmoe::{Exec, StateOptions};
+use mhmoe::{Exec, State, StateOptions};
+
+/// The longest default window: a model's context can be far longer than memory holds.
+const DEFAULT_MAX_CTX: usize = 4096;
 use plotters::prelude::*;
 use plotters::style::colors::colormaps::{ColorMap, ViridisRGB};
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -364,7 +367,8 @@ pub fn run(o: &Options) -> Result<Report, String> {
             o.threshold
         ));
     }
-    let tok_buf = TokenizerBuf::new(model.gguf()).map_err(|e| format!("tokenizer: {e}"))?;
+    // The tokenizer's errors say "tokenizer" themselves.
+    let tok_buf = TokenizerBuf::new(model.gguf()).map_err(|e| e.to_string())?;
     let tok = tok_buf.tokenizer();
     let text = fs::read(&o.text).map_err(|e| format!("cannot read {}: {e}", o.text.display()))?;
     let mut ids = tok
@@ -388,9 +392,24 @@ pub fn run(o: &Options) -> Result<Report, String> {
     }
     let passage = o.passage_start..(o.passage_start + o.passage_tokens.max(1)).min(ids.len());
 
-    let ctx = o.ctx.unwrap_or(c.context_length());
+    let max = c.context_length();
+    let (ctx, why) = match o.ctx {
+        Some(n) => (n, "--ctx"),
+        None => (
+            max.min(DEFAULT_MAX_CTX),
+            "default: the model's, at most 4096",
+        ),
+    };
     let batch = o.batch.clamp(1, ctx.max(1));
     let opts = StateOptions::new(ctx).batch(batch);
+    let bytes = State::bytes_needed(&model, opts)
+        .map_err(|e| format!("state for context {ctx}, batch {batch}: {e}"))?;
+    writeln!(
+        std::io::stderr(),
+        "[context {ctx} positions per window ({why}; the model allows {max}; --ctx to \
+         change): state {bytes} bytes]"
+    )
+    .map_err(|e| format!("cannot write to stderr: {e}"))?;
     let mut buf = StateBuffer::for_model(&model, opts)
         .map_err(|e| format!("state for context {ctx}, batch {batch}: {e}"))?;
     let mut state = buf.state(&model).map_err(|e| format!("state: {e}"))?;

@@ -49,6 +49,11 @@
 mod analysis;
 
 use std::path::PathBuf;
+#[path = "../common/mod.rs"]
+#[macro_use]
+mod common;
+
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -116,7 +121,9 @@ fn run(a: Args) -> Result<(), String> {
     o.progress = !a.quiet;
     let r = analysis::run(&o)?;
     let s = &r.stats;
-    println!(
+    let mut out = std::io::stdout().lock();
+    outln!(
+        out,
         "{}: h = {}, E = {}, k = {}; {} tokens of {} in {} window(s) of up to {}",
         o.model.display(),
         s.h,
@@ -126,16 +133,18 @@ fn run(a: Args) -> Result<(), String> {
         o.text.display(),
         r.windows,
         r.trace.ctx
-    );
-    println!(
+    )?;
+    outln!(
+        out,
         "layer  experts/token  activation (ratio > {})  load share min..max  unused  effective experts",
         o.threshold
-    );
+    )?;
     for (l, ls) in s.layers.iter().enumerate() {
         let shares: Vec<f64> = (0..s.n_experts).map(|e| s.share(l, e)).collect();
         let min = shares.iter().copied().fold(f64::INFINITY, f64::min);
         let max = shares.iter().copied().fold(0.0, f64::max);
-        println!(
+        outln!(
+            out,
             "{:>5}  {:>13.2}  {:>13.1}% ({:>3}/{})  {:>7.2}%..{:.2}%  {:>6}  {:>17.2}",
             ls.layer,
             s.experts_per_token(l),
@@ -146,12 +155,13 @@ fn run(a: Args) -> Result<(), String> {
             100.0 * max,
             ls.selections.iter().filter(|&&n| n == 0).count(),
             s.effective_experts(l)
-        );
+        )?;
     }
-    println!(
+    outln!(
+        out,
         "overall activation: {:.2}%",
         100.0 * s.overall_activation(o.threshold)
-    );
+    )?;
     let (most, least) = ranked(&r.diversity, o.min_count, o.top);
     let fmt = |v: &[&analysis::Diversity]| {
         v.iter()
@@ -164,24 +174,19 @@ fn run(a: Args) -> Result<(), String> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    println!(
+    outln!(
+        out,
         "most diverse tokens (distinct experts per layer, seen >= {}x): {}",
         o.min_count,
         fmt(&most)
-    );
-    println!("least diverse tokens: {}", fmt(&least));
+    )?;
+    outln!(out, "least diverse tokens: {}", fmt(&least))?;
     for f in &r.files {
-        println!("wrote {}", f.display());
+        outln!(out, "wrote {}", f.display())?;
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit(run(Args::parse()))
 }

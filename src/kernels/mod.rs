@@ -159,11 +159,7 @@ impl Isa {
         match isa {
             None => OVERRIDE.store(0, Ordering::Relaxed),
             Some(i) if i.is_available() => OVERRIDE.store(i as u8 + 1, Ordering::Relaxed),
-            Some(_) => {
-                return Err(Error::InvalidConfig {
-                    reason: "the requested instruction set is not available on this CPU or build",
-                })
-            }
+            Some(isa) => return Err(Error::IsaUnavailable { isa }),
         }
         Ok(())
     }

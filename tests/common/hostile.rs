@@ -29,17 +29,28 @@ pub fn gguf(data: &[u8]) {
     assert!(g.version() == 2 || g.version() == 3);
     assert!(g.alignment().is_power_of_two());
     let mut n = 0;
+    let mut last = None;
     for (key, value) in g.metadata() {
         walk_value(&value);
         if n == 0 {
-            // The first key is found by lookup (a later duplicate of it would shadow nothing:
-            // `get` returns the first match).
-            assert!(g.get(key).is_some());
+            // Keys are unique (the parser rejects copies), so lookup finds this very entry.
+            assert!(
+                g.get(key).is_some_and(|v| same(&v, &value)),
+                "key {key} found with another value"
+            );
         }
+        last = Some((key, value));
         n += 1;
+    }
+    if let Some((key, value)) = last {
+        assert!(
+            g.get(key).is_some_and(|v| same(&v, &value)),
+            "key {key} found with another value"
+        );
     }
     assert_eq!(n, g.metadata_len(), "metadata iterator and header disagree");
     let mut n = 0;
+    let mut last = None;
     for t in g.tensors() {
         assert!((1..=4).contains(&t.n_dims));
         assert!(t.dims.iter().all(|&d| d >= 1));
@@ -47,12 +58,27 @@ pub fn gguf(data: &[u8]) {
         assert_eq!(t.data.len() as u64, size, "tensor {} size", t.name);
         assert_eq!(t.offset % g.alignment(), 0);
         if n == 0 {
-            assert!(g.tensor(t.name).is_some());
+            // Names are unique too.
+            assert_eq!(g.tensor(t.name), Some(t), "tensor {} found twice", t.name);
         }
+        last = Some(t);
         n += 1;
     }
+    if let Some(t) = last {
+        assert_eq!(g.tensor(t.name), Some(t), "tensor {} found twice", t.name);
+    }
     assert_eq!(n, g.tensor_count(), "tensor iterator and header disagree");
-    let _ = g.get("general.architecture");
+    // The census by type agrees with the table.
+    let counts = g.type_counts();
+    let mut total = 0;
+    for ty in counts.types().iter() {
+        total += counts.count(ty);
+        let first = counts.first(ty).expect("a type found has a first tensor");
+        assert_eq!(g.tensors().nth(first).map(|t| t.ty), Some(ty));
+        assert!(g.tensors().take(first).all(|t| t.ty != ty));
+    }
+    assert_eq!(total, g.tensor_count());
+    let _ = g.architecture();
     let _ = g.tensor("token_embd.weight");
     let _ = Config::from_gguf(&g);
 }
@@ -125,12 +151,25 @@ impl Aligned {
 /// (context 0 and past the model's maximum are errors) and `State::new` with a buffer one byte
 /// too small.
 pub fn model(data: &[u8]) {
-    let Ok(m) = Model::from_bytes(data) else {
-        // Still exercise the configuration reader on whatever parsed.
-        if let Ok(g) = Gguf::parse(data) {
-            let _ = Config::from_gguf(&g);
+    let m = match Model::from_bytes(data) {
+        Ok(m) => m,
+        Err(e) => {
+            // Still exercise the configuration reader on whatever parsed.
+            if let Ok(g) = Gguf::parse(data) {
+                let _ = Config::from_gguf(&g);
+                let unsupported = g.type_counts().unsupported();
+                match e {
+                    Error::UnsupportedTensorTypes {
+                        types, first_type, ..
+                    } => {
+                        assert_eq!(types, unsupported);
+                        assert!(types.contains(first_type));
+                    }
+                    e => assert!(unsupported.is_empty(), "{e:?} with types {unsupported}"),
+                }
+            }
+            return;
         }
-        return;
     };
     let c = m.config();
     assert_eq!(

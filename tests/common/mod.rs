@@ -101,3 +101,28 @@ pub fn argmax(x: &[f32]) -> u32 {
     }
     best as u32
 }
+
+/// The path of example `name`, built first (all examples, once per test process) with the
+/// profile and target directory of the running test.
+pub fn example(name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        // The test runs from <target dir>/<profile>/deps/.
+        let exe = std::env::current_exe().expect("the test's path");
+        let profile = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>");
+        let mut cmd = std::process::Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "--examples"])
+            .current_dir(root())
+            .env("CARGO_TARGET_DIR", profile.parent().expect("target dir"));
+        if profile.file_name().is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("cargo runs");
+        assert!(status.success(), "cargo build --examples failed");
+        profile.join("examples")
+    });
+    dir.join(name)
+}

@@ -161,44 +161,35 @@ def write_model(s: Spec, out_dir: Path) -> Path:
 # ------------------------------------------------------------------------------------------------
 # Dequantization vectors
 
-def _quiet_f16(bits: np.ndarray) -> np.ndarray:
-    nan = ((bits & 0x7C00) == 0x7C00) & ((bits & 0x03FF) != 0)
-    return np.where(nan, bits | 0x0200, bits).astype(np.uint16)
-
-
-def _quiet_bf16(bits: np.ndarray) -> np.ndarray:
-    nan = ((bits & 0x7F80) == 0x7F80) & ((bits & 0x007F) != 0)
-    return np.where(nan, bits | 0x0040, bits).astype(np.uint16)
-
-
 def _f16_bits(rng, n):
     special = [0x0000, 0x8000, 0x0001, 0x8001, 0x03FF, 0x83FF, 0x0400, 0x8400, 0x7BFF, 0xFBFF,
                0x7C00, 0xFC00, 0x7E00, 0xFE00, 0x7E01, 0xFFFF, 0x3C00, 0xBC00, 0x3555, 0x0200]
-    rnd = _quiet_f16(rng.integers(0, 1 << 16, n - len(special), dtype=np.uint32))
+    rnd = rng.integers(0, 1 << 16, n - len(special), dtype=np.uint32)
     return np.concatenate([np.array(special, dtype=np.uint16), rnd]).astype(np.uint16)
 
 
 def _bf16_bits(rng, n):
     special = [0x0000, 0x8000, 0x0001, 0x8001, 0x007F, 0x0080, 0x7F7F, 0xFF7F, 0x7F80, 0xFF80,
                0x7FC0, 0xFFC0, 0x7FC1, 0xFFFF, 0x3F80, 0xBF80, 0x4049, 0x3DCD]
-    rnd = _quiet_bf16(rng.integers(0, 1 << 16, n - len(special), dtype=np.uint32))
+    rnd = rng.integers(0, 1 << 16, n - len(special), dtype=np.uint32)
     return np.concatenate([np.array(special, dtype=np.uint16), rnd]).astype(np.uint16)
 
 
 # (f16 scale bits, quants) of the crafted blocks: +-0 scales, smallest/largest subnormal, smallest
-# normal, +-65504, ordinary values, combined with extreme quants. More random blocks follow.
+# normal, +-65504, ordinary values, signalling NaNs, combined with extreme quants. More random
+# blocks follow.
 def _q8_0_crafted():
     lo, hi, alt, ramp = [-128] * 32, [127] * 32, [-128, 127] * 16, list(range(-16, 16))
     return [(0x7BFF, hi), (0x7BFF, lo), (0xFBFF, hi), (0xFBFF, alt), (0x0000, alt), (0x8000, alt),
             (0x8000, ramp), (0x0001, hi), (0x0001, lo), (0x03FF, alt), (0x0400, ramp), (0xBC00, alt),
-            (0x2E66, ramp), (0x1800, hi)]
+            (0x2E66, ramp), (0x1800, hi), (0x7C89, ramp), (0xFC01, alt)]
 
 
 def _q4_0_crafted():
     lo, hi, alt, ramp = [0x00] * 16, [0xFF] * 16, [0x0F] * 16, [i * 17 for i in range(16)]
     return [(0x7BFF, hi), (0x7BFF, lo), (0xFBFF, alt), (0xFBFF, ramp), (0x0000, ramp), (0x8000, ramp),
             (0x8000, [0x88] * 16), (0x0001, hi), (0x0001, lo), (0x03FF, alt), (0x0400, ramp),
-            (0xBC00, [0xF0] * 16), (0x2E66, ramp), (0x1800, alt)]
+            (0xBC00, [0xF0] * 16), (0x2E66, ramp), (0x1800, alt), (0x7C89, ramp), (0xFC01, alt)]
 
 
 def _blocks(crafted, n_blocks, rng, q_dtype, q_range):
@@ -217,15 +208,16 @@ def _blocks(crafted, n_blocks, rng, q_dtype, q_range):
 
 def write_dequant_vectors(out_dir: Path) -> Path:
     """tests/models/dequant_vectors.gguf: for each of f16, bf16, q8_0, q4_0 a tensor of raw data
-    with edge cases and `<name>.expected` (F32) = gguf.quants.dequantize of it."""
+    with edge cases and `<name>.expected` (F32) = gguf.quants.dequantize of it; `f16_nan` holds
+    every f16 infinity and NaN (quiet and signalling, both signs), whose payloads numpy keeps."""
     rng = np.random.default_rng(7)
     QT = gguf.GGMLQuantizationType
     path = out_dir / "dequant_vectors.gguf"
     w = gguf.GGUFWriter(str(path), "mhmoe-test")
     w.add_string("mhmoe-test.description",
                  "For each tensor NAME (f16, bf16, q8_0, q4_0; rows of 64 elements), NAME.expected "
-                 "is gguf.quants.dequantize(NAME) as F32: compare bit for bit. All NaNs are quiet "
-                 "(quieting conversions still match); zero scales of both signs are included.")
+                 "is gguf.quants.dequantize(NAME) as F32: compare bit for bit, NaN payloads and "
+                 "signalling NaNs included; zero scales of both signs are included.")
     rows, cols = 4, 64
     f16 = _f16_bits(rng, rows * cols).reshape(rows, cols)
     bf16 = _bf16_bits(rng, rows * cols).reshape(rows, cols)
@@ -235,16 +227,22 @@ def write_dequant_vectors(out_dir: Path) -> Path:
                          gguf.quants.quantize(real, QT.Q8_0)], axis=0)
     q4 = np.concatenate([_blocks(_q4_0_crafted(), 16, rng, np.uint8, (0, 256)).reshape(8, -1),
                          gguf.quants.quantize(real, QT.Q4_0)], axis=0)
-    items = [("f16", f16.view(np.uint8), QT.F16), ("bf16", bf16.view(np.uint8), QT.BF16),
+    # every f16 with an all-ones exponent: +-inf, then every NaN payload of both signs
+    f16_nan = np.array([0x7C00 | m for m in range(1024)] + [0xFC00 | m for m in range(1024)],
+                       dtype=np.uint16).reshape(-1, cols)
+    items = [("f16", f16.view(np.uint8), QT.F16), ("f16_nan", f16_nan.view(np.uint8), QT.F16),
+             ("bf16", bf16.view(np.uint8), QT.BF16),
              ("q8_0", q8, QT.Q8_0), ("q4_0", q4, QT.Q4_0)]
     for name, raw, qt in items:
         raw = np.ascontiguousarray(raw, dtype=np.uint8)
-        if qt == QT.F16:
-            w.add_tensor(name, raw.view(np.float16))
-            exp = gguf.quants.dequantize(raw.view(np.float16), qt)
-        else:
-            w.add_tensor(name, raw, raw_dtype=qt)
-            exp = gguf.quants.dequantize(raw, qt)
+        # NaN scales raise numpy's "invalid value" warning: expected here.
+        with np.errstate(invalid="ignore"):
+            if qt == QT.F16:
+                w.add_tensor(name, raw.view(np.float16))
+                exp = gguf.quants.dequantize(raw.view(np.float16), qt)
+            else:
+                w.add_tensor(name, raw, raw_dtype=qt)
+                exp = gguf.quants.dequantize(raw, qt)
         w.add_tensor(name + ".expected", np.ascontiguousarray(exp, dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
