@@ -84,7 +84,7 @@ impl NonFinite {
     }
 }
 
-/// An error of the per-token path ([`crate::forward`], [`crate::Exec`], the step API,
+/// An error of the per-token path ([`crate::forward()`], [`crate::Exec`], the step API,
 /// [`crate::sampler`]): small and `Copy`. Sizes are `u32`, saturated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
