@@ -69,12 +69,8 @@ struct Args {
     #[arg(long, default_value_t = 256)]
     batch: usize,
     /// KV cache storage: f32, f16, q8_0 or q4_0 (README, "KV cache").
-    #[arg(long, default_value = "f32", value_parser = parse_kv)]
+    #[arg(long, default_value = "f32", value_parser = common::parse_kv)]
     kv: KvType,
-}
-
-fn parse_kv(s: &str) -> Result<KvType, String> {
-    KvType::from_name(s).ok_or_else(|| format!("unknown KV type {s:?} (f32, f16, q8_0, q4_0)"))
 }
 
 fn run(args: Args) -> Result<(), String> {

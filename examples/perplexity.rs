@@ -41,7 +41,7 @@ struct Args {
     #[arg(long)]
     ctx: Option<usize>,
     /// KV cache storage: f32, f16, q8_0 or q4_0.
-    #[arg(long, default_value = "f32", value_parser = parse_kv)]
+    #[arg(long, default_value = "f32", value_parser = common::parse_kv)]
     kv: KvType,
     /// Stop after this many tokens of text (0 = all).
     #[arg(long, default_value_t = 0)]
@@ -49,10 +49,6 @@ struct Args {
     /// No progress bar.
     #[arg(short, long)]
     quiet: bool,
-}
-
-fn parse_kv(s: &str) -> Result<KvType, String> {
-    KvType::from_name(s).ok_or_else(|| format!("unknown KV type {s:?} (f32, f16, q8_0, q4_0)"))
 }
 
 /// `-log softmax(logits)[target]`, computed in f64.

@@ -28,6 +28,12 @@ macro_rules! errln {
     };
 }
 
+/// A `--kv` argument: the KV cache type it names (`mhmoe::KvType::from_name`).
+pub fn parse_kv(s: &str) -> Result<mhmoe::KvType, String> {
+    mhmoe::KvType::from_name(s)
+        .ok_or_else(|| format!("unknown KV type {s:?} (f32, f16, q8_0, q4_0)"))
+}
+
 /// The exit status of `run`'s result: 0, or 1 after printing the error to stderr (if stderr
 /// can be written at all: a failed write of the message is ignored, as nothing else is left
 /// to report it to).
