@@ -287,7 +287,9 @@ fn first(members: &mut [u32], n: usize) -> &[u32] {
 /// # }
 /// ```
 pub struct Steps<'e, 'm, 'a, 's, 'b> {
-    exec: Exec<'e>,
+    isa: Isa,
+    /// The executor, and the weight bytes read so far.
+    pass: Pass<'e>,
     model: &'m Model<'a>,
     st: &'s mut State<'b>,
     layers: Layers<'m, 'a>,
@@ -297,8 +299,6 @@ pub struct Steps<'e, 'm, 'a, 's, 'b> {
     n: usize,
     /// Position of the first token.
     pos0: usize,
-    /// Weight bytes read so far.
-    bytes: u64,
     /// The error a step returned; the pass cannot go on after it.
     failed: Option<TokenError>,
 }
@@ -306,7 +306,8 @@ pub struct Steps<'e, 'm, 'a, 's, 'b> {
 impl core::fmt::Debug for Steps<'_, '_, '_, '_, '_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Steps")
-            .field("exec", &self.exec)
+            .field("isa", &self.isa)
+            .field("threads", &self.pass.par.threads())
             .field("next_layer", &self.next)
             .field("layers", &self.model.config().n_layers)
             .field("tokens", &self.n)
@@ -343,11 +344,7 @@ impl<'s> Steps<'_, '_, '_, 's, '_> {
             }
             return Ok(false);
         };
-        let mut pass = Pass {
-            par: self.exec.par,
-            min_split: self.exec.min_split,
-            bytes: self.bytes,
-        };
+        let pass = &mut self.pass;
         let (c, l, st, pos0, n) = (
             self.model.config(),
             self.next,
@@ -356,11 +353,10 @@ impl<'s> Steps<'_, '_, '_, 's, '_> {
             self.n,
         );
         let ran = crate::with_isa!(
-            self.exec.isa,
-            K => run_layer::<K>(&mut pass, c, l, &layer, st, pos0, n),
-            _ => run_layer::<Scalar>(&mut pass, c, l, &layer, st, pos0, n)
+            self.isa,
+            K => run_layer::<K>(pass, c, l, &layer, st, pos0, n),
+            _ => run_layer::<Scalar>(pass, c, l, &layer, st, pos0, n)
         );
-        self.bytes = pass.bytes;
         match ran {
             Ok(()) => {
                 self.next += 1;
@@ -377,14 +373,9 @@ impl<'s> Steps<'_, '_, '_, 's, '_> {
     /// pass's tokens and returns the logits of the last one.
     pub fn finish(mut self) -> TokenResult<&'s [f32]> {
         while self.step()? {}
-        let mut pass = Pass {
-            par: self.exec.par,
-            min_split: self.exec.min_split,
-            bytes: self.bytes,
-        };
-        let (model, st, n) = (self.model, self.st, self.n);
+        let (mut pass, model, st, n) = (self.pass, self.model, self.st, self.n);
         crate::with_isa!(
-            self.exec.isa,
+            self.isa,
             K => output::<K>(&mut pass, model, st, n)?,
             _ => output::<Scalar>(&mut pass, model, st, n)?
         );
@@ -432,14 +423,18 @@ fn begin<'e, 'm, 'a, 's, 'b>(
     // The layers about to run overwrite the routing record.
     st.last_batch = 0;
     Ok(Steps {
-        exec,
+        isa: exec.isa,
+        pass: Pass {
+            par: exec.par,
+            min_split: exec.min_split,
+            bytes,
+        },
         model,
         st,
         layers: model.layers(),
         next: 0,
         n,
         pos0,
-        bytes,
         failed: None,
     })
 }
