@@ -318,7 +318,7 @@ impl<'a> Model<'a> {
         let token_embd = matrix_of(&e, label, v, d)?;
         let (e, label) = named("output_norm.weight")?;
         let output_norm = vector_of(&e, label, d)?;
-        let (output, tied_output) = match find(&file, "output.weight")? {
+        let (output, tied_output) = match file.tensor("output.weight") {
             Some(t) => (matrix_of(&Entry::of(&t)?, Label::Str(t.name), v, d)?, false),
             None => (token_embd, true),
         };
@@ -345,8 +345,8 @@ impl<'a> Model<'a> {
                 router_red = router_red.max(reduce.rows);
             }
         }
-        // No tensor of a layer may come after the last layer's run (a copy, or a layer out of
-        // order); tensors of layers the configuration does not have are ignored.
+        // No tensor of a layer may come after the last layer's run (copies were refused by
+        // `Gguf::parse`); tensors of layers the configuration does not have are ignored.
         for t in walk.pending.into_iter().chain(walk.tensors) {
             if let Some((j, _)) = parse_blk(t.name) {
                 if j < c.n_layers {
@@ -704,14 +704,9 @@ impl<'a> LayerWalk<'a> {
                 Some((j, suffix)) if j == i => {
                     started = true;
                     // Unknown suffixes (tensors this engine does not use) are skipped.
+                    // (`Gguf::parse` rejected files with two tensors of one name.)
                     if let Some(slot) = Slot::of(suffix) {
-                        let entry = &mut found.0[slot as usize];
-                        if entry.is_some() {
-                            return Err(Error::DuplicateTensor {
-                                tensor: name(t.name),
-                            });
-                        }
-                        *entry = Some(Entry::of(&t)?);
+                        found.0[slot as usize] = Some(Entry::of(&t)?);
                     }
                 }
                 // A tensor of an earlier layer: that layer's run is over, so it is out of order.
@@ -760,12 +755,8 @@ fn blk(i: usize, suffix: &str) -> Name {
 }
 
 /// The tensor called `tname` (`Gguf::parse` rejected files with two of one name).
-fn find<'a>(file: &Gguf<'a>, tname: &str) -> Result<Option<TensorInfo<'a>>> {
-    Ok(file.tensor(tname))
-}
-
 fn require<'a>(file: &Gguf<'a>, tname: &str) -> Result<TensorInfo<'a>> {
-    find(file, tname)?.ok_or_else(|| Error::MissingTensor {
+    file.tensor(tname).ok_or_else(|| Error::MissingTensor {
         tensor: name(tname),
     })
 }
