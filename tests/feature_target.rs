@@ -8,12 +8,12 @@
 //! them); without them it prints `SKIP feature-target: <reason>` and passes, unless
 //! `MHMOE_REQUIRE_FIRMWARE=1`. Target directories: `target/feature-check/*`.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use common::root;
 
 fn target_installed(target: &str) -> bool {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
@@ -43,22 +43,7 @@ fn cargo(cmd: &str, dir: &str, target: Option<&str>, features: &str, rustflags: 
     if let Some(t) = target {
         c.args(["--target", t]);
     }
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy();
-        let keep = [
-            "CARGO_HOME",
-            "CARGO_NET_",
-            "CARGO_HTTP_",
-            "CARGO_REGISTRIES_",
-        ]
-        .iter()
-        .any(|p| k.starts_with(p));
-        if (k.starts_with("CARGO_") && !keep)
-            || ["RUSTFLAGS", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER"].contains(&k.as_ref())
-        {
-            c.env_remove(k.as_ref());
-        }
-    }
+    common::clear_build_env(&mut c, &[]);
     c.env(
         "CARGO_TARGET_DIR",
         root().join("target/feature-check").join(dir),

@@ -13,6 +13,8 @@
 //! pass, unless `MHMOE_REQUIRE_FIRMWARE=1`: then they fail. `tools/install-firmware.sh`
 //! installs what is missing. All firmware shares one target directory, `target/firmware`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
@@ -123,9 +125,7 @@ const REAL: [Board; 3] = [
     },
 ];
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use common::root;
 
 fn target_dir() -> PathBuf {
     root().join("target/firmware")
@@ -197,32 +197,15 @@ fn cargo_build(board: &str, envs: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root().join("targets").join(board))
         .args(["build", "--release", "-j", "2"]);
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy();
-        let keep = [
-            "CARGO_HOME",
-            "CARGO_NET_",
-            "CARGO_HTTP_",
-            "CARGO_REGISTRIES_",
-        ]
-        .iter()
-        .any(|p| k.starts_with(p));
-        if (k.starts_with("CARGO_") && !keep)
-            || [
-                "RUSTFLAGS",
-                "RUSTDOCFLAGS",
-                "RUSTC_WRAPPER",
-                "RUSTC_WORKSPACE_WRAPPER",
-                "DEMO_FW_CTX",
-                "DEMO_FW_TOKENS",
-                "DEMO_FW_MODEL",
-                "DEMO_FW_KV",
-            ]
-            .contains(&k.as_ref())
-        {
-            cmd.env_remove(k.as_ref());
-        }
-    }
+    common::clear_build_env(
+        &mut cmd,
+        &[
+            "DEMO_FW_CTX",
+            "DEMO_FW_TOKENS",
+            "DEMO_FW_MODEL",
+            "DEMO_FW_KV",
+        ],
+    );
     cmd.env("CARGO_TARGET_DIR", target_dir());
     for (k, v) in envs {
         cmd.env(k, v);

@@ -126,3 +126,31 @@ pub fn example(name: &str) -> PathBuf {
     });
     dir.join(name)
 }
+
+/// Removes from `cmd` the environment of this test run that would change a nested `cargo`
+/// build: every `CARGO_*` variable except the home, network and registry settings, the
+/// rustflags and rustc wrappers, and the variables named in `extra`.
+pub fn clear_build_env(cmd: &mut std::process::Command, extra: &[&str]) {
+    const KEEP: [&str; 4] = [
+        "CARGO_HOME",
+        "CARGO_NET_",
+        "CARGO_HTTP_",
+        "CARGO_REGISTRIES_",
+    ];
+    const DROP: [&str; 4] = [
+        "RUSTFLAGS",
+        "RUSTDOCFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+    ];
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        let keep = KEEP.iter().any(|p| k.starts_with(p));
+        if (k.starts_with("CARGO_") && !keep)
+            || DROP.contains(&k.as_ref())
+            || extra.contains(&k.as_ref())
+        {
+            cmd.env_remove(k.as_ref());
+        }
+    }
+}
