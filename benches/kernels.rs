@@ -17,6 +17,7 @@
 //!
 //! `MHMOE_BENCH_TABLES=1 cargo bench --bench kernels -- none` prints only the last two tables
 //! (`=roofline` or `=gmac` one of them; `=hot` cache-resident GEMV GB/s instead).
+//! `MHMOE_BENCH_ISAS=avx512` and `MHMOE_BENCH_TYPES=Q4_0,F16` narrow the tables.
 //!
 //! Under `cargo test --all-targets` (no `--bench` argument) criterion runs every benchmark once,
 //! the buffers are small and there is no summary.
@@ -41,9 +42,25 @@ fn bench_mode() -> bool {
     std::env::args().any(|a| a == "--bench")
 }
 
-/// Scalar and every available SIMD kernel set.
+/// Scalar and every available SIMD kernel set, or those named in `MHMOE_BENCH_ISAS`
+/// (comma-separated, e.g. `avx512,avx2`) for a shorter table run.
 fn isas() -> Vec<Isa> {
-    ALL_ISAS.into_iter().filter(|i| i.is_available()).collect()
+    let only = std::env::var("MHMOE_BENCH_ISAS").unwrap_or_default();
+    ALL_ISAS
+        .into_iter()
+        .filter(|i| i.is_available())
+        .filter(|i| only.is_empty() || only.split(',').any(|n| n == i.name()))
+        .collect()
+}
+
+/// The weight types of the roofline and hot tables, or those named in `MHMOE_BENCH_TYPES`
+/// (comma-separated ggml names, e.g. `Q4_0,F16`).
+fn table_types() -> Vec<GgmlType> {
+    let only = std::env::var("MHMOE_BENCH_TYPES").unwrap_or_default();
+    [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::F16]
+        .into_iter()
+        .filter(|t| only.is_empty() || only.split(',').any(|n| n.eq_ignore_ascii_case(t.name())))
+        .collect()
 }
 
 /// SplitMix64.
@@ -517,7 +534,7 @@ fn roofline_table(rounds: usize) {
     let isas = isas();
     let probe = Probe::new(TABLE_BYTES);
     let mut rng = Rng(4);
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::F16] {
+    for ty in table_types() {
         for cols in [1024, 2048, 4096, 8192] {
             let rows = TABLE_BYTES / ty.row_bytes(cols);
             let g = Rc::new(Gemv::new(&mut rng, ty, rows, cols, 1));
@@ -547,7 +564,7 @@ fn hot_table(rounds: usize) {
     println!("|---|---|---|---|---|");
     let isas = isas();
     let mut rng = Rng(6);
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::F16] {
+    for ty in table_types() {
         for cols in [1024, 4096] {
             let rows = 512;
             let g = Rc::new(Gemv::new(&mut rng, ty, rows, cols, 1));
