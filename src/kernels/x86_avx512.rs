@@ -157,6 +157,7 @@ impl Kernels for Avx512 {
 /// compiled without those features is `unsafe` (the caller checks the CPU).
 mod imp {
     use core::arch::x86_64::*;
+    use core::mem::MaybeUninit;
 
     use super::super::x86::imp as avx2;
     use super::super::{Act, Out};
@@ -401,9 +402,24 @@ mod imp {
         block_sums(p)
     }
 
-    /// The activation of a pair of blocks `a`, `b` in the Q4_0 split layout: `[0]` =
-    /// `a[0..16], b[0..16]` (the low nibbles' partners), `[1]` = `a[16..32], b[16..32]`.
-    type SplitX = [[i8; QK]; 2];
+    /// The activation of a group in the Q4_0 split layout: for each pair of blocks `a = 2i`,
+    /// `b = 2i + 1`, entry `2i` = `a[0..16], b[0..16]` (the low nibbles' partners) and entry
+    /// `2i + 1` = `a[16..32], b[16..32]`.
+    type SplitX = [[i8; QK]; 8];
+
+    /// The split layout of one group's quants.
+    #[inline]
+    fn split_group(x: &[[i8; QK]; 8]) -> SplitX {
+        let mut s = [[0i8; QK]; 8];
+        for i in 0..4 {
+            let (a, b) = (&x[2 * i], &x[2 * i + 1]);
+            s[2 * i][..16].copy_from_slice(&a[..16]);
+            s[2 * i][16..].copy_from_slice(&b[..16]);
+            s[2 * i + 1][..16].copy_from_slice(&a[16..]);
+            s[2 * i + 1][16..].copy_from_slice(&b[16..]);
+        }
+        s
+    }
 
     /// [`pair_sums`] for Q4_0 with the activation in the split layout: the nibbles of blocks
     /// `2i` and `2i + 1` side by side in one 256-bit vector, low and high nibbles through two
@@ -411,7 +427,7 @@ mod imp {
     /// the reduction is half as long. Same `PERM` order.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
-    fn q4_split_sums(g: &[[u8; Q4_0_BLOCK_BYTES]; 8], xs: &[SplitX; 4]) -> __m256i {
+    fn q4_split_sums(g: &[[u8; Q4_0_BLOCK_BYTES]; 8], xs: &SplitX) -> __m256i {
         let m = _mm256_set1_epi8(0x0F);
         let p: [__m256i; 4] = core::array::from_fn(|i| {
             let v = _mm256_inserti128_si256::<1>(
@@ -420,8 +436,8 @@ mod imp {
             );
             let lo = _mm256_and_si256(v, m);
             let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m);
-            let s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, ld32_i8(&xs[i][0]));
-            _mm256_dpbusd_epi32(s, hi, ld32_i8(&xs[i][1]))
+            let s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, ld32_i8(&xs[2 * i]));
+            _mm256_dpbusd_epi32(s, hi, ld32_i8(&xs[2 * i + 1]))
         });
         // Per 128-bit lane (block 2i, resp. 2i + 1): dwords 0+2 and 1+3 of two blocks.
         let s0 = _mm256_add_epi32(
@@ -548,45 +564,97 @@ mod imp {
 
     // ---- GEMV ----
 
-    /// Blocks of activation data the GEMV precomputes on the stack (longer rows compute it per
-    /// row and group).
+    /// Blocks of activation data the GEMV prepares on the stack (longer rows compute it per row
+    /// and group).
     const PREP_BLOCKS: usize = 1024;
 
     /// Blocks per row up to which the Q4_0 GEMV lays the activation out for
-    /// [`q4_split_sums`] (16 KiB on the stack; longer rows take [`pair_sums`]).
+    /// [`q4_split_sums`] (longer rows take [`pair_sums`]).
     const SPLIT_BLOCKS: usize = 512;
 
     /// Zero Q4_0 blocks (never read: the conversion below cannot fail when `B` is Q4_0's size).
     const Q4_ZERO: [[u8; Q4_0_BLOCK_BYTES]; 8] = [[0; Q4_0_BLOCK_BYTES]; 8];
 
-    /// A value on a 64-byte boundary: the GEMV's activation copies and tables are read with
-    /// 256- and 512-bit loads, and one that straddles two cache lines costs two (left to the
-    /// stack frame's luck, the Q4_0 GEMV measured 10-15% slower cache-resident).
+    /// Room for the activation data of [`PREP_BLOCKS`] blocks, on a 64-byte boundary (256- and
+    /// 512-bit loads that straddle two cache lines cost two: left to the stack frame's luck,
+    /// the Q4_0 GEMV measured 10-15% slower cache-resident, and a Q8_0 activation 16 bytes off
+    /// a 64-byte boundary 6-7% slower) and uninitialized: a GEMV fills only what its row length
+    /// needs (zeroing the whole 44 KiB on every call cost more than the copy).
     #[repr(C, align(64))]
-    struct Al64<T>(T);
-
-    /// Activation data of every full group (`corr`, `dx` in `PERM` order) and every block's sum.
-    /// On a 64-byte boundary, as [`Al64`].
-    #[repr(C, align(64))]
-    struct Prep {
-        corr: [[i32; 8]; PREP_BLOCKS / 8],
-        dx: [[f32; 8]; PREP_BLOCKS / 8],
-        sums: [i32; PREP_BLOCKS],
+    struct PrepBuf {
+        /// Per full group: the quants (Q4_0 rows of up to [`SPLIT_BLOCKS`] blocks: in the
+        /// split layout).
+        x: [MaybeUninit<[[i8; QK]; 8]>; PREP_BLOCKS / 8],
+        /// Per full group, in `PERM` order: `bias * sum x`.
+        corr: [MaybeUninit<[i32; 8]>; PREP_BLOCKS / 8],
+        /// Per full group, in `PERM` order: the scales `dx`.
+        dx: [MaybeUninit<[f32; 8]>; PREP_BLOCKS / 8],
+        /// Per block: `sum x`.
+        sums: [MaybeUninit<i32>; PREP_BLOCKS],
     }
 
+    impl PrepBuf {
+        const fn new() -> PrepBuf {
+            PrepBuf {
+                x: [const { MaybeUninit::uninit() }; PREP_BLOCKS / 8],
+                corr: [const { MaybeUninit::uninit() }; PREP_BLOCKS / 8],
+                dx: [const { MaybeUninit::uninit() }; PREP_BLOCKS / 8],
+                sums: [const { MaybeUninit::uninit() }; PREP_BLOCKS],
+            }
+        }
+    }
+
+    /// Writes `f(i)` into the first `n` (at most all) entries of `buf` and returns them.
+    #[inline]
+    fn fill<T>(buf: &mut [MaybeUninit<T>], n: usize, mut f: impl FnMut(usize) -> T) -> &[T] {
+        let n = n.min(buf.len());
+        let buf = &mut buf[..n];
+        for (i, slot) in buf.iter_mut().enumerate() {
+            slot.write(f(i));
+        }
+        // SAFETY: every entry of `buf` was written just above, and `MaybeUninit<T>` has the
+        // size and alignment of `T`.
+        unsafe { core::slice::from_raw_parts(buf.as_ptr().cast::<T>(), buf.len()) }
+    }
+
+    /// The prepared activation data of `n` blocks (`n <= PREP_BLOCKS`).
+    struct Prep<'b> {
+        x: &'b [[[i8; QK]; 8]],
+        corr: &'b [[i32; 8]],
+        dx: &'b [[f32; 8]],
+        sums: &'b [i32],
+    }
+
+    /// Fills `buf` for `xq`, `xd` (`n` blocks each): the quants of every full group copied (or
+    /// laid out split, `split`), their corrections and scales, every block's sum.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
-    fn prep<const B: usize>(p: &mut Prep, xq: &[[i8; QK]], xd: &[f32]) {
-        for (s, x) in p.sums.iter_mut().zip(xq) {
-            *s = block_sum(x);
-        }
-        let (sg, _) = p.sums.as_chunks::<8>();
+    fn prep<'b, const B: usize>(
+        buf: &'b mut PrepBuf,
+        xq: &[[i8; QK]],
+        xd: &[f32],
+        split: bool,
+    ) -> Prep<'b> {
+        let (xg, _) = xq.as_chunks::<8>();
         let (dg, _) = xd.as_chunks::<8>();
-        for (((c, d), s), dx) in p.corr.iter_mut().zip(p.dx.iter_mut()).zip(sg).zip(dg) {
-            for i in 0..8 {
-                c[i] = bias::<B>() * s[PERM[i] as usize];
-                d[i] = dx[PERM[i] as usize];
-            }
+        let groups = xg.len().min(dg.len());
+        let sums = fill(&mut buf.sums, xq.len(), |b| block_sum(&xq[b]));
+        let (sg, _) = sums.as_chunks::<8>();
+        Prep {
+            x: fill(&mut buf.x, groups, |g| {
+                if split {
+                    split_group(&xg[g])
+                } else {
+                    xg[g]
+                }
+            }),
+            corr: fill(&mut buf.corr, groups, |g| {
+                core::array::from_fn(|i| bias::<B>() * sg[g][PERM[i] as usize])
+            }),
+            dx: fill(&mut buf.dx, groups, |g| {
+                core::array::from_fn(|i| dg[g][PERM[i] as usize])
+            }),
+            sums,
         }
     }
 
@@ -609,61 +677,37 @@ mod imp {
             }
             return;
         }
-        if n <= PREP_BLOCKS {
-            let mut p = Prep {
-                corr: [[0; 8]; PREP_BLOCKS / 8],
-                dx: [[0.0; 8]; PREP_BLOCKS / 8],
-                sums: [0; PREP_BLOCKS],
-            };
-            prep::<B>(&mut p, xq, xd);
-            let (xg, _) = xq.as_chunks::<8>();
-            let mut split_al = Al64([[[[0i8; QK]; 2]; 4]; SPLIT_BLOCKS / 8]);
-            let split_buf = &mut split_al.0;
-            let split = if B == Q4_0_BLOCK_BYTES && n <= SPLIT_BLOCKS {
-                for (s, x) in split_buf.iter_mut().zip(xg) {
-                    for (i, sx) in s.iter_mut().enumerate() {
-                        let (a, b) = (&x[2 * i], &x[2 * i + 1]);
-                        sx[0][..16].copy_from_slice(&a[..16]);
-                        sx[0][16..].copy_from_slice(&b[..16]);
-                        sx[1][..16].copy_from_slice(&a[16..]);
-                        sx[1][16..].copy_from_slice(&b[16..]);
-                    }
-                }
-                Some(&*split_buf)
-            } else {
-                None
-            };
-            for (r, o) in out.iter_mut().enumerate() {
-                let row = &blocks[r * stride..r * stride + n];
-                *o = row_dot::<B>(
-                    row,
-                    xq,
-                    xd,
-                    |g| GroupX {
-                        x: &xg[g],
-                        corr: ld8_i32(&p.corr[g]),
-                        dx: avx2::ld8(&p.dx[g]),
-                    },
-                    |b| p.sums[b],
-                    |blocks, g, x| match split {
-                        Some(xs) => q4_split_sums(
-                            blocks
-                                .as_flattened()
-                                .as_chunks()
-                                .0
-                                .try_into()
-                                .unwrap_or(&Q4_ZERO),
-                            &xs[g],
-                        ),
-                        None => pair_sums::<B>(blocks, x.x),
-                    },
-                );
-            }
-        } else {
+        if n > PREP_BLOCKS {
             for (r, o) in out.iter_mut().enumerate() {
                 let row = &blocks[r * stride..r * stride + n];
                 *o = dot_quant::<B>(row.as_flattened(), xq.as_flattened(), xd);
             }
+            return;
+        }
+        let split = B == Q4_0_BLOCK_BYTES && n <= SPLIT_BLOCKS;
+        let mut buf = PrepBuf::new();
+        let p = prep::<B>(&mut buf, xq, xd, split);
+        for (r, o) in out.iter_mut().enumerate() {
+            let row = &blocks[r * stride..r * stride + n];
+            *o = row_dot::<B>(
+                row,
+                xq,
+                xd,
+                |g| GroupX {
+                    x: &p.x[g],
+                    corr: ld8_i32(&p.corr[g]),
+                    dx: avx2::ld8(&p.dx[g]),
+                },
+                |b| p.sums[b],
+                |blocks, _, x| {
+                    if split {
+                        let blocks = blocks.as_flattened().as_chunks().0;
+                        q4_split_sums(blocks.try_into().unwrap_or(&Q4_ZERO), x.x)
+                    } else {
+                        pair_sums::<B>(blocks, x.x)
+                    }
+                },
+            );
         }
     }
 
@@ -771,8 +815,8 @@ mod imp {
     const MB: usize = 64;
 
     /// A repacked tile: `w[b][k]` lane `r` = row `r`'s unsigned weight bytes `4k..4k+4` of
-    /// block `b`, `d[b]` lane `r` = its scale. On a 64-byte boundary, as [`Al64`] (each `w[b][k]`
-    /// is one 512-bit load; +2-10% on the grouped GEMV).
+    /// block `b`, `d[b]` lane `r` = its scale. On a 64-byte boundary, as [`PrepBuf`] (each
+    /// `w[b][k]` is one 512-bit load; +2-10% on the grouped GEMV).
     #[repr(C, align(64))]
     struct Tile<const NB: usize> {
         w: [[[u32; TR]; 8]; NB],
