@@ -378,8 +378,9 @@ mod imp {
         _mm256_cvtph_ps(h)
     }
 
-    /// The activation-side data of a group: its quants and, in `PERM` order, the corrections
-    /// `bias * sum x` and the scales `dx`.
+    /// The activation-side data of a group: its quants (in the [`SplitX`] layout where the
+    /// GEMV prepared them so) and, in `PERM` order, the corrections `bias * sum x` and the
+    /// scales `dx`.
     struct GroupX<'a> {
         x: &'a [[i8; QK]; 8],
         corr: __m256i,
