@@ -37,7 +37,7 @@ use mhmoe::{Exec, Isa};
 #[command(about)]
 struct Args {
     /// Model file (GGUF, architecture "mhmoe").
-    #[arg(short, long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/models/mhmoe-demo-q8_0.gguf"))]
+    #[arg(short, long, default_value = common::DEMO_MODEL)]
     model: PathBuf,
     /// Thread counts, comma-separated (default: 1 up to the physical cores).
     #[arg(short, long, value_delimiter = ',')]

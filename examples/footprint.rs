@@ -27,7 +27,7 @@ use mhmoe::{KvType, Model, State, StateOptions};
 #[command(version, about)]
 struct Args {
     /// Model file.
-    #[arg(default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/models/mhmoe-demo-q8_0.gguf"))]
+    #[arg(default_value = common::DEMO_MODEL)]
     model: PathBuf,
     /// Context length (positions of KV cache).
     #[arg(long, default_value_t = 64)]

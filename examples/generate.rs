@@ -35,7 +35,7 @@ struct Args {
     #[arg(default_value = "It is a truth universally acknowledged")]
     prompt: String,
     /// Model file (GGUF, architecture "mhmoe").
-    #[arg(short, long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/models/mhmoe-demo-q8_0.gguf"))]
+    #[arg(short, long, default_value = common::DEMO_MODEL)]
     model: PathBuf,
     /// Number of tokens to generate.
     #[arg(short = 'n', long, default_value_t = 200)]

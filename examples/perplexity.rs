@@ -32,10 +32,10 @@ const DEFAULT_MAX_CTX: usize = 4096;
 #[command(version, about)]
 struct Args {
     /// Model file.
-    #[arg(short, long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/models/mhmoe-demo-q8_0.gguf"))]
+    #[arg(short, long, default_value = common::DEMO_MODEL)]
     model: PathBuf,
     /// Text file (UTF-8).
-    #[arg(short, long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/models/heldout-sample.txt"))]
+    #[arg(short, long, default_value = common::HELDOUT_TEXT)]
     text: PathBuf,
     /// Window length (default: the model's context length, at most 4096).
     #[arg(long)]

@@ -66,10 +66,10 @@ use analysis::{ranked, Options};
 #[command(version, about)]
 struct Args {
     /// Model file.
-    #[arg(short, long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/models/mhmoe-demo-q8_0.gguf"))]
+    #[arg(short, long, default_value = common::DEMO_MODEL)]
     model: PathBuf,
     /// Text file (UTF-8).
-    #[arg(short, long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/models/heldout-sample.txt"))]
+    #[arg(short, long, default_value = common::HELDOUT_TEXT)]
     text: PathBuf,
     /// Output folder (created if missing).
     #[arg(short, long, default_value = "analysis")]

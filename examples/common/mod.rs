@@ -1,10 +1,16 @@
-//! Shared by the examples: output that reports a failed write (a closed pipe, a full disk)
-//! instead of panicking as `println!` does, and the exit status.
+//! Shared by the examples: the default model and text, output that reports a failed write (a
+//! closed pipe, a full disk) instead of panicking as `println!` does, and the exit status.
 #![allow(dead_code, unused_macros)]
 
 use std::fmt::Display;
 use std::io::{self, Write};
 use std::process::ExitCode;
+
+/// The shipped demo model, the examples' default `--model`.
+pub const DEMO_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/mhmoe-demo-q8_0.gguf");
+
+/// The held-out text sample, the default `--text` of the examples that read one.
+pub const HELDOUT_TEXT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/heldout-sample.txt");
 
 /// The message of a failed write to `stream` ("stdout" or "stderr").
 pub fn write_failed(stream: &str) -> impl Fn(io::Error) -> String + '_ {
