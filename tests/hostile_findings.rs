@@ -22,6 +22,26 @@ const ALL_TYPES: [GgmlType; 5] = [
 ];
 
 /// Sizes computed from caller-given numbers saturate or fail instead of overflowing (a panic
+/// Every field of a [`Shape`], in declaration order.
+fn fields(s: &mut Shape) -> [&mut usize; 14] {
+    [
+        &mut s.dim,
+        &mut s.n_layers,
+        &mut s.ff_dim,
+        &mut s.n_heads,
+        &mut s.n_kv_heads,
+        &mut s.head_dim,
+        &mut s.n_experts,
+        &mut s.top_k,
+        &mut s.expert_ff_dim,
+        &mut s.shared_ff_dim,
+        &mut s.moe_heads,
+        &mut s.vocab_size,
+        &mut s.context_length,
+        &mut s.router_red,
+    ]
+}
+
 /// in debug builds): `GgmlType::row_bytes` multiplied without a check.
 #[test]
 fn size_arithmetic_never_overflows() {
@@ -73,39 +93,8 @@ fn size_arithmetic_never_overflows() {
         for v in [usize::MAX, usize::MAX / 3, 1 << 40, 0] {
             let mut s = base;
             s.context_length = 1 << 40;
-            *[
-                &mut s.dim,
-                &mut s.n_layers,
-                &mut s.ff_dim,
-                &mut s.n_heads,
-                &mut s.n_kv_heads,
-                &mut s.head_dim,
-                &mut s.n_experts,
-                &mut s.top_k,
-                &mut s.expert_ff_dim,
-                &mut s.shared_ff_dim,
-                &mut s.moe_heads,
-                &mut s.vocab_size,
-                &mut s.context_length,
-                &mut s.router_red,
-            ][other] = 1 << 33;
-            let f = [
-                &mut s.dim,
-                &mut s.n_layers,
-                &mut s.ff_dim,
-                &mut s.n_heads,
-                &mut s.n_kv_heads,
-                &mut s.head_dim,
-                &mut s.n_experts,
-                &mut s.top_k,
-                &mut s.expert_ff_dim,
-                &mut s.shared_ff_dim,
-                &mut s.moe_heads,
-                &mut s.vocab_size,
-                &mut s.context_length,
-                &mut s.router_red,
-            ];
-            *f[field] = v;
+            *fields(&mut s)[other] = 1 << 33;
+            *fields(&mut s)[field] = v;
             for opts in [
                 StateOptions::new(256),
                 StateOptions::new(usize::MAX).batch(usize::MAX),
