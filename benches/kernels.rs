@@ -146,6 +146,8 @@ struct Gemv {
     rows: usize,
     cols: usize,
     w: memmap2::MmapMut,
+    /// `w` tiled (`None` for a type without a tiled layout).
+    wt: Option<memmap2::MmapMut>,
     x: Vec<f32>,
     q: Vec<i8>,
     d: Vec<f32>,
@@ -158,11 +160,19 @@ impl Gemv {
         let mut q = vec![0i8; x.len()];
         let mut d = vec![0.0f32; x.len() / QK];
         Scalar::quantize_q8_0(&x, &mut q, &mut d);
+        let wt = mhmoe::tile::is_tileable(ty).then(|| {
+            let mut wt = huge(w.len());
+            wt.copy_from_slice(&w);
+            let rb = ty.row_bytes(cols);
+            mhmoe::tile::tile_matrix(ty, rows, rb, &mut wt, &mut vec![0; 16 * rb]);
+            wt
+        });
         Gemv {
             ty,
             rows,
             cols,
             w,
+            wt,
             x,
             q,
             d,
@@ -170,6 +180,11 @@ impl Gemv {
     }
     fn matrix(&self) -> Matrix<'_> {
         Matrix::new(self.ty, self.rows, self.cols, &self.w).expect("a whole matrix")
+    }
+    /// The same matrix in the tiled layout (`mhmoe::tile`).
+    fn tiled(&self) -> Matrix<'_> {
+        let wt = self.wt.as_deref().unwrap_or(&[]);
+        Matrix::new_tiled(self.ty, self.rows, self.cols, wt).expect("a tileable matrix")
     }
     fn act(&self) -> Act<'_> {
         Act {
@@ -205,6 +220,39 @@ impl Case {
 fn gemv_run<K: Kernels>(g: Rc<Gemv>) -> Run {
     let mut out = vec![0.0f32; g.rows];
     Box::new(move || K::gemv(black_box(&g.matrix()), black_box(&g.act()), &mut out))
+}
+
+fn gemv_tiled_run<K: Kernels>(g: Rc<Gemv>) -> Run {
+    let mut out = vec![0.0f32; g.rows];
+    Box::new(move || K::gemv_tiled(black_box(&g.tiled()), black_box(&g.act()), &mut out))
+}
+
+fn group_tiled_run<K: Kernels>(g: Rc<Gemv>, members: &'static [u32]) -> Run {
+    let mut out = vec![0.0f32; g.x.len() / g.cols * g.rows];
+    Box::new(move || {
+        let (w, a) = (g.tiled(), g.act());
+        K::gemv_group_tiled(
+            black_box(&w),
+            black_box(&a),
+            members,
+            1,
+            &mut Out::new(&mut out, w.rows()),
+        )
+    })
+}
+
+/// The GEMV of `g` on each ISA, and on the tiled layout for the ISAs that have tiled kernels
+/// (`<isa> tiled`), with their labels.
+fn gemv_runs(g: &Rc<Gemv>, isas: &[Isa]) -> Vec<(String, Run)> {
+    let mut runs = Vec::new();
+    for &i in isas {
+        runs.push((i.name().to_string(), with_kernels!(i, gemv_run(g.clone()))));
+        if i.has_tiled_kernels() && g.wt.is_some() {
+            let r = with_kernels!(i, gemv_tiled_run(g.clone()));
+            runs.push((format!("{} tiled", i.name()), r));
+        }
+    }
+    runs
 }
 
 fn group_run<K: Kernels>(g: Rc<Gemv>, members: &'static [u32], in_div: usize) -> Run {
@@ -483,12 +531,13 @@ fn speedup_table(cases: &mut [Case]) {
 
 /// Interleaves one- and eight-stream reads of `probe` with the GEMV of `g` on each ISA; returns
 /// GB/s as (one stream, eight streams, per ISA).
-fn gemv_vs_probe(probe: &Probe, g: &Rc<Gemv>, isas: &[Isa], rounds: usize) -> (f64, f64, Vec<f64>) {
+fn gemv_vs_probe(
+    probe: &Probe,
+    g: &Rc<Gemv>,
+    runs: &mut [(String, Run)],
+    rounds: usize,
+) -> (f64, f64, Vec<f64>) {
     let buf = probe.words();
-    let mut runs: Vec<Run> = isas
-        .iter()
-        .map(|&i| with_kernels!(i, gemv_run(g.clone())))
-        .collect();
     let mut one = || {
         black_box(read_sum_one_stream(black_box(buf)));
     };
@@ -496,7 +545,7 @@ fn gemv_vs_probe(probe: &Probe, g: &Rc<Gemv>, isas: &[Isa], rounds: usize) -> (f
         black_box(read_sum(black_box(buf)));
     };
     let mut fs: Vec<&mut dyn FnMut()> = vec![&mut one, &mut eight];
-    fs.extend(runs.iter_mut().map(|r| &mut **r as &mut dyn FnMut()));
+    fs.extend(runs.iter_mut().map(|(_, r)| &mut **r as &mut dyn FnMut()));
     let t = interleaved(rounds, &mut fs);
     let gbs = |bytes: usize, t: &Duration| bytes as f64 / t.as_secs_f64() / 1e9;
     let gemv = t[2..].iter().map(|t| gbs(g.w.len(), t)).collect();
@@ -507,16 +556,15 @@ fn gemv_vs_probe(probe: &Probe, g: &Rc<Gemv>, isas: &[Isa], rounds: usize) -> (f
 fn roofline(probe_mb: usize, rows: usize, cols: usize, rounds: usize) {
     let probe = Probe::new(probe_mb << 20);
     let g = Rc::new(Gemv::new(&mut Rng(3), GgmlType::Q8_0, rows, cols, 1));
-    let isas = isas();
-    let (one, bw, gemv) = gemv_vs_probe(&probe, &g, &isas, rounds);
+    let mut runs = gemv_runs(&g, &isas());
+    let (one, bw, gemv) = gemv_vs_probe(&probe, &g, &mut runs, rounds);
     println!(
         "\nread bandwidth, {probe_mb} MiB buffer: {bw:.2} GB/s with 8 streams, {one:.2} GB/s with one"
     );
-    for (isa, r) in isas.iter().zip(gemv) {
+    for ((name, _), r) in runs.iter().zip(gemv) {
         println!(
-            "Q8_0 GEMV {rows}x{cols} ({} MiB) on {}: {r:.2} GB/s = {:.0}% of the read bandwidth",
+            "Q8_0 GEMV {rows}x{cols} ({} MiB) on {name}: {r:.2} GB/s = {:.0}% of the read bandwidth",
             g.w.len() >> 20,
-            isa.name(),
             100.0 * r / bw
         );
     }
@@ -538,18 +586,18 @@ fn roofline_table(rounds: usize) {
         for cols in [1024, 2048, 4096, 8192] {
             let rows = TABLE_BYTES / ty.row_bytes(cols);
             let g = Rc::new(Gemv::new(&mut rng, ty, rows, cols, 1));
-            let (one, eight, gemv) = gemv_vs_probe(&probe, &g, &isas, rounds);
+            let mut runs = gemv_runs(&g, &isas);
+            let (one, eight, gemv) = gemv_vs_probe(&probe, &g, &mut runs, rounds);
             let bw = one.max(eight);
             println!(
                 "| read probe | | | {} | 1 stream / 8 streams | {one:.2} / {eight:.2} | 100 |",
                 TABLE_BYTES >> 20
             );
-            for (isa, r) in isas.iter().zip(gemv) {
+            for ((name, _), r) in runs.iter().zip(gemv) {
                 println!(
-                    "| {} | {cols} | {rows} | {} | {} | {r:.2} | {:.0} |",
+                    "| {} | {cols} | {rows} | {} | {name} | {r:.2} | {:.0} |",
                     ty.name(),
                     g.w.len() >> 20,
-                    isa.name(),
                     100.0 * r / bw
                 );
             }
@@ -568,17 +616,14 @@ fn hot_table(rounds: usize) {
         for cols in [1024, 4096] {
             let rows = 512;
             let g = Rc::new(Gemv::new(&mut rng, ty, rows, cols, 1));
-            let mut runs: Vec<Run> = isas
-                .iter()
-                .map(|&i| with_kernels!(i, gemv_run(g.clone())))
-                .collect();
+            let (names, mut runs): (Vec<String>, Vec<Run>) =
+                gemv_runs(&g, &isas).into_iter().unzip();
             let t = interleaved_runs(rounds, &mut runs);
-            for (isa, t) in isas.iter().zip(&t) {
+            for (name, t) in names.iter().zip(&t) {
                 println!(
-                    "| {} | {rows}x{cols} | {} | {} | {:.2} |",
+                    "| {} | {rows}x{cols} | {} | {name} | {:.2} |",
                     ty.name(),
                     g.w.len() >> 10,
-                    isa.name(),
                     g.w.len() as f64 / t.as_secs_f64() / 1e9
                 );
             }
@@ -608,25 +653,33 @@ fn gmac_table(rounds: usize) {
         let g = Rc::new(Gemv::new(&mut rng, ty, rows, cols, 256));
         for count in [0usize, 1, 2, 64, 128, 256] {
             // count 0: `gemv` on one input.
-            let mut runs: Vec<Run> = isas
-                .iter()
-                .map(|&i| match count {
+            let mut names = Vec::new();
+            let mut runs: Vec<Run> = Vec::new();
+            for &i in &isas {
+                names.push(i.name().to_string());
+                runs.push(match count {
                     0 => with_kernels!(i, gemv_run(g.clone())),
                     n => with_kernels!(i, group_run(g.clone(), &MEMBERS[..n], 1)),
-                })
-                .collect();
+                });
+                if i.has_tiled_kernels() {
+                    names.push(format!("{} tiled", i.name()));
+                    runs.push(match count {
+                        0 => with_kernels!(i, gemv_tiled_run(g.clone())),
+                        n => with_kernels!(i, group_tiled_run(g.clone(), &MEMBERS[..n])),
+                    });
+                }
+            }
             let t = interleaved_runs(rounds, &mut runs);
             let macs = (rows * cols * count.max(1)) as f64;
-            for (isa, ti) in isas.iter().zip(&t) {
+            for (name, ti) in names.iter().zip(&t) {
                 println!(
-                    "| {} | {rows}x{cols} | {} | {} | {} | {:.1} | {:.2}x |",
+                    "| {} | {rows}x{cols} | {} | {name} | {} | {:.1} | {:.2}x |",
                     ty.name(),
                     if count == 0 {
                         "gemv".to_string()
                     } else {
                         count.to_string()
                     },
-                    isa.name(),
                     fmt_time(*ti),
                     macs / ti.as_secs_f64() / 1e9,
                     t[0].as_secs_f64() / ti.as_secs_f64()

@@ -27,7 +27,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use mhmoe::file::{ModelBytes, StateBuffer};
+use mhmoe::file::{Layout, ModelBytes, StateBuffer};
 use mhmoe::parallel::{physical_cores, Parallel, ThreadPool};
 use mhmoe::state::StateOptions;
 use mhmoe::{Exec, Isa};
@@ -60,6 +60,19 @@ struct Args {
     /// Print one JSON object per thread count instead of a table.
     #[arg(long)]
     json: bool,
+    /// Weight layout in memory: `auto` (tiled where this CPU reads a type faster tiled),
+    /// `file` (row-major, as in the file) or `tiled` (every F16, Q8_0 and Q4_0 matrix).
+    #[arg(long, default_value = "auto", value_parser = parse_layout)]
+    layout: Layout,
+}
+
+fn parse_layout(s: &str) -> Result<Layout, String> {
+    match s {
+        "auto" => Ok(Layout::Auto),
+        "file" => Ok(Layout::File),
+        "tiled" => Ok(Layout::Tiled),
+        _ => Err(format!("unknown layout {s:?} (auto, file or tiled)")),
+    }
 }
 
 /// One round's measurements at one thread count.
@@ -126,7 +139,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn run(args: Args) -> Result<(), String> {
     let err = |what: &str, e: mhmoe::Error| format!("{what}: {e}");
-    let file = ModelBytes::read(&args.model)
+    let file = ModelBytes::read_with(&args.model, args.layout)
         .map_err(|e| format!("cannot read model {}: {e}", args.model.display()))?;
     let model = file
         .model()

@@ -4,6 +4,8 @@ use std::path::Path;
 use std::vec::Vec;
 
 use crate::error::{Error, Result};
+use crate::kernels::Isa;
+use crate::quant::GgmlType;
 use crate::model::Model;
 use crate::state::{State, StateOptions};
 
@@ -19,11 +21,20 @@ pub enum ModelBytes {
 }
 
 impl ModelBytes {
-    /// Reads the whole file into memory. On Linux the memory asks for transparent huge pages
-    /// (`madvise(MADV_HUGEPAGE)`): decoding streams every active weight once per token, and
-    /// with 4 KiB pages the hardware prefetchers stop at every page boundary and the TLB misses
-    /// on every page. Where huge pages are not available this is an ordinary read.
+    /// Reads the whole file into memory, with the layout [`Layout::Auto`] picks: see
+    /// [`ModelBytes::read_with`].
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
+        Self::read_with(path, Layout::Auto)
+    }
+
+    /// Reads the whole file into memory and lays its matrices out as `layout` says
+    /// ([`tile_in_place`]; the result is the same bits either way, only the speed differs).
+    ///
+    /// On Linux the memory asks for transparent huge pages (`madvise(MADV_HUGEPAGE)`):
+    /// decoding streams every active weight once per token, and with 4 KiB pages the hardware
+    /// prefetchers stop at every page boundary and the TLB misses on every page. Where huge
+    /// pages are not available this is an ordinary read.
+    pub fn read_with(path: impl AsRef<Path>, layout: Layout) -> Result<Self> {
         use std::io::Read;
         let mut file = std::fs::File::open(path)?;
         let len = usize::try_from(file.metadata()?.len()).map_err(|_| Error::Overflow {
@@ -41,6 +52,12 @@ impl ModelBytes {
                 message: crate::error::name("the file grew while it was read"),
             });
         }
+        // A file that does not parse is left as it is: loading it reports why.
+        let _ = match layout {
+            Layout::Auto => tile_in_place(&mut mem, |t| Isa::detect().prefers_tiled(t)),
+            Layout::File => Ok(0),
+            Layout::Tiled => tile_in_place(&mut mem, |_| true),
+        };
         Ok(ModelBytes::Loaded(mem.make_read_only()?))
     }
 
@@ -68,6 +85,105 @@ impl ModelBytes {
     pub fn model(&self) -> Result<Model<'_>> {
         Model::from_bytes(self.bytes())
     }
+}
+
+/// How [`ModelBytes::read_with`] lays out the matrices of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// Tiled for the types this CPU's best instruction set reads faster tiled
+    /// ([`Isa::prefers_tiled`]: F16 on AVX-512), the rest as in the file.
+    #[default]
+    Auto,
+    /// As in the file (row-major).
+    File,
+    /// Every F16, Q8_0 and Q4_0 matrix tiled ([`tile_in_place`]), on any CPU; instruction sets
+    /// without tiled kernels compute on it with the portable ones, more slowly.
+    Tiled,
+}
+
+/// Lays out the matrices of a model file in memory in the tiled layout ([`crate::tile`],
+/// FORMAT.md "Tiled matrices"), in place: each F16, Q8_0 or Q4_0 tensor for whose type `which`
+/// is true, of two or more dimensions and at least 16 rows, has its full bands of 16 rows
+/// permuted, and the type id in
+/// its tensor info marked ([`crate::tile::TILED_FLAG`]), so the bytes describe their layout
+/// and any later parse reads them right. Tensors already tiled, and tensors whose data overlap
+/// another's, are left as they are. Returns the number of tensors tiled.
+///
+/// The model computes the same bits on the tiled bytes as on the file's, on every instruction
+/// set; the AVX-512 kernels read them faster. The bytes are no longer the file's (write them
+/// back and other GGUF readers reject the marked type ids).
+///
+/// # Errors
+/// Those of [`crate::gguf::Gguf::parse`] (nothing is changed then).
+pub fn tile_in_place(bytes: &mut [u8], which: impl Fn(GgmlType) -> bool) -> Result<usize> {
+    use crate::tile::{is_tileable, tile_matrix, TILED_FLAG, TILE_ROWS};
+    /// One tensor to tile: where its type id and data are, and its shape.
+    struct Job {
+        ty_at: usize,
+        start: usize,
+        len: usize,
+        ty: GgmlType,
+        rows: usize,
+        row_bytes: usize,
+    }
+    let mut jobs = Vec::new();
+    {
+        let g = crate::gguf::Gguf::parse(bytes)?;
+        let base = bytes.as_ptr() as usize;
+        for t in g.tensors() {
+            let Some(ty) = t.ty.computed() else { continue };
+            let rows = usize::try_from(t.dims[1]).unwrap_or(0);
+            let cols = usize::try_from(t.dims[0]).unwrap_or(usize::MAX);
+            let Some(row_bytes) = ty.checked_row_bytes(cols) else {
+                continue;
+            };
+            if t.tiled || !is_tileable(ty) || !which(ty) || t.n_dims < 2 || rows < TILE_ROWS {
+                continue;
+            }
+            // The tensor info: name (u64 length, bytes), n_dims (u32), dims (u64 each), type.
+            let ty_at = t.name.as_ptr() as usize - base + t.name.len() + 4 + 8 * t.n_dims;
+            let start = t.data.as_ptr() as usize - base;
+            jobs.push(Job {
+                ty_at,
+                start,
+                len: t.data.len(),
+                ty,
+                rows,
+                row_bytes,
+            });
+        }
+    }
+    // Tensors may overlap in a hand-made file: tiling shared bytes twice would scramble them.
+    jobs.sort_by_key(|j| j.start);
+    let overlaps: Vec<bool> = (0..jobs.len())
+        .map(|i| {
+            let before = i > 0 && jobs[i - 1].start + jobs[i - 1].len > jobs[i].start;
+            let after = i + 1 < jobs.len() && jobs[i].start + jobs[i].len > jobs[i + 1].start;
+            before || after
+        })
+        .collect();
+    let mut scratch = Vec::new();
+    let mut tiled = 0;
+    for (j, _) in jobs.iter().zip(&overlaps).filter(|(_, &o)| !o) {
+        let id_bytes = bytes
+            .get(j.ty_at..j.ty_at + 4)
+            .and_then(|b| b.try_into().ok());
+        let Some(id) = id_bytes.map(u32::from_le_bytes) else {
+            continue;
+        };
+        if id != j.ty.tensor_type().id() {
+            continue; // not where the type id should be: leave the tensor alone
+        }
+        let matrix = j.rows * j.row_bytes;
+        scratch.resize(TILE_ROWS * j.row_bytes, 0);
+        let data = &mut bytes[j.start..j.start + j.len];
+        for m in data.chunks_exact_mut(matrix.max(1)) {
+            tile_matrix(j.ty, j.rows, j.row_bytes, m, &mut scratch);
+        }
+        bytes[j.ty_at..j.ty_at + 4].copy_from_slice(&(id | TILED_FLAG).to_le_bytes());
+        tiled += 1;
+    }
+    Ok(tiled)
 }
 
 /// `len` bytes of zeroed, page-aligned anonymous memory that asks the OS for transparent huge

@@ -269,6 +269,9 @@ pub struct TensorInfo<'a> {
     pub dims: [u64; MAX_DIMS],
     /// Element type: any ggml type (see [`TensorType::computed`] for the engine's).
     pub ty: TensorType,
+    /// Whether the data are in the tiled layout (FORMAT.md, "Tiled matrices"; the type id has
+    /// [`crate::tile::TILED_FLAG`] set). Only F16, Q8_0 and Q4_0 tensors can be.
+    pub tiled: bool,
     /// Offset of the data relative to the start of the data section.
     pub offset: u64,
     /// The tensor's bytes.
@@ -715,10 +718,13 @@ impl<'a> Gguf<'a> {
     /// Reads tensor info `index` and resolves its data.
     fn resolve(&self, cur: &mut Cursor<'a>, index: usize) -> Result<TensorInfo<'a>> {
         let (tname, n_dims, dims, ty_raw, offset) = read_tensor_info(cur, index, self.n_tensors)?;
-        let ty = TensorType::from_u32(ty_raw).ok_or_else(|| Error::UnknownTensorType {
-            tensor: name(tname),
-            type_id: ty_raw,
-        })?;
+        let tiled = ty_raw & crate::tile::TILED_FLAG != 0;
+        let ty = TensorType::from_u32(ty_raw & !crate::tile::TILED_FLAG)
+            .filter(|t| !tiled || t.computed().is_some_and(crate::tile::is_tileable))
+            .ok_or_else(|| Error::UnknownTensorType {
+                tensor: name(tname),
+                type_id: ty_raw,
+            })?;
         let block = ty.block_size() as u64;
         if dims[0] % block != 0 {
             return Err(Error::RowNotBlockAligned {
@@ -764,6 +770,7 @@ impl<'a> Gguf<'a> {
             n_dims,
             dims,
             ty,
+            tiled,
             offset,
             data: bytes,
         })

@@ -20,6 +20,7 @@ pub mod parallel;
 pub mod quant;
 pub mod sampler;
 pub mod state;
+pub mod tile;
 pub mod tokenizer;
 
 pub use config::Config;

@@ -15,7 +15,9 @@ use crate::error::{name, truncated, Error, Name, Result};
 use crate::gguf::{Gguf, TensorInfo, TensorIter, ValueType, MAX_DIMS};
 use crate::quant::{dequantize_row, GgmlType, TensorType};
 
-/// A weight matrix `rows x cols` (GGUF dims `[cols, rows]`), stored row-major in `ty`.
+/// A weight matrix `rows x cols` (GGUF dims `[cols, rows]`), stored row-major in `ty`, or in
+/// the tiled layout ([`crate::tile`]: every full band of 16 rows tiled, the rows after the last
+/// one row-major).
 ///
 /// The fields are private: a `Matrix` always holds exactly `rows * ty.row_bytes(cols)` bytes,
 /// with `cols` a whole number of blocks, so the kernels never see a short or ragged matrix.
@@ -25,6 +27,7 @@ pub struct Matrix<'a> {
     pub(crate) rows: usize,
     pub(crate) cols: usize,
     pub(crate) data: &'a [u8],
+    pub(crate) tiled: bool,
 }
 
 impl<'a> Matrix<'a> {
@@ -62,7 +65,52 @@ impl<'a> Matrix<'a> {
             rows,
             cols,
             data,
+            tiled: false,
         })
+    }
+
+    /// A `rows x cols` matrix of type `ty` over `data` in the tiled layout ([`crate::tile`]).
+    ///
+    /// # Errors
+    /// Those of [`Matrix::new`], and [`Error::WrongTensorType`] for a type that has no tiled
+    /// layout (only F16, Q8_0 and Q4_0 have).
+    pub fn new_tiled(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self> {
+        if !crate::tile::is_tileable(ty) {
+            return Err(Error::WrongTensorType {
+                tensor: name("matrix"),
+                expected: "F16, Q8_0 or Q4_0 (the types with a tiled layout)",
+            });
+        }
+        Ok(Matrix {
+            tiled: true,
+            ..Matrix::new(ty, rows, cols, data)?
+        })
+    }
+
+    /// Whether the matrix is in the tiled layout.
+    pub fn is_tiled(&self) -> bool {
+        self.tiled
+    }
+
+    /// Rows in tiled bands (0 for a row-major matrix): the first `tiled_rows()` rows are in
+    /// bands of [`crate::tile::TILE_ROWS`], the rest row-major.
+    pub fn tiled_rows(&self) -> usize {
+        if self.tiled {
+            self.rows - self.rows % crate::tile::TILE_ROWS
+        } else {
+            0
+        }
+    }
+
+    /// Band `i` of a tiled matrix (`16 * row_bytes()` bytes; empty if out of range).
+    pub fn band(&self, i: usize) -> &'a [u8] {
+        let len = self.row_bytes().saturating_mul(crate::tile::TILE_ROWS);
+        if i.saturating_add(1).saturating_mul(crate::tile::TILE_ROWS) > self.tiled_rows() {
+            return &[];
+        }
+        i.checked_mul(len)
+            .and_then(|start| self.data.get(start..start.checked_add(len)?))
+            .unwrap_or(&[])
     }
 
     /// Element type.
@@ -89,31 +137,51 @@ impl<'a> Matrix<'a> {
     pub fn row_bytes(&self) -> usize {
         self.ty.row_bytes(self.cols)
     }
-    /// The bytes of row `r` (empty if out of range).
+    /// The bytes of row `r` (empty if out of range, or in a tiled band: see
+    /// [`Matrix::dequantize_row`] and [`crate::tile::unit_of`]).
     pub fn row(&self, r: usize) -> &'a [u8] {
+        if r < self.tiled_rows() {
+            return &[];
+        }
         let rb = self.row_bytes();
         r.checked_mul(rb)
             .and_then(|start| self.data.get(start..start.checked_add(rb)?))
             .unwrap_or(&[])
     }
 
-    /// Rows `r0..r1` as a matrix of their own (clamped to the rows there are).
+    /// Rows `r0..r1` as a matrix of their own (clamped to the rows there are). For a tiled
+    /// matrix the range must not cut a band (`r0` a multiple of 16, and `r1` too unless it is
+    /// past the last band; the forward pass splits at multiples of 16): otherwise the result
+    /// has no data, and its rows read as empty.
     pub fn rows_range(&self, r0: usize, r1: usize) -> Matrix<'a> {
         let r1 = r1.min(self.rows);
         let r0 = r0.min(r1);
         let rb = self.row_bytes();
+        let cuts = |r: usize| !r.is_multiple_of(crate::tile::TILE_ROWS) && r < self.tiled_rows();
+        let misaligned = self.tiled && (cuts(r0) || cuts(r1));
         Matrix {
             rows: r1 - r0,
-            data: self.data.get(r0 * rb..r1 * rb).unwrap_or(&[]),
+            data: match misaligned {
+                false => self.data.get(r0 * rb..r1 * rb).unwrap_or(&[]),
+                true => &[],
+            },
             ..*self
         }
     }
 
-    /// Dequantizes row `r` into `out[..cols]`. A shorter `out` gets the whole blocks that fit;
-    /// an out-of-range row writes nothing.
+    /// Dequantizes row `r` into `out[..cols]`, in either layout. A shorter `out` gets the whole
+    /// blocks that fit; an out-of-range row writes nothing.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let n = self.cols.min(out.len());
-        dequantize_row(self.ty, self.row(r), &mut out[..n]);
+        if r >= self.tiled_rows() {
+            return dequantize_row(self.ty, self.row(r), &mut out[..n]);
+        }
+        let band = self.band(r / crate::tile::TILE_ROWS);
+        let (bs, ts) = (self.ty.block_size(), self.ty.type_size());
+        for (u, o) in out[..n].chunks_exact_mut(bs).enumerate() {
+            let unit = crate::tile::unit_of(self.ty, band, r % crate::tile::TILE_ROWS, u);
+            dequantize_row(self.ty, &unit[..ts], o);
+        }
     }
 }
 
@@ -577,6 +645,7 @@ fn parse_blk(tname: &str) -> Option<(usize, &str)> {
 #[derive(Clone, Copy)]
 struct Entry<'a> {
     ty: GgmlType,
+    tiled: bool,
     dims: [u64; MAX_DIMS],
     data: &'a [u8],
 }
@@ -625,6 +694,7 @@ impl<'a> Found<'a> {
                 rows,
                 cols,
                 data: t.data,
+                tiled: t.tiled,
             },
         })
     }
@@ -787,6 +857,7 @@ impl<'a> Entry<'a> {
         })?;
         Ok(Entry {
             ty,
+            tiled: t.tiled,
             dims: t.dims,
             data: t.data,
         })
@@ -828,5 +899,6 @@ fn matrix_of<'a>(e: &Entry<'a>, label: Label<'_>, rows: usize, cols: usize) -> R
         rows,
         cols,
         data: e.data,
+        tiled: e.tiled,
     })
 }

@@ -975,6 +975,97 @@ fn gemv_group_stress_matches_scalar() {
     on_every_isa!(check_gemv_group_stress);
 }
 
+/// `data` (`rows` row-major rows of `ty`, `cols` wide) in the tiled layout.
+fn tiled_copy(ty: GgmlType, rows: usize, cols: usize, data: &[u8]) -> Vec<u8> {
+    let rb = ty.row_bytes(cols);
+    let mut t = data.to_vec();
+    let mut scratch = vec![0u8; 16 * rb];
+    let bands = mhmoe::tile::tile_matrix(ty, rows, rb, &mut t, &mut scratch);
+    assert_eq!(bands, rows / 16);
+    t
+}
+
+/// GEMVs on tiled matrices ([`Kernels::gemv_tiled`], [`Kernels::gemv_group_tiled`]) against
+/// the scalar GEMV on the same matrix row-major: F16, Q8_0, Q4_0; row counts below, at and
+/// between multiples of 16 (the rows after the last band are row-major); rows of 1..1031
+/// blocks (tails of every length modulo 8, past every stack buffer); one, two and many
+/// members; -128 activations, extreme scales, nibble extremes; row ranges split as the
+/// threads split them.
+fn check_gemv_tiled<K: Kernels>(isa: Isa) {
+    let mut rng = Rng::new(14);
+    for ty in [GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0] {
+        let cols_options: &[usize] = if ty.is_quantized() {
+            &[32, 96, 256, 288, 544, 129 * QK, 504 * QK, 1031 * QK]
+        } else {
+            &[1, 7, 8, 13, 64, 1003]
+        };
+        for (case, &cols) in cols_options.iter().enumerate() {
+            for rows in [0usize, 5, 16, 17, 40, 64] {
+                if rows * cols > 600_000 && rows > 17 {
+                    continue;
+                }
+                let flavour = (case + rows) % 6;
+                let data = match ty {
+                    GgmlType::F16 => random_matrix_bytes(&mut rng, ty, rows, cols),
+                    _ => stress_weights(&mut rng, ty, rows, cols, flavour),
+                };
+                let tiled = tiled_copy(ty, rows, cols, &data);
+                let w = Matrix::new(ty, rows, cols, &data).unwrap();
+                let wt = Matrix::new_tiled(ty, rows, cols, &tiled).unwrap();
+                let items = 5;
+                let (x, q, d) =
+                    stress_batch(&mut rng, items, cols.next_multiple_of(QK), flavour % 4);
+                let xs: Vec<f32> = x
+                    .chunks(cols.next_multiple_of(QK))
+                    .flat_map(|c| c[..cols].to_vec())
+                    .collect();
+                let batch = Act {
+                    x: &xs,
+                    q: if ty.is_quantized() { &q } else { &[] },
+                    d: if ty.is_quantized() { &d } else { &[] },
+                };
+                let what = format!("{} {rows}x{cols} flavour {flavour}", ty.name());
+                for item in [0, items - 1] {
+                    let a = batch.item(cols, item);
+                    let (mut got, mut want) = (vec![0.0; rows], vec![0.0; rows]);
+                    K::gemv_tiled(&wt, &a, &mut got);
+                    Scalar::gemv(&w, &a, &mut want);
+                    assert_same_slice(isa, &format!("gemv_tiled {what}"), &got, &want);
+                    // Split at a band boundary, as the threads split rows.
+                    if rows > 16 {
+                        let (lo, hi) = (wt.rows_range(0, 16), wt.rows_range(16, rows));
+                        K::gemv_tiled(&lo, &a, &mut got[..16]);
+                        K::gemv_tiled(&hi, &a, &mut got[16..]);
+                        assert_same_slice(isa, &format!("gemv_tiled split {what}"), &got, &want);
+                    }
+                }
+                for count in [1usize, 2, 3, 9] {
+                    let mut members: Vec<u32> = (0..items as u32).collect();
+                    for i in (1..members.len()).rev() {
+                        members.swap(i, rng.below(i + 1));
+                    }
+                    members.truncate(count.min(items));
+                    let mut got = vec![0.0; items * rows];
+                    let mut want = vec![0.0; items * rows];
+                    K::gemv_group_tiled(&wt, &batch, &members, 1, &mut Out::new(&mut got, rows));
+                    Scalar::gemv_group(&w, &batch, &members, 1, &mut Out::new(&mut want, rows));
+                    assert_same_slice(
+                        isa,
+                        &format!("gemv_group_tiled {count} {what}"),
+                        &got,
+                        &want,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gemv_tiled_matches_scalar() {
+    on_every_isa!(check_gemv_tiled);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Whole models
 // ---------------------------------------------------------------------------------------------

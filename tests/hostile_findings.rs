@@ -67,6 +67,7 @@ fn size_arithmetic_never_overflows() {
         n_dims: 4,
         dims: [u64::MAX; 4],
         ty: GgmlType::F32.into(),
+        tiled: false,
         offset: 0,
         data: &[],
     };

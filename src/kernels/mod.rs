@@ -132,6 +132,21 @@ impl Isa {
         }
     }
 
+    /// Whether this ISA has its own kernels for tiled matrices ([`crate::tile`]; the others
+    /// compute on them with the portable ones).
+    pub fn has_tiled_kernels(self) -> bool {
+        matches!(self, Isa::Avx512)
+    }
+
+    /// Whether this ISA reads matrices of type `ty` faster tiled than row-major, so that
+    /// [`crate::file::Layout::Auto`] tiles them: AVX-512 for F16 (68 MiB GEMVs from memory at
+    /// 86-94% of the read bandwidth tiled, 62-78% row-major). Its tiled Q8_0 and Q4_0 kernels
+    /// are twice as fast cache-resident but not from memory (Q8_0 81-88% against 90-101%, Q4_0
+    /// 50-76% against 70-75%: BENCHMARKS.md), so those stay row-major.
+    pub fn prefers_tiled(self, ty: GgmlType) -> bool {
+        self == Isa::Avx512 && ty == GgmlType::F16
+    }
+
     /// The best available ISA.
     pub fn detect() -> Isa {
         ALL_ISAS
@@ -494,6 +509,39 @@ pub trait Kernels {
     fn gemv(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
         for (r, o) in out[..w.rows].iter_mut().enumerate() {
             *o = Self::dot_row(w.ty, w.row(r), a);
+        }
+    }
+
+    /// [`Kernels::gemv`] for a tiled `w` ([`crate::tile`]; [`Kernels::gemv`] and
+    /// [`Kernels::gemv_group`] take row-major matrices). The default is the specification on
+    /// the tiled layout ([`scalar::dot_tiled_row`]) for the rows in bands and
+    /// [`Kernels::dot_row`] for the rows after them.
+    #[inline]
+    fn gemv_tiled(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
+        let tiled = w.tiled_rows();
+        for (r, o) in out[..w.rows].iter_mut().enumerate() {
+            *o = if r < tiled {
+                let band = w.band(r / crate::tile::TILE_ROWS);
+                scalar::dot_tiled_row(w.ty, w.cols, band, r % crate::tile::TILE_ROWS, a)
+            } else {
+                Self::dot_row(w.ty, w.row(r), a)
+            };
+        }
+    }
+
+    /// [`Kernels::gemv_group`] for a tiled `w`; the default runs [`Kernels::gemv_tiled`] once
+    /// per member.
+    #[inline]
+    fn gemv_group_tiled(
+        w: &Matrix<'_>,
+        batch: &Act<'_>,
+        members: &[u32],
+        in_div: usize,
+        out: &mut Out<'_>,
+    ) {
+        for &p in members {
+            let p = p as usize;
+            Self::gemv_tiled(w, &batch.item(w.cols, p / in_div), out.item(p));
         }
     }
 

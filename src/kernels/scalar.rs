@@ -6,7 +6,9 @@
 //! quantized dot products eight lanes over blocks (block `b` in lane `b % 8`); lanes are reduced
 //! by [`reduce8`]. Multiplies and adds are rounded separately (Rust never fuses them).
 
-use crate::quant::{f16_to_f32, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK};
+use super::Act;
+use crate::quant::{f16_to_f32, GgmlType, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK};
+use crate::tile::{tile_pos, unit_of, TILE_ROWS};
 
 pub use crate::quant::quantize_q8_0;
 
@@ -115,27 +117,73 @@ pub(crate) use dot_blocks;
 #[inline]
 pub fn dot_q8_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     dot_blocks!(row, Q8_0_BLOCK_BYTES, xq, xd, |blk, xs, dx| {
-        let dw = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
-        let mut sumi = 0i32;
-        for (&w, &x) in blk[2..].iter().zip(xs) {
-            sumi += i32::from(w as i8) * i32::from(x);
-        }
-        sumi as f32 * (dw * dx)
+        q8_0_term(blk, xs, dx)
     })
+}
+
+/// One Q8_0 block's term: `sumi as f32 * (dw * dx)`, `sumi` the exact integer dot product.
+#[inline(always)]
+fn q8_0_term(blk: &[u8], xs: &[i8], dx: f32) -> f32 {
+    let dw = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
+    let mut sumi = 0i32;
+    for (&w, &x) in blk[2..].iter().zip(xs) {
+        sumi += i32::from(w as i8) * i32::from(x);
+    }
+    sumi as f32 * (dw * dx)
+}
+
+/// One Q4_0 block's term, as [`q8_0_term`] (low nibbles pair with `xs[..16]`, high nibbles
+/// with `xs[16..]`).
+#[inline(always)]
+fn q4_0_term(blk: &[u8], xs: &[i8], dx: f32) -> f32 {
+    let dw = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
+    let (lo, hi) = xs.split_at(QK / 2);
+    let mut sumi = 0i32;
+    for ((&q, &xl), &xh) in blk[2..].iter().zip(lo).zip(hi) {
+        sumi += i32::from((q & 0x0F) as i8 - 8) * i32::from(xl);
+        sumi += i32::from((q >> 4) as i8 - 8) * i32::from(xh);
+    }
+    sumi as f32 * (dw * dx)
+}
+
+/// Row `r` (`< 16`) of a tiled band ([`crate::tile`]) of a matrix with `cols` columns times
+/// the activation: the sums of [`dot_q8_0_q8_0`], [`dot_q4_0_q8_0`] and [`dot_half_row`] (F16)
+/// in the same order, the row's units read from where the band holds them. 0 for a type with
+/// no tiled layout.
+pub fn dot_tiled_row(ty: GgmlType, cols: usize, band: &[u8], r: usize, a: &Act<'_>) -> f32 {
+    let mut acc = [0.0f32; 8];
+    match ty {
+        GgmlType::F16 => {
+            for (i, &x) in a.x.iter().take(cols).enumerate() {
+                let at = tile_pos(ty, r, 2 * i);
+                let Some(c) = band.get(at..at + 2) else { break };
+                acc[i % 8] += f16_to_f32(u16::from_le_bytes([c[0], c[1]])) * x;
+            }
+        }
+        GgmlType::Q8_0 | GgmlType::Q4_0 => {
+            let n = (cols / QK).min(a.q.len() / QK).min(a.d.len());
+            let bytes = ty.type_size();
+            for (b, (xs, &dx)) in a.q.chunks_exact(QK).zip(a.d).take(n).enumerate() {
+                if (b + 1) * bytes * TILE_ROWS > band.len() {
+                    break;
+                }
+                let blk = unit_of(ty, band, r, b);
+                acc[b % 8] += match ty {
+                    GgmlType::Q8_0 => q8_0_term(&blk, xs, dx),
+                    _ => q4_0_term(&blk, xs, dx),
+                };
+            }
+        }
+        _ => {}
+    }
+    reduce8(acc)
 }
 
 /// Q4_0 row times Q8_0 activation: exact integer block sums, block `b` scaled into lane `b % 8`.
 #[inline]
 pub fn dot_q4_0_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     dot_blocks!(row, Q4_0_BLOCK_BYTES, xq, xd, |blk, xs, dx| {
-        let dw = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
-        let (lo, hi) = xs.split_at(QK / 2);
-        let mut sumi = 0i32;
-        for ((&q, &xl), &xh) in blk[2..].iter().zip(lo).zip(hi) {
-            sumi += i32::from((q & 0x0F) as i8 - 8) * i32::from(xl);
-            sumi += i32::from((q >> 4) as i8 - 8) * i32::from(xh);
-        }
-        sumi as f32 * (dw * dx)
+        q4_0_term(blk, xs, dx)
     })
 }
 

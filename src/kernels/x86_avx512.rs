@@ -136,6 +136,33 @@ impl Kernels for Avx512 {
         dispatch!(imp::gemv(w, a, out), Scalar::gemv(w, a, out))
     }
 
+    fn gemv_tiled(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
+        dispatch!(
+            imp::gemv_tiled(w, a, out),
+            <Scalar as Kernels>::gemv_tiled(w, a, out)
+        )
+    }
+
+    fn gemv_group_tiled(
+        w: &Matrix<'_>,
+        batch: &Act<'_>,
+        members: &[u32],
+        in_div: usize,
+        out: &mut Out<'_>,
+    ) {
+        if !w.ty.is_quantized() {
+            for &p in members {
+                let p = p as usize;
+                Self::gemv_tiled(w, &batch.item(w.cols, p / in_div), out.item(p));
+            }
+            return;
+        }
+        dispatch!(
+            imp::gemv_group(w, batch, members, in_div, out),
+            <Scalar as Kernels>::gemv_group_tiled(w, batch, members, in_div, out)
+        )
+    }
+
     fn gemv_group(
         w: &Matrix<'_>,
         batch: &Act<'_>,
@@ -228,6 +255,14 @@ mod imp {
     fn st16(x: &mut [f32; 16], v: __m512) {
         // SAFETY: 64 writable bytes.
         unsafe { _mm512_storeu_ps(x.as_mut_ptr(), v) }
+    }
+
+    /// Stores sixteen u32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn st16_u32(x: &mut [u32; 16], v: __m512i) {
+        // SAFETY: 64 writable bytes.
+        unsafe { _mm512_storeu_si512(x.as_mut_ptr().cast(), v) }
     }
 
     /// Sixteen u32 (a repacked weight vector).
@@ -804,6 +839,235 @@ mod imp {
         }
     }
 
+    // ---- tiled matrices (`crate::tile`) ----
+
+    /// Bytes of one block of a tiled band: the 16 rows' f16 scales, then their quants
+    /// (`[chunk k][row r][4 bytes]`).
+    const fn band_block<const B: usize>() -> usize {
+        TR * B
+    }
+
+    /// Four activation quants as one dword, broadcast to every lane.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn bcast4(x: &[i8; QK], k: usize) -> __m512i {
+        let (words, _) = x.as_chunks::<4>();
+        let w = words.get(k).copied().unwrap_or([0; 4]);
+        _mm512_set1_epi32(i32::from_le_bytes(w.map(|v| v as u8)))
+    }
+
+    /// The 16 f16 scales at the start of a tiled block, widened (exact).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn band_scales(b: &[u8; 32]) -> __m512 {
+        // SAFETY: 32 readable bytes.
+        _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(b.as_ptr().cast()) })
+    }
+
+    /// Quant vector `k` of a tiled block: lane `r` = row `r`'s quant bytes `4k..4k + 4`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn band_quants<const U: usize>(u: &[u8; U], k: usize) -> __m512i {
+        let at = 32 + 64 * k;
+        let s = u.get(at..at + 64).unwrap_or(&[0; 64]);
+        // SAFETY: 64 readable bytes, as two 32-byte loads (see the layout note above).
+        unsafe {
+            let lo = _mm256_loadu_si256(s.as_ptr().cast());
+            let hi = _mm256_loadu_si256(s.as_ptr().add(32).cast());
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+        }
+    }
+
+    /// One block of a tiled band times activation block `x` (scale `dx`, correction `corr` =
+    /// `bias * sum x`): the 16 rows' terms `sumi * (dw * dx)`, with `sumi` exact. Q8_0: eight
+    /// `vpdpbusd` of the sign-flipped quants; Q4_0: four loads, each split into low and high
+    /// nibbles (which pair with `x[4k..]` and `x[16 + 4k..]`).
+    ///
+    /// The loads are written (and stay) in address order, scales first, in one chain of sums:
+    /// with two chains LLVM interleaved them (offsets 32, 160, 288, .., then 96, 224, ..), the
+    /// hardware prefetchers no longer saw one stream, and a 68 MiB Q8_0 GEMV from memory ran at
+    /// 13-15 GB/s instead of 30 (cache-resident speed was the same). Software prefetching
+    /// (L1 or L2, 4-16 KiB ahead) made it slower still (BENCHMARKS.md).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn band_term<const B: usize, const U: usize>(
+        u: &[u8; U],
+        x: &[i8; QK],
+        corr: i32,
+        dx: f32,
+    ) -> __m512 {
+        let dw = band_scales(u.first_chunk::<32>().unwrap_or(&[0; 32]));
+        let mut s = _mm512_set1_epi32(corr.wrapping_neg());
+        if B == Q8_0_BLOCK_BYTES {
+            let flip = _mm512_set1_epi8(-128);
+            for k in 0..8 {
+                let v = _mm512_xor_si512(band_quants(u, k), flip);
+                s = _mm512_dpbusd_epi32(s, v, bcast4(x, k));
+            }
+        } else {
+            let m = _mm512_set1_epi8(0x0F);
+            for k in 0..4 {
+                let raw = band_quants(u, k);
+                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), m);
+                s = _mm512_dpbusd_epi32(s, _mm512_and_si512(raw, m), bcast4(x, k));
+                s = _mm512_dpbusd_epi32(s, hi, bcast4(x, 4 + k));
+            }
+        }
+        _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(dx)))
+    }
+
+    /// Eight lane accumulators of 16 rows each reduced in the canonical order ([`reduce8`]
+    /// lane by lane: `(a0 + a4) + (a2 + a6)`, `(a1 + a5) + (a3 + a7)`, then their sum).
+    ///
+    /// [`reduce8`]: super::super::scalar::reduce8
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn reduce8_rows(acc: &[__m512; 8]) -> [f32; TR] {
+        let s0 = _mm512_add_ps(acc[0], acc[4]);
+        let s1 = _mm512_add_ps(acc[1], acc[5]);
+        let s2 = _mm512_add_ps(acc[2], acc[6]);
+        let s3 = _mm512_add_ps(acc[3], acc[7]);
+        let r = _mm512_add_ps(_mm512_add_ps(s0, s2), _mm512_add_ps(s1, s3));
+        let mut o = [0.0f32; TR];
+        st16(&mut o, r);
+        o
+    }
+
+    /// `$step(j, b)` for lanes `j = 0..8` and blocks `b = $b0 + j`, written out (the lane index
+    /// must be a constant for the accumulators to stay in registers).
+    macro_rules! eight {
+        ($step:ident, $b0:expr) => {
+            $step(0, $b0);
+            $step(1, $b0 + 1);
+            $step(2, $b0 + 2);
+            $step(3, $b0 + 3);
+            $step(4, $b0 + 4);
+            $step(5, $b0 + 5);
+            $step(6, $b0 + 6);
+            $step(7, $b0 + 7);
+        };
+    }
+
+    /// The 16 rows of one tiled band (`band[b]` = block `b`) times the activation: block `b`
+    /// into lane `b % 8`, as the specification.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn band_dot<const B: usize, const U: usize>(
+        band: &[[u8; U]],
+        xq: &[[i8; QK]],
+        xd: &[f32],
+        corr: &[i32],
+    ) -> [f32; TR] {
+        let n = band.len().min(xq.len()).min(xd.len()).min(corr.len());
+        let mut acc = [_mm512_setzero_ps(); 8];
+        let mut step = |j: usize, b: usize| {
+            acc[j] = _mm512_add_ps(acc[j], band_term::<B, U>(&band[b], &xq[b], corr[b], xd[b]));
+        };
+        let full = n - n % 8;
+        for b0 in (0..full).step_by(8) {
+            eight!(step, b0);
+        }
+        for j in 0..n - full {
+            step(j, full + j);
+        }
+        reduce8_rows(&acc)
+    }
+
+    /// The 16 rows of one tiled F16 band (`band[i]` = element `i` of each row) times `x`:
+    /// element `i` into lane `i % 8`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn band_dot_f16(band: &[[u8; 32]], x: &[f32]) -> [f32; TR] {
+        let n = band.len().min(x.len());
+        let mut acc = [_mm512_setzero_ps(); 8];
+        let mut step = |j: usize, i: usize| {
+            let w = band_scales(&band[i]);
+            acc[j] = _mm512_add_ps(acc[j], _mm512_mul_ps(w, _mm512_set1_ps(x[i])));
+        };
+        let full = n - n % 8;
+        for i0 in (0..full).step_by(8) {
+            eight!(step, i0);
+        }
+        for j in 0..n - full {
+            step(j, full + j);
+        }
+        reduce8_rows(&acc)
+    }
+
+    /// [`super::super::Kernels::gemv_tiled`]: the bands with [`band_dot`] (F16:
+    /// [`band_dot_f16`]), the rows after them row-major.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    pub(super) fn gemv_tiled(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
+        const Q8: usize = band_block::<Q8_0_BLOCK_BYTES>();
+        const Q4: usize = band_block::<Q4_0_BLOCK_BYTES>();
+        match w.ty {
+            GgmlType::Q8_0 => tiled_quant::<Q8_0_BLOCK_BYTES, Q8>(w, a, out),
+            GgmlType::Q4_0 => tiled_quant::<Q4_0_BLOCK_BYTES, Q4>(w, a, out),
+            GgmlType::F16 => tiled_f16(w, a.x, out),
+            _ => <super::Scalar as super::Kernels>::gemv_tiled(w, a, out),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn tiled_quant<const B: usize, const U: usize>(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
+        let stride = w.cols / QK;
+        let (xq, _) = a.q.as_chunks::<QK>();
+        let n = stride.min(xq.len()).min(a.d.len());
+        let tiled = w.tiled_rows();
+        let (bands, _) = w
+            .data
+            .get(..tiled * stride * B)
+            .unwrap_or(&[])
+            .as_chunks::<U>();
+        if n > PREP_BLOCKS || bands.len() != tiled / TR * stride {
+            // Rows too long for the stack buffer, or an inconsistent matrix.
+            return <super::Scalar as super::Kernels>::gemv_tiled(w, a, out);
+        }
+        let (xq, xd) = (&xq[..n], &a.d[..n]);
+        let mut buf = [const { MaybeUninit::uninit() }; PREP_BLOCKS];
+        let corr = fill(&mut buf, n, |b| bias::<B>() * block_sum(&xq[b]));
+        let out = &mut out[..w.rows];
+        for (band, o) in bands
+            .chunks_exact(stride.max(1))
+            .zip(out.chunks_exact_mut(TR))
+        {
+            o.copy_from_slice(&band_dot::<B, U>(band, xq, xd, corr));
+        }
+        for (r, o) in out.iter_mut().enumerate().skip(tiled) {
+            *o = dot_quant::<B>(w.row(r), a.q, a.d);
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn tiled_f16(w: &Matrix<'_>, x: &[f32], out: &mut [f32]) {
+        let tiled = w.tiled_rows();
+        let (units, _) = w
+            .data
+            .get(..tiled * w.cols * 2)
+            .unwrap_or(&[])
+            .as_chunks::<32>();
+        if units.len() != tiled / TR * w.cols {
+            return <super::Scalar as super::Kernels>::gemv_tiled(
+                w,
+                &Act { x, q: &[], d: &[] },
+                out,
+            );
+        }
+        let x = &x[..w.cols.min(x.len())];
+        let out = &mut out[..w.rows];
+        for (band, o) in units
+            .chunks_exact(w.cols.max(1))
+            .zip(out.chunks_exact_mut(TR))
+        {
+            o.copy_from_slice(&band_dot_f16(band, x));
+        }
+        for (r, o) in out.iter_mut().enumerate().skip(tiled) {
+            *o = <super::super::x86::Avx2 as super::super::Kernels>::dot_f16_row(w.row(r), x);
+        }
+    }
+
     // ---- grouped GEMV ----
 
     /// Rows per tile (one per lane of a 512-bit vector).
@@ -857,6 +1121,43 @@ mod imp {
                         t.w[b][k][r] = 0;
                     }
                 }
+            }
+        }
+    }
+
+    /// [`repack`] from a tiled band (`band`: 16 rows of `n` blocks and more): the same tile.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn repack_band<const B: usize, const NB: usize>(t: &mut Tile<NB>, band: &[u8], n: usize) {
+        for b in 0..n.min(NB) {
+            let at = b * B * TR;
+            let Some(u) = band.get(at..at + B * TR) else {
+                break;
+            };
+            st16(
+                &mut t.d[b],
+                band_scales(u.first_chunk::<32>().unwrap_or(&[0; 32])),
+            );
+            let q = |k: usize| {
+                ld64_u8(
+                    u.get(32 + 64 * k..96 + 64 * k)
+                        .and_then(|s| s.try_into().ok())
+                        .unwrap_or(&[0; 64]),
+                )
+            };
+            for k in 0..8 {
+                let v = if B == Q8_0_BLOCK_BYTES {
+                    _mm512_xor_si512(q(k), _mm512_set1_epi8(-128))
+                } else {
+                    let raw = q(k % 4);
+                    let raw = if k < 4 {
+                        raw
+                    } else {
+                        _mm512_srli_epi16::<4>(raw)
+                    };
+                    _mm512_and_si512(raw, _mm512_set1_epi8(0x0F))
+                };
+                st16_u32(&mut t.w[b][k], v);
             }
         }
     }
@@ -965,14 +1266,17 @@ mod imp {
                 let rows = (w.rows - r0).min(chunk);
                 let sub = Matrix {
                     rows,
-                    data: w.data.get(r0 * rb..).unwrap_or(&[]),
+                    data: w.data.get(r0 * rb..(r0 + rows) * rb).unwrap_or(&[]),
                     ..*w
                 };
                 let mut res = [0.0f32; CHUNK];
                 for &p in members {
                     let p = p as usize;
                     let a = batch.item(w.cols, p / in_div);
-                    gemv_quant::<B>(&sub, &a, &mut res);
+                    match w.tiled {
+                        false => gemv_quant::<B>(&sub, &a, &mut res),
+                        true => gemv_tiled(&sub, &a, &mut res),
+                    }
                     out.set_rows(p, r0, &res[..rows]);
                 }
             }
@@ -1025,7 +1329,12 @@ mod imp {
             }
             for r0 in (0..w.rows).step_by(TR) {
                 let rows = (w.rows - r0).min(TR);
-                repack::<B, NB>(&mut tile, blocks, stride, r0, rows, n);
+                match w.band(r0 / TR) {
+                    band if rows == TR && !band.is_empty() => {
+                        repack_band::<B, NB>(&mut tile, band, n)
+                    }
+                    _ => repack::<B, NB>(&mut tile, blocks, stride, r0, rows, n),
+                }
                 let mut i = 0;
                 while i < chunk.len() {
                     // G members, the last repeated to fill the group.

@@ -1,0 +1,119 @@
+//! Models with tiled matrices (`mhmoe::tile`) give the bits of the file's row-major layout: on
+//! every available instruction set, token by token and in batches, on one and two threads.
+//! Tiling marks each tensor's type id, so tiled bytes are never read as row-major, and the
+//! mark on a type without a tiled layout is a typed error.
+
+mod common;
+
+use mhmoe::file::{tile_in_place, Layout, ModelBytes, StateBuffer};
+use mhmoe::kernels::ALL_ISAS;
+use mhmoe::parallel::ThreadPool;
+use mhmoe::quant::GgmlType;
+use mhmoe::tile::TILED_FLAG;
+use mhmoe::{Error, Exec, Isa, Model};
+
+const TOKENS: [u32; 9] = [1, 7, 42, 3, 99, 5, 200, 17, 0];
+
+/// Logits after each token of TOKENS (token by token), then after a batch of all of them.
+fn run(model: &Model<'_>, exec: Exec<'_>) -> Vec<Vec<f32>> {
+    let v = model.config().vocab_size() as u32;
+    let tokens: Vec<u32> = TOKENS.iter().map(|&t| t % v).collect();
+    let mut buf = StateBuffer::for_model(model, mhmoe::StateOptions::new(16)).unwrap();
+    let mut st = buf.state(model).unwrap();
+    let mut out: Vec<Vec<f32>> = tokens
+        .iter()
+        .map(|&t| exec.forward(model, &mut st, t).unwrap().to_vec())
+        .collect();
+    let opts = mhmoe::StateOptions::new(16).batch(tokens.len());
+    let mut buf = StateBuffer::for_model(model, opts).unwrap();
+    let mut st = buf.state(model).unwrap();
+    out.push(exec.forward_batch(model, &mut st, &tokens).unwrap().to_vec());
+    out
+}
+
+fn same(a: &[Vec<f32>], b: &[Vec<f32>]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.iter().map(|v| v.to_bits()).eq(y.iter().map(|v| v.to_bits())))
+}
+
+#[test]
+fn tiled_models_match_the_file_layout_on_every_isa() {
+    let pool = ThreadPool::new(2).unwrap();
+    let mut tiled_somewhere = 0;
+    for path in common::test_models() {
+        let file = ModelBytes::read_with(&path, Layout::File).unwrap();
+        let model = file.model().unwrap();
+        let want = run(&model, Exec::serial().with_isa(Isa::Scalar).unwrap());
+        let mut bytes = file.bytes().to_vec();
+        let n = tile_in_place(&mut bytes, |_| true).unwrap();
+        tiled_somewhere += n;
+        // Tiling again changes nothing: the marked tensors are left alone.
+        let again = bytes.clone();
+        assert_eq!(tile_in_place(&mut bytes, |_| true).unwrap(), 0);
+        assert!(bytes == again, "{}: tiled twice", path.display());
+        let tiled = Model::from_bytes(&bytes).unwrap();
+        for isa in ALL_ISAS.into_iter().filter(|i| i.is_available()) {
+            let serial = Exec::serial().with_isa(isa).unwrap();
+            let threads = Exec::new(&pool).with_isa(isa).unwrap().with_min_split(0);
+            for exec in [serial, threads] {
+                let got = run(&tiled, exec);
+                assert!(
+                    same(&got, &want),
+                    "{}: {} tiled ({n} tensors) differs from the file layout",
+                    path.display(),
+                    isa.name()
+                );
+            }
+        }
+    }
+    assert!(tiled_somewhere > 0, "no test model had a matrix to tile");
+}
+
+#[test]
+fn read_with_tiled_marks_the_tensors_and_auto_follows_the_cpu() {
+    let path = common::root().join("models/mhmoe-demo-q8_0.gguf");
+    let marked = |f: &ModelBytes| {
+        let g = mhmoe::gguf::Gguf::parse(f.bytes()).unwrap();
+        g.tensors().filter(|t| t.tiled).count()
+    };
+    let tiled = ModelBytes::read_with(&path, Layout::Tiled).unwrap();
+    assert!(marked(&tiled) > 0);
+    let file = ModelBytes::read_with(&path, Layout::File).unwrap();
+    assert_eq!(marked(&file), 0);
+    let auto = ModelBytes::read_with(&path, Layout::Auto).unwrap();
+    let g = mhmoe::gguf::Gguf::parse(auto.bytes()).unwrap();
+    for t in g.tensors() {
+        let ty = t.ty.computed();
+        let want = ty.is_some_and(|ty| Isa::detect().prefers_tiled(ty))
+            && t.n_dims >= 2
+            && t.dims[1] >= 16;
+        assert_eq!(t.tiled, want, "{}", t.name);
+    }
+}
+
+#[test]
+fn the_tiled_mark_on_a_type_without_a_tiled_layout_is_an_error() {
+    let path = common::test_models().remove(0);
+    let bytes = std::fs::read(&path).unwrap();
+    let g = mhmoe::gguf::Gguf::parse(&bytes).unwrap();
+    // The type id of the first F32 tensor, found by its position after the name and dims.
+    let t = g
+        .tensors()
+        .find(|t| t.ty.computed() == Some(GgmlType::F32))
+        .expect("an F32 tensor");
+    let at = t.name.as_ptr() as usize - bytes.as_ptr() as usize + t.name.len() + 4 + 8 * t.n_dims;
+    let name = t.name.to_string();
+    let mut bad = bytes.clone();
+    let id = u32::from_le_bytes(bad[at..at + 4].try_into().unwrap());
+    assert_eq!(id, 0);
+    bad[at..at + 4].copy_from_slice(&(id | TILED_FLAG).to_le_bytes());
+    match mhmoe::gguf::Gguf::parse(&bad) {
+        Err(Error::UnknownTensorType { tensor, type_id }) => {
+            assert_eq!(tensor.as_str(), name.as_str());
+            assert_eq!(type_id, TILED_FLAG);
+        }
+        other => panic!("expected UnknownTensorType, got {other:?}"),
+    }
+}
