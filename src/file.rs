@@ -5,8 +5,8 @@ use std::vec::Vec;
 
 use crate::error::{Error, Result};
 use crate::kernels::Isa;
-use crate::quant::GgmlType;
 use crate::model::Model;
+use crate::quant::GgmlType;
 use crate::state::{State, StateOptions};
 
 /// The bytes of a model file: read into memory or memory-mapped.

@@ -27,15 +27,21 @@ fn run(model: &Model<'_>, exec: Exec<'_>) -> Vec<Vec<f32>> {
     let opts = mhmoe::StateOptions::new(16).batch(tokens.len());
     let mut buf = StateBuffer::for_model(model, opts).unwrap();
     let mut st = buf.state(model).unwrap();
-    out.push(exec.forward_batch(model, &mut st, &tokens).unwrap().to_vec());
+    out.push(
+        exec.forward_batch(model, &mut st, &tokens)
+            .unwrap()
+            .to_vec(),
+    );
     out
 }
 
 fn same(a: &[Vec<f32>], b: &[Vec<f32>]) -> bool {
     a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|(x, y)| x.iter().map(|v| v.to_bits()).eq(y.iter().map(|v| v.to_bits())))
+        && a.iter().zip(b).all(|(x, y)| {
+            x.iter()
+                .map(|v| v.to_bits())
+                .eq(y.iter().map(|v| v.to_bits()))
+        })
 }
 
 #[test]

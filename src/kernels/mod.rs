@@ -140,9 +140,10 @@ impl Isa {
 
     /// Whether this ISA reads matrices of type `ty` faster tiled than row-major, so that
     /// [`crate::file::Layout::Auto`] tiles them: AVX-512 for F16 (68 MiB GEMVs from memory at
-    /// 86-94% of the read bandwidth tiled, 62-78% row-major). Its tiled Q8_0 and Q4_0 kernels
-    /// are twice as fast cache-resident but not from memory (Q8_0 81-88% against 90-101%, Q4_0
-    /// 50-76% against 70-75%: BENCHMARKS.md), so those stay row-major.
+    /// 82-99% of the read bandwidth tiled, 60-75% row-major). Its tiled Q8_0 and Q4_0 kernels
+    /// are twice as fast cache-resident but not from memory (Q8_0 72-87% against 84-93%, Q4_0
+    /// 60-81% against 63-68%, behind at rows of 4096 columns and more: BENCHMARKS.md), so
+    /// those stay row-major.
     pub fn prefers_tiled(self, ty: GgmlType) -> bool {
         self == Isa::Avx512 && ty == GgmlType::F16
     }

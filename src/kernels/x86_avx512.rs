@@ -948,6 +948,13 @@ mod imp {
         };
     }
 
+    /// How many blocks ahead the tiled GEMV prefetches the activation (its quants, corrections
+    /// and scales, wrapping to the band's start). Each band re-reads the whole activation, and
+    /// the weights streamed in between (16 rows: 36 KiB for Q4_0 rows of 4096 columns) push it
+    /// out of the 32 KiB L1: without this, Q4_0 rows of 4096-8192 columns ran at 47-54% of the
+    /// read bandwidth instead of 60-74% (BENCHMARKS.md).
+    const AX: usize = 8;
+
     /// The 16 rows of one tiled band (`band[b]` = block `b`) times the activation: block `b`
     /// into lane `b % 8`, as the specification.
     #[inline]
@@ -965,6 +972,13 @@ mod imp {
         };
         let full = n - n % 8;
         for b0 in (0..full).step_by(8) {
+            let next = (b0 + AX) % n;
+            let ax = xq.as_ptr().wrapping_add(next).cast::<i8>();
+            for k in 0..4 {
+                _mm_prefetch::<_MM_HINT_T0>(ax.wrapping_add(64 * k));
+            }
+            _mm_prefetch::<_MM_HINT_T0>(corr.as_ptr().wrapping_add(next).cast::<i8>());
+            _mm_prefetch::<_MM_HINT_T0>(xd.as_ptr().wrapping_add(next).cast::<i8>());
             eight!(step, b0);
         }
         for j in 0..n - full {
