@@ -95,12 +95,15 @@ fn move_band(ty: GgmlType, row_bytes: usize, mut mv: impl FnMut(usize, usize, us
     }
 }
 
+/// The largest unit (a Q8_0 block).
+pub const MAX_UNIT: usize = crate::quant::Q8_0_BLOCK_BYTES;
+
 /// Unit `u` of row `r` of a tiled band, in row-major order (the first `unit` bytes of the
 /// result; bytes the band does not have read as zero).
 #[inline(always)]
-pub fn unit_of(ty: GgmlType, band: &[u8], r: usize, u: usize) -> [u8; 34] {
+pub fn unit_of(ty: GgmlType, band: &[u8], r: usize, u: usize) -> [u8; MAX_UNIT] {
     let unit = unit_bytes(ty);
-    let mut out = [0u8; 34];
+    let mut out = [0u8; MAX_UNIT];
     let j0 = u * unit;
     let head = tile_pos(ty, r, j0);
     if let Some(h) = band.get(head..head + HEAD) {
@@ -171,9 +174,9 @@ mod tests {
     fn tile_then_untile_and_read_units() {
         for ty in [GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0] {
             let rb = ty.row_bytes(64);
-            let src: [u8; 16 * 68] = core::array::from_fn(|i| (i * 7 + i / 13) as u8);
+            let src: [u8; 16 * 128] = core::array::from_fn(|i| (i * 7 + i / 13) as u8);
             let src = &src[..16 * rb];
-            let mut t = [0u8; 16 * 68];
+            let mut t = [0u8; 16 * 128];
             tile_band(ty, rb, src, &mut t[..16 * rb]);
             assert_ne!(&t[..16 * rb], src);
             let unit = ty.type_size();
@@ -183,7 +186,7 @@ mod tests {
                     assert_eq!(&got[..unit], &src[r * rb + u * unit..][..unit]);
                 }
             }
-            let mut back = [0u8; 16 * 68];
+            let mut back = [0u8; 16 * 128];
             untile_band(ty, rb, &t[..16 * rb], &mut back[..16 * rb]);
             assert_eq!(&back[..16 * rb], src);
         }

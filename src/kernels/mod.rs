@@ -505,7 +505,8 @@ pub trait Kernels {
         }
     }
 
-    /// `out[r] = row_r(w) . x` for every row of `w`.
+    /// `out[r] = row_r(w) . x` for every row of a row-major `w` (a tiled one takes
+    /// [`Kernels::gemv_tiled`]).
     #[inline]
     fn gemv(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
         for (r, o) in out[..w.rows].iter_mut().enumerate() {

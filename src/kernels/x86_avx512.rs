@@ -27,6 +27,10 @@
 //!   made unsigned), then for every member eight `vpdpbusd`s with the activation's dwords
 //!   broadcast give the block's exact sums for the 16 rows at once: no horizontal work at all.
 //!   Several members share each loaded weight vector.
+//! - Tiled matrices ([`crate::tile`]): the GEMV runs the grouped GEMV's arithmetic on the bands
+//!   as stored (`band_dot`, F16 `band_dot_f16`), eight lane accumulators of 16 rows each and no
+//!   horizontal work; the grouped GEMV repacks its tile from a band with a few vector
+//!   operations. Loads in address order, activation prefetched: see `band_term` and `AX`.
 //!
 //! Safety model as in [`super::x86`]: the kernels are safe `#[target_feature]` functions in the
 //! private `imp` module, called only after [`Avx512::available`]; raw-pointer loads are confined
