@@ -126,45 +126,49 @@ pub fn tile_in_place(bytes: &mut [u8], which: impl Fn(GgmlType) -> bool) -> Resu
         rows: usize,
         row_bytes: usize,
     }
-    let mut jobs = Vec::new();
+    // Every tensor's bytes, and the tiling job of those to tile.
+    let mut all: Vec<(usize, usize, Option<Job>)> = Vec::new();
     {
         let g = crate::gguf::Gguf::parse(bytes)?;
         let base = bytes.as_ptr() as usize;
         for t in g.tensors() {
-            let Some(ty) = t.ty.computed() else { continue };
-            let rows = usize::try_from(t.dims[1]).unwrap_or(0);
-            let cols = usize::try_from(t.dims[0]).unwrap_or(usize::MAX);
-            let Some(row_bytes) = ty.checked_row_bytes(cols) else {
-                continue;
-            };
-            if t.tiled || !is_tileable(ty) || !which(ty) || t.n_dims < 2 || rows < TILE_ROWS {
-                continue;
-            }
-            // The tensor info: name (u64 length, bytes), n_dims (u32), dims (u64 each), type.
-            let ty_at = t.name.as_ptr() as usize - base + t.name.len() + 4 + 8 * t.n_dims;
             let start = t.data.as_ptr() as usize - base;
-            jobs.push(Job {
-                ty_at,
-                start,
-                len: t.data.len(),
-                ty,
-                rows,
-                row_bytes,
+            let job = t.ty.computed().and_then(|ty| {
+                let rows = usize::try_from(t.dims[1]).ok()?;
+                let row_bytes = ty.checked_row_bytes(usize::try_from(t.dims[0]).ok()?)?;
+                let tile = !t.tiled && is_tileable(ty) && which(ty);
+                (tile && t.n_dims >= 2 && rows >= TILE_ROWS).then(|| Job {
+                    // The tensor info: name (u64 length, bytes), n_dims (u32), dims (u64
+                    // each), then the type id.
+                    ty_at: t.name.as_ptr() as usize - base + t.name.len() + 4 + 8 * t.n_dims,
+                    start,
+                    len: t.data.len(),
+                    ty,
+                    rows,
+                    row_bytes,
+                })
             });
+            all.push((start, t.data.len(), job));
         }
     }
-    // Tensors may overlap in a hand-made file: tiling shared bytes twice would scramble them.
-    jobs.sort_by_key(|j| j.start);
-    let overlaps: Vec<bool> = (0..jobs.len())
-        .map(|i| {
-            let before = i > 0 && jobs[i - 1].start + jobs[i - 1].len > jobs[i].start;
-            let after = i + 1 < jobs.len() && jobs[i].start + jobs[i].len > jobs[i + 1].start;
-            before || after
-        })
-        .collect();
+    // Tensors may share bytes in a hand-made file: tiling shared bytes would change what the
+    // other tensor reads, so a tensor that overlaps any other is left as it is.
+    all.sort_by_key(|&(start, len, _)| (start, len));
+    let mut jobs = Vec::new();
+    let mut max_end = 0;
+    for i in 0..all.len() {
+        let (start, len, _) = all[i];
+        let end = start + len;
+        let before = i > 0 && start < max_end;
+        let after = all.get(i + 1).is_some_and(|&(next, _, _)| next < end);
+        max_end = max_end.max(end);
+        if let (false, false, Some(job)) = (before, after, all[i].2.take()) {
+            jobs.push(job);
+        }
+    }
     let mut scratch = Vec::new();
     let mut tiled = 0;
-    for (j, _) in jobs.iter().zip(&overlaps).filter(|(_, &o)| !o) {
+    for j in &jobs {
         let id_bytes = bytes
             .get(j.ty_at..j.ty_at + 4)
             .and_then(|b| b.try_into().ok());

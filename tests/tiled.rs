@@ -123,3 +123,88 @@ fn the_tiled_mark_on_a_type_without_a_tiled_layout_is_an_error() {
         other => panic!("expected UnknownTensorType, got {other:?}"),
     }
 }
+
+/// Where tensor `name`'s type id lies in the file (the offset follows it).
+fn type_id_at(bytes: &[u8], name: &str) -> usize {
+    let g = mhmoe::gguf::Gguf::parse(bytes).unwrap();
+    let t = g.tensors().find(|t| t.name == name).unwrap();
+    t.name.as_ptr() as usize - bytes.as_ptr() as usize + t.name.len() + 4 + 8 * t.n_dims
+}
+
+/// What the model makes of four tokens on the active instruction set, written out: the bits of
+/// each step's logits, or the error.
+fn steps(bytes: &[u8]) -> String {
+    let model = match Model::from_bytes(bytes) {
+        Ok(m) => m,
+        Err(e) => return format!("load: {e:?}"),
+    };
+    let mut buf = StateBuffer::for_model(&model, 8).unwrap();
+    let mut st = buf.state(&model).unwrap();
+    let v = model.config().vocab_size() as u32;
+    let out: Vec<_> = TOKENS[..4]
+        .iter()
+        .map(|&t| match mhmoe::forward(&model, &mut st, t % v) {
+            Ok(l) => format!("{:?}", l.iter().map(|x| x.to_bits()).collect::<Vec<_>>()),
+            Err(e) => format!("{e:?}"),
+        })
+        .collect();
+    out.join("\n")
+}
+
+/// Points tensor `v` (an F32 vector) one alignment step into the largest Q8_0 matrix, and with
+/// `small`, the smallest Q8_0 matrix into it after the vector; then checks that tiling leaves
+/// every tensor that shares bytes row-major and the model computes the same.
+fn check_shared(small_too: bool) {
+    let path = common::root().join("models/mhmoe-demo-q8_0.gguf");
+    let mut bytes = std::fs::read(path).unwrap();
+    let g = mhmoe::gguf::Gguf::parse(&bytes).unwrap();
+    let align = g.alignment();
+    let matrices: Vec<_> = g
+        .tensors()
+        .filter(|t| t.ty.computed() == Some(GgmlType::Q8_0) && t.n_dims >= 2 && t.dims[1] >= 16)
+        .collect();
+    let big = matrices.iter().max_by_key(|t| t.data.len()).unwrap();
+    let small = matrices.iter().min_by_key(|t| t.data.len()).unwrap();
+    let v = g
+        .tensors()
+        .find(|t| t.ty.computed() == Some(GgmlType::F32))
+        .expect("an F32 vector");
+    // The small matrix overlaps only the big one, which is not its neighbour in address order.
+    let v_at = big.offset + align;
+    let small_at = (v_at + v.data.len() as u64).next_multiple_of(align);
+    assert!(small_at + small.data.len() as u64 <= big.offset + big.data.len() as u64);
+    let names = [big.name, v.name, small.name].map(str::to_string);
+    let before: Vec<u8> = big.data.to_vec();
+    let mut moved = vec![(&names[1], v_at)];
+    if small_too {
+        moved.push((&names[2], small_at));
+    }
+    for (name, offset) in moved {
+        let at = type_id_at(&bytes, name) + 4;
+        bytes[at..at + 8].copy_from_slice(&offset.to_le_bytes());
+    }
+    let shared = bytes.clone();
+    let n = tile_in_place(&mut bytes, |_| true).unwrap();
+    assert!(n > 0, "the other matrices are tiled");
+    let g = mhmoe::gguf::Gguf::parse(&bytes).unwrap();
+    for name in if small_too { &names[..] } else { &names[..1] } {
+        let t = g.tensors().find(|t| t.name == name.as_str()).unwrap();
+        assert!(
+            !t.tiled,
+            "{name} shares bytes with another tensor and must stay row-major"
+        );
+    }
+    let big = g.tensors().find(|t| t.name == names[0].as_str()).unwrap();
+    assert!(big.data == before.as_slice(), "{} was changed", names[0]);
+    // Whatever the shared bytes make of the model, both layouts make the same.
+    assert_eq!(
+        format!("{:?}", steps(&shared)),
+        format!("{:?}", steps(&bytes))
+    );
+}
+
+#[test]
+fn tensors_sharing_bytes_are_not_tiled() {
+    check_shared(false);
+    check_shared(true);
+}
