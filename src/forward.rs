@@ -223,19 +223,17 @@ impl Pass<'_> {
             &mut Out::new(out, w.rows),
             &|r0, r1, o| {
                 let w = w.rows_range(r0, r1);
-                match (members, w.tiled) {
-                    ([p], tiled) => {
-                        let (a, o) = (
-                            inputs.item(w.cols, *p as usize / in_div),
-                            o.item(*p as usize),
-                        );
-                        match tiled {
+                match members {
+                    [p] => {
+                        let p = *p as usize;
+                        let (a, o) = (inputs.item(w.cols, p / in_div), o.item(p));
+                        match w.tiled {
                             false => K::gemv(&w, &a, o),
                             true => K::gemv_tiled(&w, &a, o),
                         }
                     }
-                    (_, false) => K::gemv_group(&w, inputs, members, in_div, o),
-                    (_, true) => K::gemv_group_tiled(&w, inputs, members, in_div, o),
+                    _ if w.tiled => K::gemv_group_tiled(&w, inputs, members, in_div, o),
+                    _ => K::gemv_group(&w, inputs, members, in_div, o),
                 }
             },
         );
