@@ -541,10 +541,7 @@ pub trait Kernels {
         in_div: usize,
         out: &mut Out<'_>,
     ) {
-        for &p in members {
-            let p = p as usize;
-            Self::gemv_tiled(w, &batch.item(w.cols, p / in_div), out.item(p));
-        }
+        per_member(w, batch, members, in_div, out, Self::gemv_tiled)
     }
 
     /// Matrix `w` applied to several inputs (a batch of tokens, or the members of one expert
@@ -563,10 +560,24 @@ pub trait Kernels {
         in_div: usize,
         out: &mut Out<'_>,
     ) {
-        for &p in members {
-            let p = p as usize;
-            Self::gemv(w, &batch.item(w.cols, p / in_div), out.item(p));
-        }
+        per_member(w, batch, members, in_div, out, Self::gemv)
+    }
+}
+
+/// A grouped product ([`Kernels::gemv_group`]) as one `gemv` per member: member `p` takes item
+/// `p / in_div` of `batch` and writes its rows of `out`.
+#[inline(always)]
+pub fn per_member(
+    w: &Matrix<'_>,
+    batch: &Act<'_>,
+    members: &[u32],
+    in_div: usize,
+    out: &mut Out<'_>,
+    gemv: impl Fn(&Matrix<'_>, &Act<'_>, &mut [f32]),
+) {
+    for &p in members {
+        let p = p as usize;
+        gemv(w, &batch.item(w.cols, p / in_div), out.item(p));
     }
 }
 

@@ -155,11 +155,7 @@ impl Kernels for Avx512 {
         out: &mut Out<'_>,
     ) {
         if !w.ty.is_quantized() {
-            for &p in members {
-                let p = p as usize;
-                Self::gemv_tiled(w, &batch.item(w.cols, p / in_div), out.item(p));
-            }
-            return;
+            return super::per_member(w, batch, members, in_div, out, Self::gemv_tiled);
         }
         dispatch!(
             imp::gemv_group(w, batch, members, in_div, out),
