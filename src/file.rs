@@ -130,9 +130,9 @@ pub fn tile_in_place(bytes: &mut [u8], which: impl Fn(GgmlType) -> bool) -> Resu
     let mut all: Vec<(usize, usize, Option<Job>)> = Vec::new();
     {
         let g = crate::gguf::Gguf::parse(bytes)?;
-        let base = bytes.as_ptr() as usize;
+        let base = bytes.as_ptr().addr();
         for t in g.tensors() {
-            let start = t.data.as_ptr() as usize - base;
+            let start = t.data.as_ptr().addr() - base;
             let job = t.ty.computed().and_then(|ty| {
                 let rows = usize::try_from(t.dims[1]).ok()?;
                 let row_bytes = ty.checked_row_bytes(usize::try_from(t.dims[0]).ok()?)?;
@@ -140,7 +140,7 @@ pub fn tile_in_place(bytes: &mut [u8], which: impl Fn(GgmlType) -> bool) -> Resu
                 (tile && t.n_dims >= 2 && rows >= TILE_ROWS).then(|| Job {
                     // The tensor info: name (u64 length, bytes), n_dims (u32), dims (u64
                     // each), then the type id.
-                    ty_at: t.name.as_ptr() as usize - base + t.name.len() + 4 + 8 * t.n_dims,
+                    ty_at: t.name.as_ptr().addr() - base + t.name.len() + 4 + 8 * t.n_dims,
                     start,
                     len: t.data.len(),
                     ty,

@@ -109,7 +109,7 @@ fn the_tiled_mark_on_a_type_without_a_tiled_layout_is_an_error() {
         .tensors()
         .find(|t| t.ty.computed() == Some(GgmlType::F32))
         .expect("an F32 tensor");
-    let at = t.name.as_ptr() as usize - bytes.as_ptr() as usize + t.name.len() + 4 + 8 * t.n_dims;
+    let at = t.name.as_ptr().addr() - bytes.as_ptr().addr() + t.name.len() + 4 + 8 * t.n_dims;
     let name = t.name.to_string();
     let mut bad = bytes.clone();
     let id = u32::from_le_bytes(bad[at..at + 4].try_into().unwrap());
@@ -128,7 +128,7 @@ fn the_tiled_mark_on_a_type_without_a_tiled_layout_is_an_error() {
 fn type_id_at(bytes: &[u8], name: &str) -> usize {
     let g = mhmoe::gguf::Gguf::parse(bytes).unwrap();
     let t = g.tensors().find(|t| t.name == name).unwrap();
-    t.name.as_ptr() as usize - bytes.as_ptr() as usize + t.name.len() + 4 + 8 * t.n_dims
+    t.name.as_ptr().addr() - bytes.as_ptr().addr() + t.name.len() + 4 + 8 * t.n_dims
 }
 
 /// What the model makes of four tokens on the active instruction set, written out: the bits of

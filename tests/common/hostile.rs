@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use mhmoe::error::{Error, TokenError};
-use mhmoe::file::StateBuffer;
+use mhmoe::file::{tile_in_place, StateBuffer};
 use mhmoe::gguf::{Array, Gguf, Value, ValueType};
 use mhmoe::sampler::{argmax, Sampler, SamplerParams};
 use mhmoe::tokenizer::{Decoder, Tokenizer, TokenizerBuf};
@@ -239,6 +239,18 @@ pub fn run_steps(data: &[u8], max_ctx: usize) {
         .expect("scalar is always available");
     let mut twin_buf = StateBuffer::for_model(&m, ctx).expect("sized above");
     let mut twin = twin_buf.state(&m).expect("a StateBuffer fits its model");
+    // The same file with every matrix tiled in place (as `ModelBytes::read` may do): it loads,
+    // and its first steps give the same bits.
+    let mut tiled = data.to_vec();
+    let tiled_any = matches!(tile_in_place(&mut tiled, |_| true), Ok(n) if n > 0);
+    let tm = tiled_any.then(|| Model::from_bytes(&tiled).expect("tiling keeps a model loadable"));
+    let mut tiled_buf = tm
+        .as_ref()
+        .map(|tm| StateBuffer::for_model(tm, ctx).expect("same size"));
+    let mut tiled_st = tm
+        .as_ref()
+        .zip(tiled_buf.as_mut())
+        .map(|(tm, b)| b.state(tm).expect("a StateBuffer fits its model"));
 
     let v = c.vocab_size();
     let oor = u32::try_from(v).unwrap_or(u32::MAX);
@@ -266,6 +278,10 @@ pub fn run_steps(data: &[u8], max_ctx: usize) {
         if active != Isa::Scalar {
             let want = scalar.forward(&m, &mut twin, token).map(<[f32]>::to_vec);
             assert_same(&got, &want, active, step);
+        }
+        if let (Some(tm), Some(ts), true) = (&tm, tiled_st.as_mut(), step < 2) {
+            let t = forward(tm, ts, token).map(<[f32]>::to_vec);
+            assert_same(&t, &got, active, step);
         }
         match got {
             Ok(logits) => {
