@@ -841,12 +841,6 @@ mod imp {
 
     // ---- tiled matrices (`crate::tile`) ----
 
-    /// Bytes of one block of a tiled band: the 16 rows' f16 scales, then their quants
-    /// (`[chunk k][row r][4 bytes]`).
-    const fn band_block<const B: usize>() -> usize {
-        TR * B
-    }
-
     /// Four activation quants as one dword, broadcast to every lane.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
@@ -864,13 +858,16 @@ mod imp {
         _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(b.as_ptr().cast()) })
     }
 
-    /// Quant vector `k` of a tiled block: lane `r` = row `r`'s quant bytes `4k..4k + 4`.
+    /// Quant vector `k` of a tiled block `u` (its 16 scales, then its quants): lane `r` = row
+    /// `r`'s quant bytes `4k..4k + 4` (zeros past the end of `u`).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
-    fn band_quants<const U: usize>(u: &[u8; U], k: usize) -> __m512i {
+    fn band_quants(u: &[u8], k: usize) -> __m512i {
         let at = 32 + 64 * k;
         let s = u.get(at..at + 64).unwrap_or(&[0; 64]);
-        // SAFETY: 64 readable bytes, as two 32-byte loads (see the layout note above).
+        // SAFETY: 64 readable bytes, as two 32-byte loads: a tiled block's quants start 32
+        // bytes into it, and a 64-byte load straddling two cache lines halved the tiled Q8_0
+        // GEMV from memory (BENCHMARKS.md).
         unsafe {
             let lo = _mm256_loadu_si256(s.as_ptr().cast());
             let hi = _mm256_loadu_si256(s.as_ptr().add(32).cast());
@@ -1012,8 +1009,9 @@ mod imp {
     /// [`band_dot_f16`]), the rows after them row-major.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
     pub(super) fn gemv_tiled(w: &Matrix<'_>, a: &Act<'_>, out: &mut [f32]) {
-        const Q8: usize = band_block::<Q8_0_BLOCK_BYTES>();
-        const Q4: usize = band_block::<Q4_0_BLOCK_BYTES>();
+        // Bytes of one block of a tiled band: the 16 rows' scales, then their quants.
+        const Q8: usize = TR * Q8_0_BLOCK_BYTES;
+        const Q4: usize = TR * Q4_0_BLOCK_BYTES;
         match w.ty {
             GgmlType::Q8_0 => tiled_quant::<Q8_0_BLOCK_BYTES, Q8>(w, a, out),
             GgmlType::Q4_0 => tiled_quant::<Q4_0_BLOCK_BYTES, Q4>(w, a, out),
@@ -1152,18 +1150,11 @@ mod imp {
                 &mut t.d[b],
                 band_scales(u.first_chunk::<32>().unwrap_or(&[0; 32])),
             );
-            let q = |k: usize| {
-                ld64_u8(
-                    u.get(32 + 64 * k..96 + 64 * k)
-                        .and_then(|s| s.try_into().ok())
-                        .unwrap_or(&[0; 64]),
-                )
-            };
             for k in 0..8 {
                 let v = if B == Q8_0_BLOCK_BYTES {
-                    _mm512_xor_si512(q(k), _mm512_set1_epi8(-128))
+                    _mm512_xor_si512(band_quants(u, k), _mm512_set1_epi8(-128))
                 } else {
-                    let raw = q(k % 4);
+                    let raw = band_quants(u, k % 4);
                     let raw = if k < 4 {
                         raw
                     } else {
