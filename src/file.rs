@@ -52,12 +52,17 @@ impl ModelBytes {
                 message: crate::error::name("the file grew while it was read"),
             });
         }
-        // A file that does not parse is left as it is: loading it reports why.
-        let _ = match layout {
-            Layout::Auto => tile_in_place(&mut mem, |t| Isa::detect().prefers_tiled(t)),
-            Layout::File => Ok(0),
-            Layout::Tiled => tile_in_place(&mut mem, |_| true),
+        // A file that does not parse is left as it is: loading it reports why. Where no type
+        // is to be tiled the file is not parsed here at all.
+        let isa = Isa::detect();
+        let tiles = |t: GgmlType| match layout {
+            Layout::Auto => isa.prefers_tiled(t),
+            Layout::File => false,
+            Layout::Tiled => true,
         };
+        if crate::tile::TILEABLE.into_iter().any(tiles) {
+            let _ = tile_in_place(&mut mem, tiles);
+        }
         Ok(ModelBytes::Loaded(mem.make_read_only()?))
     }
 

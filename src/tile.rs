@@ -30,9 +30,19 @@ const HEAD: usize = 2;
 /// Bytes of a row's quants that lie together in a band.
 const CHUNK: usize = 4;
 
-/// Whether matrices of type `ty` have a tiled layout: F16, Q8_0 and Q4_0.
+/// The types with a tiled layout.
+pub const TILEABLE: [GgmlType; 3] = [GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0];
+
+/// Whether matrices of type `ty` have a tiled layout (one of [`TILEABLE`]).
 pub const fn is_tileable(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::F16 | GgmlType::Q8_0 | GgmlType::Q4_0)
+    let mut i = 0;
+    while i < TILEABLE.len() {
+        if TILEABLE[i] as u8 == ty as u8 {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// Bytes of a row's unit: a block (scale then quants) or, for F16, one element.
