@@ -104,13 +104,13 @@ fn the_tiled_mark_on_a_type_without_a_tiled_layout_is_an_error() {
     let path = common::test_models().remove(0);
     let bytes = std::fs::read(&path).unwrap();
     let g = mhmoe::gguf::Gguf::parse(&bytes).unwrap();
-    // The type id of the first F32 tensor, found by its position after the name and dims.
+    // The type id of the first F32 tensor.
     let t = g
         .tensors()
         .find(|t| t.ty.computed() == Some(GgmlType::F32))
         .expect("an F32 tensor");
-    let at = t.name.as_ptr().addr() - bytes.as_ptr().addr() + t.name.len() + 4 + 8 * t.n_dims;
     let name = t.name.to_string();
+    let at = type_id_at(&bytes, &name);
     let mut bad = bytes.clone();
     let id = u32::from_le_bytes(bad[at..at + 4].try_into().unwrap());
     assert_eq!(id, 0);
