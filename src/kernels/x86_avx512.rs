@@ -933,15 +933,15 @@ mod imp {
     /// `$step(j, b)` for lanes `j = 0..8` and blocks `b = $b0 + j`, written out (the lane index
     /// must be a constant for the accumulators to stay in registers).
     macro_rules! eight {
-        ($step:ident, $b0:expr) => {
-            $step(0, $b0);
-            $step(1, $b0 + 1);
-            $step(2, $b0 + 2);
-            $step(3, $b0 + 3);
-            $step(4, $b0 + 4);
-            $step(5, $b0 + 5);
-            $step(6, $b0 + 6);
-            $step(7, $b0 + 7);
+        ($step:ident, $($g:ident),+) => {
+            $step(0, $(&$g[0]),+);
+            $step(1, $(&$g[1]),+);
+            $step(2, $(&$g[2]),+);
+            $step(3, $(&$g[3]),+);
+            $step(4, $(&$g[4]),+);
+            $step(5, $(&$g[5]),+);
+            $step(6, $(&$g[6]),+);
+            $step(7, $(&$g[7]),+);
         };
     }
 
@@ -963,23 +963,31 @@ mod imp {
         corr: &[i32],
     ) -> [f32; TR] {
         let n = band.len().min(xq.len()).min(xd.len()).min(corr.len());
+        let (band, xq, xd, corr) = (&band[..n], &xq[..n], &xd[..n], &corr[..n]);
         let mut acc = [_mm512_setzero_ps(); 8];
-        let mut step = |j: usize, b: usize| {
-            acc[j] = _mm512_add_ps(acc[j], band_term::<B, U>(&band[b], &xq[b], corr[b], xd[b]));
-        };
-        let full = n - n % 8;
-        for b0 in (0..full).step_by(8) {
-            let next = (b0 + AX) % n;
+        // Groups of eight blocks as arrays: no bounds checks inside, and `step`'s lane index a
+        // constant, so the accumulators stay in registers.
+        let (groups, tail) = band.as_chunks::<8>();
+        let (xg, _) = xq.as_chunks::<8>();
+        let (dg, _) = xd.as_chunks::<8>();
+        let (cg, _) = corr.as_chunks::<8>();
+        for (g, (((u, x), d), c)) in groups.iter().zip(xg).zip(dg).zip(cg).enumerate() {
+            let next = (8 * g + AX) % n;
             let ax = xq.as_ptr().wrapping_add(next).cast::<i8>();
             for k in 0..4 {
                 _mm_prefetch::<_MM_HINT_T0>(ax.wrapping_add(64 * k));
             }
             _mm_prefetch::<_MM_HINT_T0>(corr.as_ptr().wrapping_add(next).cast::<i8>());
             _mm_prefetch::<_MM_HINT_T0>(xd.as_ptr().wrapping_add(next).cast::<i8>());
-            eight!(step, b0);
+            let mut step = |j: usize, u: &[u8; U], x: &[i8; QK], c: &i32, d: &f32| {
+                acc[j] = _mm512_add_ps(acc[j], band_term::<B, U>(u, x, *c, *d));
+            };
+            eight!(step, u, x, c, d);
         }
-        for j in 0..n - full {
-            step(j, full + j);
+        let full = n - tail.len();
+        for (j, u) in tail.iter().enumerate() {
+            let b = full + j;
+            acc[j] = _mm512_add_ps(acc[j], band_term::<B, U>(u, &xq[b], corr[b], xd[b]));
         }
         reduce8_rows(&acc)
     }
@@ -991,16 +999,18 @@ mod imp {
     fn band_dot_f16(band: &[[u8; 32]], x: &[f32]) -> [f32; TR] {
         let n = band.len().min(x.len());
         let mut acc = [_mm512_setzero_ps(); 8];
-        let mut step = |j: usize, i: usize| {
-            let w = band_scales(&band[i]);
-            acc[j] = _mm512_add_ps(acc[j], _mm512_mul_ps(w, _mm512_set1_ps(x[i])));
+        let mut step = |j: usize, u: &[u8; 32], x: &f32| {
+            let w = band_scales(u);
+            acc[j] = _mm512_add_ps(acc[j], _mm512_mul_ps(w, _mm512_set1_ps(*x)));
         };
-        let full = n - n % 8;
-        for i0 in (0..full).step_by(8) {
-            eight!(step, i0);
+        // As `band_dot`: groups of eight as arrays, no bounds checks inside.
+        let (groups, tail) = band[..n].as_chunks::<8>();
+        let (xg, xt) = x[..n].as_chunks::<8>();
+        for (u, x) in groups.iter().zip(xg) {
+            eight!(step, u, x);
         }
-        for j in 0..n - full {
-            step(j, full + j);
+        for (j, (u, x)) in tail.iter().zip(xt).enumerate() {
+            step(j, u, x);
         }
         reduce8_rows(&acc)
     }
