@@ -96,7 +96,7 @@ impl ModelBytes {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Layout {
     /// Tiled for the types this CPU's best instruction set reads faster tiled
-    /// ([`Isa::prefers_tiled`]: F16 on AVX-512), the rest as in the file.
+    /// ([`Isa::prefers_tiled`]: every tileable type on AVX-512), the rest as in the file.
     #[default]
     Auto,
     /// As in the file (row-major).

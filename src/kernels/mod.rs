@@ -139,13 +139,12 @@ impl Isa {
     }
 
     /// Whether this ISA reads matrices of type `ty` faster tiled than row-major, so that
-    /// [`crate::file::Layout::Auto`] tiles them: AVX-512 for F16 (68 MiB GEMVs from memory at
-    /// 82-99% of the read bandwidth tiled, 60-75% row-major). Its tiled Q8_0 and Q4_0 kernels
-    /// are twice as fast cache-resident but not from memory (Q8_0 72-87% against 84-93%, Q4_0
-    /// 60-81% against 63-68%, behind at rows of 4096 columns and more: BENCHMARKS.md), so
-    /// those stay row-major.
+    /// [`crate::file::Layout::Auto`] tiles them: AVX-512 for F16, Q8_0 and Q4_0 (68 MiB GEMVs
+    /// from memory, rows of 1024-8192 columns, one thread: tiled 87-98% of the read bandwidth,
+    /// row-major Q8_0 91-98%, Q4_0 72-79%, F16 68-81%; whole models decode as fast or faster and
+    /// run prompts 17-28% faster: BENCHMARKS.md).
     pub fn prefers_tiled(self, ty: GgmlType) -> bool {
-        self == Isa::Avx512 && ty == GgmlType::F16
+        self.has_tiled_kernels() && crate::tile::is_tileable(ty)
     }
 
     /// The best available ISA.
