@@ -881,10 +881,10 @@ mod imp {
     /// nibbles (which pair with `x[4k..]` and `x[16 + 4k..]`).
     ///
     /// The loads are written (and stay) in address order, scales first, in one chain of sums:
-    /// with two chains LLVM interleaved them (offsets 32, 160, 288, .., then 96, 224, ..), the
-    /// hardware prefetchers no longer saw one stream, and a 68 MiB Q8_0 GEMV from memory ran at
-    /// 13-15 GB/s instead of 30 (cache-resident speed was the same). Software prefetching
-    /// (L1 or L2, 4-16 KiB ahead) made it slower still (BENCHMARKS.md).
+    /// with two chains LLVM interleaved them (offsets 32, 160, 288, .., then 96, 224, ..) and a
+    /// 68 MiB Q8_0 GEMV from memory ran at 13-15 GB/s instead of 30. (Measured while
+    /// [`band_dot`] still indexed its slices with bounds checks; what mattered most in the end
+    /// was taking those out: BENCHMARKS.md, "Tiled GEMVs at the roofline".)
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
     fn band_term<const B: usize, const U: usize>(
@@ -945,13 +945,6 @@ mod imp {
         };
     }
 
-    /// How many blocks ahead the tiled GEMV prefetches the activation (its quants, corrections
-    /// and scales, wrapping to the band's start). Each band re-reads the whole activation, and
-    /// the weights streamed in between (16 rows: 36 KiB for Q4_0 rows of 4096 columns) push it
-    /// out of the 32 KiB L1: without this, Q4_0 rows of 4096-8192 columns ran at 47-54% of the
-    /// read bandwidth instead of 60-74% (BENCHMARKS.md).
-    const AX: usize = 8;
-
     /// The 16 rows of one tiled band (`band[b]` = block `b`) times the activation: block `b`
     /// into lane `b % 8`, as the specification.
     #[inline]
@@ -965,37 +958,27 @@ mod imp {
         let n = band.len().min(xq.len()).min(xd.len()).min(corr.len());
         let (band, xq, xd, corr) = (&band[..n], &xq[..n], &xd[..n], &corr[..n]);
         let mut acc = [_mm512_setzero_ps(); 8];
+        let mut step = |j: usize, u: &[u8; U], x: &[i8; QK], c: &i32, d: &f32| {
+            acc[j] = _mm512_add_ps(acc[j], band_term::<B, U>(u, x, *c, *d));
+        };
         // Groups of eight blocks as arrays: no bounds checks inside, and `step`'s lane index a
-        // constant, so the accumulators stay in registers.
+        // constant, so the accumulators stay in registers. (Indexed block by block instead, with
+        // a bounds check each, 68 MiB GEMVs from memory ran at 60-87% of the read bandwidth
+        // instead of 86-98%: BENCHMARKS.md, "Tiled GEMVs at the roofline".)
         let (groups, tail) = band.as_chunks::<8>();
-        let (xg, _) = xq.as_chunks::<8>();
-        let (dg, _) = xd.as_chunks::<8>();
-        let (cg, _) = corr.as_chunks::<8>();
-        for (g, (((u, x), d), c)) in groups.iter().zip(xg).zip(dg).zip(cg).enumerate() {
-            let next = (8 * g + AX) % n;
-            let ax = xq.as_ptr().wrapping_add(next).cast::<i8>();
-            for k in 0..4 {
-                _mm_prefetch::<_MM_HINT_T0>(ax.wrapping_add(64 * k));
-            }
-            _mm_prefetch::<_MM_HINT_T0>(corr.as_ptr().wrapping_add(next).cast::<i8>());
-            _mm_prefetch::<_MM_HINT_T0>(xd.as_ptr().wrapping_add(next).cast::<i8>());
-            let mut step = |j: usize, u: &[u8; U], x: &[i8; QK], c: &i32, d: &f32| {
-                acc[j] = _mm512_add_ps(acc[j], band_term::<B, U>(u, x, *c, *d));
-            };
+        let ((xg, xt), (dg, dt), (cg, ct)) = (
+            xq.as_chunks::<8>(),
+            xd.as_chunks::<8>(),
+            corr.as_chunks::<8>(),
+        );
+        for (((u, x), d), c) in groups.iter().zip(xg).zip(dg).zip(cg) {
             eight!(step, u, x, c, d);
         }
-        let full = n - tail.len();
-        for (j, u) in tail.iter().enumerate() {
-            let b = full + j;
-            acc[j] = _mm512_add_ps(acc[j], band_term::<B, U>(u, &xq[b], corr[b], xd[b]));
+        for (j, (((u, x), d), c)) in tail.iter().zip(xt).zip(dt).zip(ct).enumerate() {
+            step(j, u, x, c, d);
         }
         reduce8_rows(&acc)
     }
-
-    /// How many elements ahead the tiled F16 GEMV prefetches the activation (wrapping): rows of
-    /// 8192 columns have 32 KiB of it, all of L1 (4096-8192 columns: 88-93% of the read
-    /// bandwidth with it, 86-91% without; BENCHMARKS.md).
-    const AX_F16: usize = 64;
 
     /// The 16 rows of one tiled F16 band (`band[i]` = element `i` of each row) times `x`:
     /// element `i` into lane `i % 8`.
@@ -1012,9 +995,7 @@ mod imp {
         // As `band_dot`: groups of eight as arrays, no bounds checks inside.
         let (groups, tail) = band.as_chunks::<8>();
         let (xg, xt) = x.as_chunks::<8>();
-        for (g, (u, v)) in groups.iter().zip(xg).enumerate() {
-            let next = (8 * g + AX_F16) % n;
-            _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().wrapping_add(next).cast::<i8>());
+        for (u, v) in groups.iter().zip(xg) {
             eight!(step, u, v);
         }
         for (j, (u, v)) in tail.iter().zip(xt).enumerate() {
