@@ -850,29 +850,75 @@ mod imp {
         _mm512_set1_epi32(i32::from_le_bytes(w.map(|v| v as u8)))
     }
 
-    /// The 16 f16 scales at the start of a tiled block, widened (exact).
+    // The tiled GEMVs stream their weights from memory at the read bandwidth only when the
+    // loads reach the CPU in address order, 32 bytes at a time: LLVM, left to itself, merges two
+    // 32-byte loads into one 64-byte load that straddles two cache lines and reorders the loads
+    // of a block, and which it does changes with unrelated edits (the same Q8_0 kernel ran at
+    // 12-13 GB/s or 30-33 GB/s from one commit to the next: BENCHMARKS.md, "Tiled GEMVs at the
+    // roofline"). So the weight loads are `asm!` statements: LLVM neither merges nor reorders
+    // them (each may have side effects, for all it knows), and the arithmetic stays intrinsics.
+
+    /// The 16 f16 scales at the start of a tiled block (or one F16 unit), widened (exact).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
     fn band_scales(b: &[u8; 32]) -> __m512 {
-        // SAFETY: 32 readable bytes.
-        _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(b.as_ptr().cast()) })
+        let v: __m512;
+        // SAFETY: reads the 32 bytes of `b` (no alignment needed), writes only `v`.
+        unsafe {
+            core::arch::asm!(
+                "vcvtph2ps {v}, ymmword ptr [{p}]",
+                p = in(reg) b.as_ptr(),
+                v = lateout(zmm_reg) v,
+                options(readonly, nostack, preserves_flags),
+            );
+        }
+        v
+    }
+
+    /// One F16 unit of a tiled band (element `i` of 16 rows) widened: rows 0-7, rows 8-15.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn f16_halves(b: &[u8; 32]) -> (__m256, __m256) {
+        let (lo, hi): (__m256, __m256);
+        // SAFETY: reads the 32 bytes of `b` (no alignment needed), writes only `lo` and `hi`.
+        unsafe {
+            core::arch::asm!(
+                "vcvtph2ps {lo}, xmmword ptr [{p}]",
+                "vcvtph2ps {hi}, xmmword ptr [{p} + 16]",
+                p = in(reg) b.as_ptr(),
+                lo = out(ymm_reg) lo,
+                hi = lateout(ymm_reg) hi,
+                options(readonly, nostack, preserves_flags),
+            );
+        }
+        (lo, hi)
     }
 
     /// Quant vector `k` of a tiled block `u` (its 16 scales, then its quants): lane `r` = row
-    /// `r`'s quant bytes `4k..4k + 4` (zeros past the end of `u`).
+    /// `r`'s quant bytes `4k..4k + 4` (zeros past the end of `u`), as two 32-byte loads (a
+    /// tiled block's quants start 32 bytes into it, so one 64-byte load would straddle two
+    /// cache lines).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
     fn band_quants(u: &[u8], k: usize) -> __m512i {
         let at = 32 + 64 * k;
-        let s = u.get(at..at + 64).unwrap_or(&[0; 64]);
-        // SAFETY: 64 readable bytes, as two 32-byte loads: a tiled block's quants start 32
-        // bytes into it, and a 64-byte load straddling two cache lines halved the tiled Q8_0
-        // GEMV from memory (BENCHMARKS.md).
+        let s: &[u8; 64] = u
+            .get(at..at + 64)
+            .and_then(|s| s.try_into().ok())
+            .unwrap_or(&[0; 64]);
+        let v: __m512i;
+        // SAFETY: reads the 64 bytes of `s` (no alignment needed), writes only `lo` and `v`.
         unsafe {
-            let lo = _mm256_loadu_si256(s.as_ptr().cast());
-            let hi = _mm256_loadu_si256(s.as_ptr().add(32).cast());
-            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+            core::arch::asm!(
+                "vmovdqu64 {lo}, ymmword ptr [{p}]",
+                "vinserti64x4 {v}, {lo:z}, ymmword ptr [{p} + 32], 1",
+                p = in(reg) s.as_ptr(),
+                lo = out(ymm_reg) _,
+                v = lateout(zmm_reg) v,
+                options(readonly, nostack, preserves_flags),
+            );
         }
+        v
     }
 
     /// One block of a tiled band times activation block `x` (scale `dx`, correction `corr` =
@@ -987,10 +1033,14 @@ mod imp {
     fn band_dot_f16(band: &[[u8; 32]], x: &[f32]) -> [f32; TR] {
         let n = band.len().min(x.len());
         let (band, x) = (&band[..n], &x[..n]);
-        let mut acc = [_mm512_setzero_ps(); 8];
+        // Rows 0-7 and 8-15 in 256-bit halves (512-bit `vcvtph2ps` is the slower one on Zen 4).
+        let mut lo = [_mm256_setzero_ps(); 8];
+        let mut hi = [_mm256_setzero_ps(); 8];
         let mut step = |j: usize, u: &[u8; 32], v: &f32| {
-            let w = band_scales(u);
-            acc[j] = _mm512_add_ps(acc[j], _mm512_mul_ps(w, _mm512_set1_ps(*v)));
+            let (a, b) = f16_halves(u);
+            let v = _mm256_set1_ps(*v);
+            lo[j] = _mm256_add_ps(lo[j], _mm256_mul_ps(a, v));
+            hi[j] = _mm256_add_ps(hi[j], _mm256_mul_ps(b, v));
         };
         // As `band_dot`: groups of eight as arrays, no bounds checks inside.
         let (groups, tail) = band.as_chunks::<8>();
@@ -1001,6 +1051,13 @@ mod imp {
         for (j, (u, v)) in tail.iter().zip(xt).enumerate() {
             step(j, u, v);
         }
+        let acc: [__m512; 8] = core::array::from_fn(|j| {
+            let l = _mm512_castpd_ps(_mm512_castpd256_pd512(_mm256_castps_pd(lo[j])));
+            _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                _mm512_castps_pd(l),
+                _mm256_castps_pd(hi[j]),
+            ))
+        });
         reduce8_rows(&acc)
     }
 
