@@ -30,7 +30,7 @@
 //! - Tiled matrices ([`crate::tile`]): the GEMV runs the grouped GEMV's arithmetic on the bands
 //!   as stored (`band_dot`, F16 `band_dot_f16`), eight lane accumulators of 16 rows each and no
 //!   horizontal work; the grouped GEMV repacks its tile from a band with a few vector
-//!   operations. Loads in address order, activation prefetched: see `band_term` and `AX`.
+//!   operations. The weight loads are `asm!` statements, in address order: see `band_scales`.
 //!
 //! Safety model as in [`super::x86`]: the kernels are safe `#[target_feature]` functions in the
 //! private `imp` module, called only after [`Avx512::available`]; raw-pointer loads are confined
@@ -926,11 +926,8 @@ mod imp {
     /// `vpdpbusd` of the sign-flipped quants; Q4_0: four loads, each split into low and high
     /// nibbles (which pair with `x[4k..]` and `x[16 + 4k..]`).
     ///
-    /// The loads are written (and stay) in address order, scales first, in one chain of sums:
-    /// with two chains LLVM interleaved them (offsets 32, 160, 288, .., then 96, 224, ..) and a
-    /// 68 MiB Q8_0 GEMV from memory ran at 13-15 GB/s instead of 30. (Measured while
-    /// [`band_dot`] still indexed its slices with bounds checks; what mattered most in the end
-    /// was taking those out: BENCHMARKS.md, "Tiled GEMVs at the roofline".)
+    /// The weight loads go in address order, scales first (their `asm!` keeps them so: see
+    /// [`band_scales`]), into one chain of sums.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
     fn band_term<const B: usize, const U: usize>(
@@ -959,6 +956,14 @@ mod imp {
         _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(dx)))
     }
 
+    /// `lo` in lanes 0-7, `hi` in lanes 8-15.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn join(lo: __m256, hi: __m256) -> __m512 {
+        let lo = _mm512_castpd256_pd512(_mm256_castps_pd(lo));
+        _mm512_castpd_ps(_mm512_insertf64x4::<1>(lo, _mm256_castps_pd(hi)))
+    }
+
     /// Eight lane accumulators of 16 rows each reduced in the canonical order ([`reduce8`]
     /// lane by lane: `(a0 + a4) + (a2 + a6)`, `(a1 + a5) + (a3 + a7)`, then their sum).
     ///
@@ -976,8 +981,9 @@ mod imp {
         o
     }
 
-    /// `$step(j, b)` for lanes `j = 0..8` and blocks `b = $b0 + j`, written out (the lane index
-    /// must be a constant for the accumulators to stay in registers).
+    /// `$step(j, &g[j], &h[j], ..)` for lanes `j = 0..8` of the groups of eight `g, h, ..`,
+    /// written out (the lane index must be a constant for the accumulators to stay in
+    /// registers).
     macro_rules! eight {
         ($step:ident, $($g:ident),+) => {
             $step(0, $(&$g[0]),+);
@@ -1051,14 +1057,7 @@ mod imp {
         for (j, (u, v)) in tail.iter().zip(xt).enumerate() {
             step(j, u, v);
         }
-        let acc: [__m512; 8] = core::array::from_fn(|j| {
-            let l = _mm512_castpd_ps(_mm512_castpd256_pd512(_mm256_castps_pd(lo[j])));
-            _mm512_castpd_ps(_mm512_insertf64x4::<1>(
-                _mm512_castps_pd(l),
-                _mm256_castps_pd(hi[j]),
-            ))
-        });
-        reduce8_rows(&acc)
+        reduce8_rows(&core::array::from_fn(|j| join(lo[j], hi[j])))
     }
 
     /// [`super::super::Kernels::gemv_tiled`]: the bands with [`band_dot`] (F16:
