@@ -164,7 +164,13 @@ impl Gemv {
             let mut wt = huge(w.len());
             wt.copy_from_slice(&w);
             let rb = ty.row_bytes(cols);
-            mhmoe::tile::tile_matrix(ty, rows, rb, &mut wt, &mut vec![0; 16 * rb]);
+            mhmoe::tile::tile_matrix(
+                ty,
+                rows,
+                rb,
+                &mut wt,
+                &mut vec![0; mhmoe::tile::scratch_bytes(ty, rb)],
+            );
             wt
         });
         Gemv {

@@ -121,7 +121,7 @@ pub enum Layout {
 /// # Errors
 /// Those of [`crate::gguf::Gguf::parse`] (nothing is changed then).
 pub fn tile_in_place(bytes: &mut [u8], which: impl Fn(GgmlType) -> bool) -> Result<usize> {
-    use crate::tile::{is_tileable, tile_matrix, TILED_FLAG, TILE_ROWS};
+    use crate::tile::{is_tileable, scratch_bytes, tile_matrix, TILED_FLAG, TILE_ROWS};
     /// One tensor to tile: where its type id and data are, and its shape.
     struct Job {
         ty_at: usize,
@@ -184,7 +184,7 @@ pub fn tile_in_place(bytes: &mut [u8], which: impl Fn(GgmlType) -> bool) -> Resu
             continue; // not where the type id should be: leave the tensor alone
         }
         let matrix = j.rows * j.row_bytes;
-        scratch.resize(TILE_ROWS * j.row_bytes, 0);
+        scratch.resize(scratch_bytes(j.ty, j.row_bytes), 0);
         let data = &mut bytes[j.start..j.start + j.len];
         for m in data.chunks_exact_mut(matrix.max(1)) {
             tile_matrix(j.ty, j.rows, j.row_bytes, m, &mut scratch);

@@ -219,7 +219,7 @@ impl Pass<'_> {
         for_row_ranges(
             self.par,
             parts,
-            ROW_ALIGN,
+            ROW_ALIGN.max(w.row_align()),
             &mut Out::new(out, w.rows),
             &|r0, r1, o| {
                 let w = w.rows_range(r0, r1);

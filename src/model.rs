@@ -102,15 +102,32 @@ impl<'a> Matrix<'a> {
         }
     }
 
-    /// Band `i` of a tiled matrix (`16 * row_bytes()` bytes; empty if out of range).
-    pub fn band(&self, i: usize) -> &'a [u8] {
-        let len = self.row_bytes().saturating_mul(crate::tile::TILE_ROWS);
-        if i.saturating_add(1).saturating_mul(crate::tile::TILE_ROWS) > self.tiled_rows() {
+    /// Units `u0..u1` of band `b` of a tiled matrix: the 16 rows' units, `16 * unit` bytes each
+    /// ([`crate::tile::unit_offset`]). Empty if out of range or if the units are not stored
+    /// together (they cross a piece: see [`crate::tile::pieces`]).
+    pub fn band_units(&self, b: usize, u0: usize, u1: usize) -> &'a [u8] {
+        let (units, bands) = (
+            self.row_bytes() / self.ty.type_size(),
+            self.tiled_rows() / crate::tile::TILE_ROWS,
+        );
+        let piece = crate::tile::piece_units(self.ty);
+        if b >= bands || u0 >= u1 || u1 > units || u0 / piece != (u1 - 1) / piece {
             return &[];
         }
-        i.checked_mul(len)
-            .and_then(|start| self.data.get(start..start.checked_add(len)?))
-            .unwrap_or(&[])
+        let ub = self.ty.type_size() * crate::tile::TILE_ROWS;
+        let at = crate::tile::unit_offset(self.ty, units, bands, b, u0);
+        self.data.get(at..at + (u1 - u0) * ub).unwrap_or(&[])
+    }
+
+    /// The row ranges a product may be split at: multiples of this (16 for a tiled matrix, or a
+    /// panel of 128 rows when its bands are in pieces; 1 for a row-major one).
+    pub fn row_align(&self) -> usize {
+        let units = self.row_bytes() / self.ty.type_size().max(1);
+        match (self.tiled, crate::tile::has_pieces(self.ty, units)) {
+            (false, _) => 1,
+            (true, false) => crate::tile::TILE_ROWS,
+            (true, true) => crate::tile::TILE_ROWS * crate::tile::PANEL_BANDS,
+        }
     }
 
     /// Element type.
@@ -150,14 +167,14 @@ impl<'a> Matrix<'a> {
     }
 
     /// Rows `r0..r1` as a matrix of their own (clamped to the rows there are). For a tiled
-    /// matrix the range must not cut a band (`r0` a multiple of 16, and `r1` too unless it is
-    /// past the last band; the forward pass splits at multiples of 16): otherwise the result
-    /// has no data, and its rows read as empty.
+    /// matrix the range must not cut a band or panel (`r0` a multiple of [`Matrix::row_align`],
+    /// and `r1` too unless it is past the last band; the forward pass splits so): otherwise the
+    /// result has no data, and its rows read as empty.
     pub fn rows_range(&self, r0: usize, r1: usize) -> Matrix<'a> {
         let r1 = r1.min(self.rows);
         let r0 = r0.min(r1);
         let rb = self.row_bytes();
-        let cuts = |r: usize| !r.is_multiple_of(crate::tile::TILE_ROWS) && r < self.tiled_rows();
+        let cuts = |r: usize| !r.is_multiple_of(self.row_align()) && r < self.tiled_rows();
         let misaligned = self.tiled && (cuts(r0) || cuts(r1));
         Matrix {
             rows: r1 - r0,
@@ -176,10 +193,10 @@ impl<'a> Matrix<'a> {
         if r >= self.tiled_rows() {
             return dequantize_row(self.ty, self.row(r), &mut out[..n]);
         }
-        let band = self.band(r / crate::tile::TILE_ROWS);
+        let (b, rb) = (r / crate::tile::TILE_ROWS, r % crate::tile::TILE_ROWS);
         let (bs, ts) = (self.ty.block_size(), self.ty.type_size());
         for (u, o) in out[..n].chunks_exact_mut(bs).enumerate() {
-            let unit = crate::tile::unit_of(self.ty, band, r % crate::tile::TILE_ROWS, u);
+            let unit = crate::tile::unit_of(self.ty, self.band_units(b, u, u + 1), rb, 0);
             dequantize_row(self.ty, &unit[..ts], o);
         }
     }

@@ -30,6 +30,68 @@ const HEAD: usize = 2;
 /// Bytes of a row's quants that lie together in a band.
 const CHUNK: usize = 4;
 
+/// Bands in a panel: F16 bands are stored a panel at a time, column piece by column piece
+/// (see [`piece_units`]).
+pub const PANEL_BANDS: usize = 8;
+
+/// Units of a row that one band holds together before the next band of its panel continues
+/// ([`unit_offset`]): 128 for F16 (4 KiB of a band, with 512 bytes of f32 activation that
+/// stay in L1 while the panel's bands stream past; BENCHMARKS.md, "F16 panels"), all of them
+/// for Q8_0 and Q4_0 (whose bands are simply one after the other).
+pub const fn piece_units(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::F16 => 128,
+        _ => usize::MAX,
+    }
+}
+
+/// Where unit `u` of band `b` (the 16 rows' unit, `16 * unit` bytes laid out as [`tile_pos`]
+/// says) lies in a tiled matrix of `bands` full bands and `units` units per row: bands go in
+/// panels of [`PANEL_BANDS`] (the last may have fewer), and a panel holds its bands' first
+/// [`piece_units`] units band after band, then their next ones, and so on.
+#[inline(always)]
+pub const fn unit_offset(ty: GgmlType, units: usize, bands: usize, b: usize, u: usize) -> usize {
+    let ub = TILE_ROWS * unit_bytes(ty);
+    let first = b - b % PANEL_BANDS;
+    let in_panel = if bands - first < PANEL_BANDS {
+        bands - first
+    } else {
+        PANEL_BANDS
+    };
+    let piece = piece_units(ty);
+    let c0 = u - u % piece;
+    let len = if units - c0 < piece {
+        units - c0
+    } else {
+        piece
+    };
+    ub * (first * units + c0 * in_panel + (b - first) * len + (u - c0))
+}
+
+/// Whether a tiled matrix of type `ty` with `units` units per row has panels whose bands are
+/// split into pieces ([`unit_offset`]); otherwise every band is whole and in place.
+pub const fn has_pieces(ty: GgmlType, units: usize) -> bool {
+    units > piece_units(ty)
+}
+
+/// The column pieces of a row of `units` units: `(u0, u1)` for each piece.
+pub fn pieces(ty: GgmlType, units: usize) -> impl Iterator<Item = (usize, usize)> {
+    let piece = piece_units(ty).min(units).max(1);
+    (0..units)
+        .step_by(piece)
+        .map(move |u0| (u0, (u0 + piece).min(units)))
+}
+
+/// Bytes of scratch [`tile_matrix`] needs for a matrix of type `ty` with `row_bytes` per row.
+pub const fn scratch_bytes(ty: GgmlType, row_bytes: usize) -> usize {
+    let band = row_bytes.saturating_mul(TILE_ROWS);
+    if has_pieces(ty, row_bytes / unit_bytes(ty)) {
+        band.saturating_mul(PANEL_BANDS)
+    } else {
+        band
+    }
+}
+
 /// The types with a tiled layout.
 pub const TILEABLE: [GgmlType; 3] = [GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0];
 
@@ -128,9 +190,10 @@ pub fn unit_of(ty: GgmlType, band: &[u8], r: usize, u: usize) -> [u8; MAX_UNIT] 
     out
 }
 
-/// Tiles every full band of a `rows x row_bytes` row-major matrix of type `ty` in place, using
-/// `scratch` (at least `16 * row_bytes` bytes) for one band at a time. Returns the number of
-/// bands tiled (0 if `scratch` is too small or `data` is not `rows * row_bytes` long).
+/// Tiles every full band of a `rows x row_bytes` row-major matrix of type `ty` in place, and
+/// puts the bands of each panel in [`unit_offset`]'s order, using `scratch` (at least
+/// [`scratch_bytes`]). Returns the number of bands tiled (0 if `scratch` is too small or `data`
+/// is not `rows * row_bytes` long).
 pub fn tile_matrix(
     ty: GgmlType,
     rows: usize,
@@ -143,16 +206,35 @@ pub fn tile_matrix(
     };
     if !is_tileable(ty)
         || band == 0
-        || scratch.len() < band
+        || scratch.len() < scratch_bytes(ty, row_bytes)
         || Some(data.len()) != rows.checked_mul(row_bytes)
     {
         return 0;
     }
     let bands = rows / TILE_ROWS;
-    let scratch = &mut scratch[..band];
     for b in data.chunks_exact_mut(band).take(bands) {
+        let scratch = &mut scratch[..band];
         scratch.copy_from_slice(b);
         tile_band(ty, row_bytes, scratch, b);
+    }
+    let units = row_bytes / unit_bytes(ty);
+    if has_pieces(ty, units) {
+        // Each panel from band after band to piece by piece.
+        let ub = TILE_ROWS * unit_bytes(ty);
+        for (p, panel) in data[..bands * band]
+            .chunks_mut(PANEL_BANDS * band)
+            .enumerate()
+        {
+            let old = &mut scratch[..panel.len()];
+            old.copy_from_slice(panel);
+            for (i, whole) in old.chunks_exact(band).enumerate() {
+                let b = p * PANEL_BANDS + i;
+                for (u0, u1) in pieces(ty, units) {
+                    let at = unit_offset(ty, units, bands, b, u0) - p * PANEL_BANDS * band;
+                    panel[at..at + (u1 - u0) * ub].copy_from_slice(&whole[u0 * ub..u1 * ub]);
+                }
+            }
+        }
     }
     bands
 }
@@ -160,6 +242,7 @@ pub fn tile_matrix(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::{vec, vec::Vec};
 
     #[test]
     fn tile_pos_is_a_permutation_of_each_band() {
@@ -200,5 +283,59 @@ mod tests {
             untile_band(ty, rb, &t[..16 * rb], &mut back[..16 * rb]);
             assert_eq!(&back[..16 * rb], src);
         }
+    }
+
+    #[test]
+    fn unit_offset_is_a_permutation_of_the_bands() {
+        // Whole pieces, a short last piece, one piece; full and partial last panels.
+        for (ty, units) in [
+            (GgmlType::F16, 1024),
+            (GgmlType::F16, 1003),
+            (GgmlType::F16, 64),
+            (GgmlType::Q8_0, 40),
+        ] {
+            let ub = TILE_ROWS * ty.type_size();
+            for bands in [1, 8, 11, 17] {
+                let mut seen = vec![false; bands * units];
+                for b in 0..bands {
+                    for u in 0..units {
+                        let at = unit_offset(ty, units, bands, b, u);
+                        assert_eq!(at % ub, 0);
+                        assert!(!core::mem::replace(&mut seen[at / ub], true), "{b} {u}");
+                    }
+                }
+                if !has_pieces(ty, units) {
+                    assert_eq!(
+                        unit_offset(ty, units, bands, bands - 1, 1),
+                        ((bands - 1) * units + 1) * ub
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tiled_rows_read_back_through_their_pieces() {
+        let ty = GgmlType::F16;
+        let (rows, cols) = (16 * 9 + 5, 1003);
+        let rb = ty.row_bytes(cols);
+        let src: Vec<u8> = (0..rows * rb).map(|i| (i * 31 + i / 7) as u8).collect();
+        let mut t = src.clone();
+        assert_eq!(tile_matrix(ty, rows, rb, &mut t, &mut vec![0; 16 * rb]), 0);
+        let mut scratch = vec![0; scratch_bytes(ty, rb)];
+        assert_eq!(tile_matrix(ty, rows, rb, &mut t, &mut scratch), 9);
+        assert_eq!(&t[9 * 16 * rb..], &src[9 * 16 * rb..]);
+        let m = crate::model::Matrix::new_tiled(ty, rows, cols, &t).unwrap();
+        assert_eq!(m.row_align(), 128);
+        for r in 0..rows {
+            let (mut got, mut want) = (vec![0.0; cols], vec![0.0; cols]);
+            m.dequantize_row(r, &mut got);
+            crate::quant::dequantize_row(ty, &src[r * rb..(r + 1) * rb], &mut want);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(bits(&got) == bits(&want), "row {r}");
+        }
+        // Units that cross a piece are not together.
+        assert!(m.band_units(0, 120, 136).is_empty());
+        assert_eq!(m.band_units(8, 896, 1003).len(), 107 * 32);
     }
 }

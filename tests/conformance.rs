@@ -979,7 +979,7 @@ fn gemv_group_stress_matches_scalar() {
 fn tiled_copy(ty: GgmlType, rows: usize, cols: usize, data: &[u8]) -> Vec<u8> {
     let rb = ty.row_bytes(cols);
     let mut t = data.to_vec();
-    let mut scratch = vec![0u8; 16 * rb];
+    let mut scratch = vec![0u8; mhmoe::tile::scratch_bytes(ty, rb)];
     let bands = mhmoe::tile::tile_matrix(ty, rows, rb, &mut t, &mut scratch);
     assert_eq!(bands, rows / 16);
     t
@@ -997,10 +997,10 @@ fn check_gemv_tiled<K: Kernels>(isa: Isa) {
         let cols_options: &[usize] = if ty.is_quantized() {
             &[32, 96, 256, 288, 544, 129 * QK, 504 * QK, 1031 * QK]
         } else {
-            &[1, 7, 8, 13, 64, 1003]
+            &[1, 7, 8, 13, 64, 1003, 1536]
         };
         for (case, &cols) in cols_options.iter().enumerate() {
-            for rows in [0usize, 5, 16, 17, 40, 64] {
+            for rows in [0usize, 5, 16, 17, 40, 64, 150] {
                 if rows * cols > 600_000 && rows > 17 {
                     continue;
                 }
@@ -1031,11 +1031,12 @@ fn check_gemv_tiled<K: Kernels>(isa: Isa) {
                     K::gemv_tiled(&wt, &a, &mut got);
                     Scalar::gemv(&w, &a, &mut want);
                     assert_same_slice(isa, &format!("gemv_tiled {what}"), &got, &want);
-                    // Split at a band boundary, as the threads split rows.
-                    if rows > 16 {
-                        let (lo, hi) = (wt.rows_range(0, 16), wt.rows_range(16, rows));
-                        K::gemv_tiled(&lo, &a, &mut got[..16]);
-                        K::gemv_tiled(&hi, &a, &mut got[16..]);
+                    // Split at a band (or panel) boundary, as the threads split rows.
+                    let cut = wt.row_align();
+                    if rows > cut {
+                        let (lo, hi) = (wt.rows_range(0, cut), wt.rows_range(cut, rows));
+                        K::gemv_tiled(&lo, &a, &mut got[..cut]);
+                        K::gemv_tiled(&hi, &a, &mut got[cut..]);
                         assert_same_slice(isa, &format!("gemv_tiled split {what}"), &got, &want);
                     }
                 }

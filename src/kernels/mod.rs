@@ -523,8 +523,8 @@ pub trait Kernels {
         let tiled = w.tiled_rows();
         for (r, o) in out[..w.rows].iter_mut().enumerate() {
             *o = if r < tiled {
-                let band = w.band(r / crate::tile::TILE_ROWS);
-                scalar::dot_tiled_row(w.ty, w.cols, band, r % crate::tile::TILE_ROWS, a)
+                let (b, rb) = (r / crate::tile::TILE_ROWS, r % crate::tile::TILE_ROWS);
+                scalar::dot_tiled_row(w, b, rb, a)
             } else {
                 Self::dot_row(w.ty, w.row(r), a)
             };

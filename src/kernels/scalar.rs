@@ -7,6 +7,7 @@
 //! by [`reduce8`]. Multiplies and adds are rounded separately (Rust never fuses them).
 
 use super::Act;
+use crate::model::Matrix;
 use crate::quant::{f16_to_f32, GgmlType, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK};
 use crate::tile::{tile_pos, unit_of, TILE_ROWS};
 
@@ -146,22 +147,30 @@ fn q4_0_term(blk: &[u8], xs: &[i8], dx: f32) -> f32 {
     sumi as f32 * (dw * dx)
 }
 
-/// Row `r` (`< 16`) of a tiled band ([`crate::tile`]) of a matrix with `cols` columns times
-/// the activation: the sums of [`dot_q8_0_q8_0`], [`dot_q4_0_q8_0`] and [`dot_half_row`] (F16)
-/// in the same order, the row's units read from where the band holds them. 0 for a type with
-/// no tiled layout.
-pub fn dot_tiled_row(ty: GgmlType, cols: usize, band: &[u8], r: usize, a: &Act<'_>) -> f32 {
+/// Row `r` (`< 16`) of tiled band `b` ([`crate::tile`]) of `w` times the activation: the sums
+/// of [`dot_q8_0_q8_0`], [`dot_q4_0_q8_0`] and [`dot_half_row`] (F16) in the same order, the
+/// row's units read from where the band holds them. 0 for a type with no tiled layout.
+pub fn dot_tiled_row(w: &Matrix<'_>, b: usize, r: usize, a: &Act<'_>) -> f32 {
+    let ty = w.ty();
+    let units = w.row_bytes() / ty.type_size();
     let mut acc = [0.0f32; 8];
     match ty {
         GgmlType::F16 => {
-            for (i, &x) in a.x.iter().take(cols).enumerate() {
-                let at = tile_pos(ty, r, 2 * i);
-                let Some(c) = band.get(at..at + 2) else { break };
-                acc[i % 8] += f16_to_f32(u16::from_le_bytes([c[0], c[1]])) * x;
+            for (u0, u1) in crate::tile::pieces(ty, units) {
+                let piece = w.band_units(b, u0, u1);
+                let x = &a.x[u0.min(a.x.len())..u1.min(a.x.len())];
+                for (k, &x) in x.iter().enumerate() {
+                    let at = tile_pos(ty, r, 2 * k);
+                    let Some(c) = piece.get(at..at + 2) else {
+                        break;
+                    };
+                    acc[(u0 + k) % 8] += f16_to_f32(u16::from_le_bytes([c[0], c[1]])) * x;
+                }
             }
         }
         GgmlType::Q8_0 | GgmlType::Q4_0 => {
-            let n = (cols / QK).min(a.q.len() / QK).min(a.d.len());
+            let band = w.band_units(b, 0, units);
+            let n = units.min(a.q.len() / QK).min(a.d.len());
             let bytes = ty.type_size();
             for (b, (xs, &dx)) in a.q.chunks_exact(QK).zip(a.d).take(n).enumerate() {
                 if (b + 1) * bytes * TILE_ROWS > band.len() {

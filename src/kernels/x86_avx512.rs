@@ -190,6 +190,7 @@ mod imp {
     use super::super::{Act, Out};
     use crate::model::Matrix;
     use crate::quant::{f16_to_f32, GgmlType, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK};
+    use crate::tile::{has_pieces, pieces, PANEL_BANDS};
 
     // ---- loads (the only raw-pointer accesses) ----
 
@@ -1032,16 +1033,18 @@ mod imp {
         reduce8_rows(&acc)
     }
 
-    /// The 16 rows of one tiled F16 band (`band[i]` = element `i` of each row) times `x`:
-    /// element `i` into lane `i % 8`.
+    /// The F16 lane accumulators of one band: rows 0-7 and rows 8-15 of lanes 0-7.
+    type F16Acc = ([__m256; 8], [__m256; 8]);
+
+    /// Adds `band` (`band[i]` = element `i` of the 16 rows) times `x` to `acc`: element `i`
+    /// into lane `i % 8` (a piece of a band starts at a multiple of 8).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
-    fn band_dot_f16(band: &[[u8; 32]], x: &[f32]) -> [f32; TR] {
+    fn band_acc_f16(acc: &mut F16Acc, band: &[[u8; 32]], x: &[f32]) {
         let n = band.len().min(x.len());
         let (band, x) = (&band[..n], &x[..n]);
         // Rows 0-7 and 8-15 in 256-bit halves (512-bit `vcvtph2ps` is the slower one on Zen 4).
-        let mut lo = [_mm256_setzero_ps(); 8];
-        let mut hi = [_mm256_setzero_ps(); 8];
+        let (mut lo, mut hi) = *acc;
         let mut step = |j: usize, u: &[u8; 32], v: &f32| {
             let (a, b) = f16_halves(u);
             let v = _mm256_set1_ps(*v);
@@ -1057,7 +1060,23 @@ mod imp {
         for (j, (u, v)) in tail.iter().zip(xt).enumerate() {
             step(j, u, v);
         }
-        reduce8_rows(&core::array::from_fn(|j| join(lo[j], hi[j])))
+        *acc = (lo, hi);
+    }
+
+    /// The 16 rows' sums of F16 accumulators ([`reduce8_rows`]).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn f16_finish(acc: &F16Acc) -> [f32; TR] {
+        reduce8_rows(&core::array::from_fn(|j| join(acc.0[j], acc.1[j])))
+    }
+
+    /// The 16 rows of one whole tiled F16 band (`band[i]` = element `i` of each row) times `x`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn band_dot_f16(band: &[[u8; 32]], x: &[f32]) -> [f32; TR] {
+        let mut acc = ([_mm256_setzero_ps(); 8], [_mm256_setzero_ps(); 8]);
+        band_acc_f16(&mut acc, band, x);
+        f16_finish(&acc)
     }
 
     /// [`super::super::Kernels::gemv_tiled`]: the bands with [`band_dot`] (F16:
@@ -1109,26 +1128,49 @@ mod imp {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
     fn tiled_f16(w: &Matrix<'_>, x: &[f32], out: &mut [f32]) {
-        let tiled = w.tiled_rows();
+        let (tiled, cols) = (w.tiled_rows(), w.cols);
         let (units, _) = w
             .data
-            .get(..tiled * w.cols * 2)
+            .get(..tiled * cols * 2)
             .unwrap_or(&[])
             .as_chunks::<32>();
-        if units.len() != tiled / TR * w.cols {
+        if units.len() != tiled / TR * cols || x.len() < cols {
             return <super::Scalar as super::Kernels>::gemv_tiled(
                 w,
                 &Act { x, q: &[], d: &[] },
                 out,
             );
         }
-        let x = &x[..w.cols.min(x.len())];
         let out = &mut out[..w.rows];
-        for (band, o) in units
-            .chunks_exact(w.cols.max(1))
-            .zip(out.chunks_exact_mut(TR))
-        {
-            o.copy_from_slice(&band_dot_f16(band, x));
+        if has_pieces(GgmlType::F16, cols) {
+            // Panel by panel, piece by piece: one sequential stream of weights, and a piece's
+            // activation (512 bytes) stays in L1 while the panel's bands go past.
+            for (panel, o) in units
+                .chunks(PANEL_BANDS * cols)
+                .zip(out[..tiled].chunks_mut(PANEL_BANDS * TR))
+            {
+                let zero = ([_mm256_setzero_ps(); 8], [_mm256_setzero_ps(); 8]);
+                let mut acc = [zero; PANEL_BANDS];
+                let bands = panel.len() / cols;
+                let mut rest = panel;
+                for (u0, u1) in pieces(GgmlType::F16, cols) {
+                    for a in &mut acc[..bands] {
+                        let (piece, r) = rest.split_at(u1 - u0);
+                        band_acc_f16(a, piece, &x[u0..u1]);
+                        rest = r;
+                    }
+                }
+                for (o, a) in o.chunks_exact_mut(TR).zip(&acc) {
+                    o.copy_from_slice(&f16_finish(a));
+                }
+            }
+        } else {
+            for (band, o) in units
+                .chunks_exact(cols.max(1))
+                .zip(out.chunks_exact_mut(TR))
+            {
+                o.copy_from_slice(&band_dot_f16(band, x));
+            }
         }
         for (r, o) in out.iter_mut().enumerate().skip(tiled) {
             *o = <super::super::x86::Avx2 as super::super::Kernels>::dot_f16_row(w.row(r), x);
@@ -1389,7 +1431,7 @@ mod imp {
             }
             for r0 in (0..w.rows).step_by(TR) {
                 let rows = (w.rows - r0).min(TR);
-                match w.band(r0 / TR) {
+                match w.band_units(r0 / TR, 0, stride) {
                     band if rows == TR && !band.is_empty() => {
                         repack_band::<B, NB>(&mut tile, band, n)
                     }
