@@ -35,12 +35,14 @@ const CHUNK: usize = 4;
 pub const PANEL_BANDS: usize = 8;
 
 /// Units of a row that one band holds together before the next band of its panel continues
-/// ([`unit_offset`]): 128 for F16 (4 KiB of a band, with 512 bytes of f32 activation that
-/// stay in L1 while the panel's bands stream past; BENCHMARKS.md, "F16 panels"), all of them
-/// for Q8_0 and Q4_0 (whose bands are simply one after the other).
+/// ([`unit_offset`]): 128 for F16 (4 KiB of a band, with 512 bytes of f32 activation), 32
+/// blocks for Q8_0 and Q4_0 (17 and 9 KiB, with 1,280 bytes of quantized activation). The
+/// activation of a piece stays in L1 while the panel's bands stream past, and the weights are
+/// still one sequential stream (BENCHMARKS.md, "Panels").
 pub const fn piece_units(ty: GgmlType) -> usize {
     match ty {
         GgmlType::F16 => 128,
+        GgmlType::Q8_0 | GgmlType::Q4_0 => 32,
         _ => usize::MAX,
     }
 }
@@ -293,6 +295,7 @@ mod tests {
             (GgmlType::F16, 1003),
             (GgmlType::F16, 64),
             (GgmlType::Q8_0, 40),
+            (GgmlType::Q4_0, 20),
         ] {
             let ub = TILE_ROWS * ty.type_size();
             for bands in [1, 8, 11, 17] {

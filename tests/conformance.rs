@@ -995,16 +995,33 @@ fn check_gemv_tiled<K: Kernels>(isa: Isa) {
     let mut rng = Rng::new(14);
     for ty in [GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0] {
         let cols_options: &[usize] = if ty.is_quantized() {
-            &[32, 96, 256, 288, 544, 129 * QK, 504 * QK, 1031 * QK]
+            &[
+                32,
+                96,
+                256,
+                288,
+                544,
+                40 * QK,
+                129 * QK,
+                504 * QK,
+                1031 * QK,
+            ]
         } else {
             &[1, 7, 8, 13, 64, 1003, 1536]
         };
         for (case, &cols) in cols_options.iter().enumerate() {
-            for rows in [0usize, 5, 16, 17, 40, 64, 150] {
+            // Each row count with a stress flavour, and with flavour 0 (plain random weights
+            // and activations) too: the extreme flavours can make every block alike or every
+            // sum NaN, which would hide a block read from the wrong place.
+            let mut shapes: Vec<(usize, usize)> = [0usize, 5, 16, 17, 40, 64, 150]
+                .into_iter()
+                .flat_map(|rows| [(rows, (case + rows) % 6), (rows, 0)])
+                .collect();
+            shapes.dedup();
+            for (rows, flavour) in shapes {
                 if rows * cols > 600_000 && rows > 17 {
                     continue;
                 }
-                let flavour = (case + rows) % 6;
                 let data = match ty {
                     GgmlType::F16 => random_matrix_bytes(&mut rng, ty, rows, cols),
                     _ => stress_weights(&mut rng, ty, rows, cols, flavour),

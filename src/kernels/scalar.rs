@@ -169,18 +169,21 @@ pub fn dot_tiled_row(w: &Matrix<'_>, b: usize, r: usize, a: &Act<'_>) -> f32 {
             }
         }
         GgmlType::Q8_0 | GgmlType::Q4_0 => {
-            let band = w.band_units(b, 0, units);
             let n = units.min(a.q.len() / QK).min(a.d.len());
-            let bytes = ty.type_size();
-            for (b, (xs, &dx)) in a.q.chunks_exact(QK).zip(a.d).take(n).enumerate() {
-                if (b + 1) * bytes * TILE_ROWS > band.len() {
-                    break;
+            let unit = ty.type_size() * TILE_ROWS;
+            for (u0, u1) in crate::tile::pieces(ty, n) {
+                let piece = w.band_units(b, u0, u1);
+                let xs = a.q[u0 * QK..u1 * QK].chunks_exact(QK).zip(&a.d[u0..u1]);
+                for (k, (xs, &dx)) in xs.enumerate() {
+                    if (k + 1) * unit > piece.len() {
+                        break;
+                    }
+                    let blk = unit_of(ty, piece, r, k);
+                    acc[(u0 + k) % 8] += match ty {
+                        GgmlType::Q8_0 => q8_0_term(&blk, xs, dx),
+                        _ => q4_0_term(&blk, xs, dx),
+                    };
                 }
-                let blk = unit_of(ty, band, r, b);
-                acc[b % 8] += match ty {
-                    GgmlType::Q8_0 => q8_0_term(&blk, xs, dx),
-                    _ => q4_0_term(&blk, xs, dx),
-                };
             }
         }
         _ => {}

@@ -1008,11 +1008,28 @@ mod imp {
         xd: &[f32],
         corr: &[i32],
     ) -> [f32; TR] {
+        let mut acc = [_mm512_setzero_ps(); 8];
+        band_acc::<B, U>(&mut acc, band, xq, xd, corr);
+        reduce8_rows(&acc)
+    }
+
+    /// Adds `band` (`band[b]` = block `b` of the 16 rows) times the activation to the lane
+    /// accumulators `acc`: block `b` into lane `b % 8` (a piece of a band starts at a multiple
+    /// of 8 blocks).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn band_acc<const B: usize, const U: usize>(
+        acc: &mut [__m512; 8],
+        band: &[[u8; U]],
+        xq: &[[i8; QK]],
+        xd: &[f32],
+        corr: &[i32],
+    ) {
         let n = band.len().min(xq.len()).min(xd.len()).min(corr.len());
         let (band, xq, xd, corr) = (&band[..n], &xq[..n], &xd[..n], &corr[..n]);
-        let mut acc = [_mm512_setzero_ps(); 8];
+        let mut a = *acc;
         let mut step = |j: usize, u: &[u8; U], x: &[i8; QK], c: &i32, d: &f32| {
-            acc[j] = _mm512_add_ps(acc[j], band_term::<B, U>(u, x, *c, *d));
+            a[j] = _mm512_add_ps(a[j], band_term::<B, U>(u, x, *c, *d));
         };
         // Groups of eight blocks as arrays: no bounds checks inside, and `step`'s lane index a
         // constant, so the accumulators stay in registers. (Indexed block by block instead, with
@@ -1030,7 +1047,7 @@ mod imp {
         for (j, (((u, x), d), c)) in tail.iter().zip(xt).zip(dt).zip(ct).enumerate() {
             step(j, u, x, c, d);
         }
-        reduce8_rows(&acc)
+        *acc = a;
     }
 
     /// The F16 lane accumulators of one band: rows 0-7 and rows 8-15 of lanes 0-7.
@@ -1106,19 +1123,38 @@ mod imp {
             .get(..tiled * stride * B)
             .unwrap_or(&[])
             .as_chunks::<U>();
-        if n > PREP_BLOCKS || bands.len() != tiled / TR * stride {
-            // Rows too long for the stack buffer, or an inconsistent matrix.
+        if n > PREP_BLOCKS || n != stride || bands.len() != tiled / TR * stride {
+            // Rows too long for the stack buffer, or an inconsistent matrix or activation.
             return <super::Scalar as super::Kernels>::gemv_tiled(w, a, out);
         }
         let (xq, xd) = (&xq[..n], &a.d[..n]);
         let mut buf = [const { MaybeUninit::uninit() }; PREP_BLOCKS];
         let corr = fill(&mut buf, n, |b| bias::<B>() * block_sum(&xq[b]));
         let out = &mut out[..w.rows];
-        for (band, o) in bands
-            .chunks_exact(stride.max(1))
-            .zip(out.chunks_exact_mut(TR))
-        {
-            o.copy_from_slice(&band_dot::<B, U>(band, xq, xd, corr));
+        if has_pieces(w.ty, n) {
+            // As `tiled_f16`: panel by panel, piece by piece.
+            for (panel, o) in bands
+                .chunks(PANEL_BANDS * n)
+                .zip(out[..tiled].chunks_mut(PANEL_BANDS * TR))
+            {
+                let mut acc = [[_mm512_setzero_ps(); 8]; PANEL_BANDS];
+                let mut rest = panel;
+                for (u0, u1) in pieces(w.ty, n) {
+                    for a in &mut acc[..panel.len() / n] {
+                        let (piece, r) = rest.split_at(u1 - u0);
+                        let (x, d, c) = (&xq[u0..u1], &xd[u0..u1], &corr[u0..u1]);
+                        band_acc::<B, U>(a, piece, x, d, c);
+                        rest = r;
+                    }
+                }
+                for (o, a) in o.chunks_exact_mut(TR).zip(&acc) {
+                    o.copy_from_slice(&reduce8_rows(a));
+                }
+            }
+        } else {
+            for (band, o) in bands.chunks_exact(n.max(1)).zip(out.chunks_exact_mut(TR)) {
+                o.copy_from_slice(&band_dot::<B, U>(band, xq, xd, corr));
+            }
         }
         for (r, o) in out.iter_mut().enumerate().skip(tiled) {
             *o = dot_quant::<B>(w.row(r), a.q, a.d);
@@ -1234,32 +1270,38 @@ mod imp {
         }
     }
 
-    /// [`repack`] from a tiled band (`band`: 16 rows of `n` blocks and more): the same tile.
+    /// [`repack`] from tiled band `bi` of `w` (16 rows of `n` blocks and more, read piece by
+    /// piece): the same tile.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
-    fn repack_band<const B: usize, const NB: usize>(t: &mut Tile<NB>, band: &[u8], n: usize) {
-        for b in 0..n.min(NB) {
-            let at = b * B * TR;
-            let Some(u) = band.get(at..at + B * TR) else {
-                break;
-            };
-            st16(
-                &mut t.d[b],
-                band_scales(u.first_chunk::<32>().unwrap_or(&[0; 32])),
-            );
-            for k in 0..8 {
-                let v = if B == Q8_0_BLOCK_BYTES {
-                    _mm512_xor_si512(band_quants(u, k), _mm512_set1_epi8(-128))
-                } else {
-                    let raw = band_quants(u, k % 4);
-                    let raw = if k < 4 {
-                        raw
+    fn repack_band<const B: usize, const NB: usize>(
+        t: &mut Tile<NB>,
+        w: &Matrix<'_>,
+        bi: usize,
+        n: usize,
+    ) {
+        let n = n.min(NB);
+        for (u0, u1) in pieces(w.ty, n) {
+            let piece = w.band_units(bi, u0, u1);
+            for (b, u) in (u0..u1).zip(piece.chunks_exact(B * TR)) {
+                st16(
+                    &mut t.d[b],
+                    band_scales(u.first_chunk::<32>().unwrap_or(&[0; 32])),
+                );
+                for k in 0..8 {
+                    let v = if B == Q8_0_BLOCK_BYTES {
+                        _mm512_xor_si512(band_quants(u, k), _mm512_set1_epi8(-128))
                     } else {
-                        _mm512_srli_epi16::<4>(raw)
+                        let raw = band_quants(u, k % 4);
+                        let raw = if k < 4 {
+                            raw
+                        } else {
+                            _mm512_srli_epi16::<4>(raw)
+                        };
+                        _mm512_and_si512(raw, _mm512_set1_epi8(0x0F))
                     };
-                    _mm512_and_si512(raw, _mm512_set1_epi8(0x0F))
-                };
-                st16_u32(&mut t.w[b][k], v);
+                    st16_u32(&mut t.w[b][k], v);
+                }
             }
         }
     }
@@ -1431,11 +1473,10 @@ mod imp {
             }
             for r0 in (0..w.rows).step_by(TR) {
                 let rows = (w.rows - r0).min(TR);
-                match w.band_units(r0 / TR, 0, stride) {
-                    band if rows == TR && !band.is_empty() => {
-                        repack_band::<B, NB>(&mut tile, band, n)
-                    }
-                    _ => repack::<B, NB>(&mut tile, blocks, stride, r0, rows, n),
+                if r0 + TR <= w.tiled_rows() {
+                    repack_band::<B, NB>(&mut tile, w, r0 / TR, n)
+                } else {
+                    repack::<B, NB>(&mut tile, blocks, stride, r0, rows, n)
                 }
                 let mut i = 0;
                 while i < chunk.len() {
