@@ -928,7 +928,7 @@ mod imp {
     /// nibbles (which pair with `x[4k..]` and `x[16 + 4k..]`).
     ///
     /// The weight loads go in address order, scales first (their `asm!` keeps them so: see
-    /// [`band_scales`]), into one chain of sums.
+    /// [`band_scales`]), into two chains of sums (even and odd vectors; low and high nibbles).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
     fn band_term<const B: usize, const U: usize>(
@@ -938,12 +938,17 @@ mod imp {
         dx: f32,
     ) -> __m512 {
         let dw = band_scales(u.first_chunk::<32>().unwrap_or(&[0; 32]));
+        // Two chains of four `vpdpbusd` (integer sums: the split is exact), half the latency
+        // of one chain of eight.
         let mut s = _mm512_set1_epi32(corr.wrapping_neg());
+        let mut t = _mm512_setzero_si512();
         if B == Q8_0_BLOCK_BYTES {
             let flip = _mm512_set1_epi8(-128);
-            for k in 0..8 {
+            for k in (0..8).step_by(2) {
                 let v = _mm512_xor_si512(band_quants(u, k), flip);
                 s = _mm512_dpbusd_epi32(s, v, bcast4(x, k));
+                let v = _mm512_xor_si512(band_quants(u, k + 1), flip);
+                t = _mm512_dpbusd_epi32(t, v, bcast4(x, k + 1));
             }
         } else {
             let m = _mm512_set1_epi8(0x0F);
@@ -951,9 +956,10 @@ mod imp {
                 let raw = band_quants(u, k);
                 let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), m);
                 s = _mm512_dpbusd_epi32(s, _mm512_and_si512(raw, m), bcast4(x, k));
-                s = _mm512_dpbusd_epi32(s, hi, bcast4(x, 4 + k));
+                t = _mm512_dpbusd_epi32(t, hi, bcast4(x, 4 + k));
             }
         }
+        let s = _mm512_add_epi32(s, t);
         _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(dx)))
     }
 
