@@ -110,7 +110,7 @@ impl<'a> Matrix<'a> {
             self.row_bytes() / self.ty.type_size(),
             self.tiled_rows() / crate::tile::TILE_ROWS,
         );
-        let piece = crate::tile::piece_units(self.ty);
+        let piece = crate::tile::piece_units(self.ty, units);
         if b >= bands || u0 >= u1 || u1 > units || u0 / piece != (u1 - 1) / piece {
             return &[];
         }

@@ -5,16 +5,22 @@
 //! the lanes of one vector instead: for every block (every element, for F16) the band holds the
 //! 16 rows' f16 scales side by side, then the rows' quants interleaved four bytes at a time, so
 //! one broadcast activation word times one 64-byte load gives a partial sum for 16 rows and no
-//! horizontal work is left. The same bytes, permuted within each band: a tiled matrix is
-//! exactly as large as the row-major one, and a model file can be tiled in place after it was
-//! read ([`crate::file::ModelBytes::read`]).
+//! horizontal work is left. The same bytes, permuted: a tiled matrix is exactly as large as
+//! the row-major one, and a model file can be tiled in place after it was read
+//! ([`crate::file::ModelBytes::read`]).
+//!
+//! The bands go in panels of [`PANEL_BANDS`], each panel stored a column piece at a time
+//! ([`piece_units`], [`unit_offset`]): a GEMV walks a panel piece by piece, band after band, so
+//! the weights are still one sequential stream and the piece of activation they need stays in
+//! L1 while the panel's bands go past (a whole band of a wide matrix would push it out).
 //!
 //! The layout only moves bytes: every kernel computes the same sums in the same order as on the
 //! row-major matrix (block `b` into lane `b % 8`, FORMAT.md), so results are bit-identical
 //! whichever layout the weights are in.
 //!
 //! Only full bands are tiled: in each matrix (each run of `dims[1]` rows of a tensor) the rows
-//! past the last multiple of 16 keep the row-major layout.
+//! past the last multiple of 16 keep the row-major layout. A tiled matrix splits into row ranges
+//! of its own only at panel boundaries ([`crate::model::Matrix::row_align`]).
 
 use crate::quant::GgmlType;
 
@@ -35,15 +41,22 @@ const CHUNK: usize = 4;
 pub const PANEL_BANDS: usize = 8;
 
 /// Units of a row that one band holds together before the next band of its panel continues
-/// ([`unit_offset`]): 128 for F16 (4 KiB of a band, with 512 bytes of f32 activation), 32
-/// blocks for Q8_0 and Q4_0 (17 and 9 KiB, with 1,280 bytes of quantized activation). The
-/// activation of a piece stays in L1 while the panel's bands stream past, and the weights are
-/// still one sequential stream (BENCHMARKS.md, "Panels").
-pub const fn piece_units(ty: GgmlType) -> usize {
-    match ty {
-        GgmlType::F16 => 128,
-        GgmlType::Q8_0 | GgmlType::Q4_0 => 32,
-        _ => usize::MAX,
+/// ([`unit_offset`]), for rows of `units` units: pieces of 128 elements for F16 rows of more
+/// than 4096 elements, and of 32 blocks for Q4_0 rows of more than 64 blocks (2048 columns);
+/// the whole row otherwise (every band whole, one after the other). A piece's activation
+/// (512 bytes of f32, or 1,280 bytes of quantized activation) stays in L1 while the panel's
+/// bands stream past; on narrower rows, and for Q8_0, whole bands measured as fast or faster
+/// (BENCHMARKS.md, "Panels").
+pub const fn piece_units(ty: GgmlType, units: usize) -> usize {
+    let piece = match ty {
+        GgmlType::F16 if units > 4096 => 128,
+        GgmlType::Q4_0 if units > 64 => 32,
+        _ => units,
+    };
+    if piece == 0 {
+        1
+    } else {
+        piece
     }
 }
 
@@ -60,7 +73,7 @@ pub const fn unit_offset(ty: GgmlType, units: usize, bands: usize, b: usize, u: 
     } else {
         PANEL_BANDS
     };
-    let piece = piece_units(ty);
+    let piece = piece_units(ty, units);
     let c0 = u - u % piece;
     let len = if units - c0 < piece {
         units - c0
@@ -73,15 +86,16 @@ pub const fn unit_offset(ty: GgmlType, units: usize, bands: usize, b: usize, u: 
 /// Whether a tiled matrix of type `ty` with `units` units per row has panels whose bands are
 /// split into pieces ([`unit_offset`]); otherwise every band is whole and in place.
 pub const fn has_pieces(ty: GgmlType, units: usize) -> bool {
-    units > piece_units(ty)
+    units > piece_units(ty, units)
 }
 
-/// The column pieces of a row of `units` units: `(u0, u1)` for each piece.
-pub fn pieces(ty: GgmlType, units: usize) -> impl Iterator<Item = (usize, usize)> {
-    let piece = piece_units(ty).min(units).max(1);
-    (0..units)
+/// The pieces of the first `n` units of a row of `units` units: `(u0, u1)` for each.
+pub fn pieces(ty: GgmlType, units: usize, n: usize) -> impl Iterator<Item = (usize, usize)> {
+    let piece = piece_units(ty, units);
+    let n = n.min(units);
+    (0..n)
         .step_by(piece)
-        .map(move |u0| (u0, (u0 + piece).min(units)))
+        .map(move |u0| (u0, (u0 + piece).min(n)))
 }
 
 /// Bytes of scratch [`tile_matrix`] needs for a matrix of type `ty` with `row_bytes` per row.
@@ -231,7 +245,7 @@ pub fn tile_matrix(
             old.copy_from_slice(panel);
             for (i, whole) in old.chunks_exact(band).enumerate() {
                 let b = p * PANEL_BANDS + i;
-                for (u0, u1) in pieces(ty, units) {
+                for (u0, u1) in pieces(ty, units, units) {
                     let at = unit_offset(ty, units, bands, b, u0) - p * PANEL_BANDS * band;
                     panel[at..at + (u1 - u0) * ub].copy_from_slice(&whole[u0 * ub..u1 * ub]);
                 }
@@ -291,11 +305,12 @@ mod tests {
     fn unit_offset_is_a_permutation_of_the_bands() {
         // Whole pieces, a short last piece, one piece; full and partial last panels.
         for (ty, units) in [
-            (GgmlType::F16, 1024),
+            (GgmlType::F16, 4352),
+            (GgmlType::F16, 4104),
             (GgmlType::F16, 1003),
-            (GgmlType::F16, 64),
-            (GgmlType::Q8_0, 40),
-            (GgmlType::Q4_0, 20),
+            (GgmlType::Q8_0, 300),
+            (GgmlType::Q4_0, 100),
+            (GgmlType::Q4_0, 64),
         ] {
             let ub = TILE_ROWS * ty.type_size();
             for bands in [1, 8, 11, 17] {
@@ -320,7 +335,7 @@ mod tests {
     #[test]
     fn tiled_rows_read_back_through_their_pieces() {
         let ty = GgmlType::F16;
-        let (rows, cols) = (16 * 9 + 5, 1003);
+        let (rows, cols) = (16 * 9 + 5, 4200);
         let rb = ty.row_bytes(cols);
         let src: Vec<u8> = (0..rows * rb).map(|i| (i * 31 + i / 7) as u8).collect();
         let mut t = src.clone();
@@ -339,6 +354,6 @@ mod tests {
         }
         // Units that cross a piece are not together.
         assert!(m.band_units(0, 120, 136).is_empty());
-        assert_eq!(m.band_units(8, 896, 1003).len(), 107 * 32);
+        assert_eq!(m.band_units(8, 4096, 4200).len(), 104 * 32);
     }
 }

@@ -1002,12 +1002,13 @@ fn check_gemv_tiled<K: Kernels>(isa: Isa) {
                 288,
                 544,
                 40 * QK,
+                100 * QK,
                 129 * QK,
                 504 * QK,
                 1031 * QK,
             ]
         } else {
-            &[1, 7, 8, 13, 64, 1003, 1536]
+            &[1, 7, 8, 13, 64, 1003, 4104]
         };
         for (case, &cols) in cols_options.iter().enumerate() {
             // Each row count with a stress flavour, and with flavour 0 (plain random weights
@@ -1019,7 +1020,7 @@ fn check_gemv_tiled<K: Kernels>(isa: Isa) {
                 .collect();
             shapes.dedup();
             for (rows, flavour) in shapes {
-                if rows * cols > 600_000 && rows > 17 {
+                if rows * cols > 700_000 && rows > 17 {
                     continue;
                 }
                 let data = match ty {

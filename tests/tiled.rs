@@ -83,19 +83,23 @@ fn tiled_models_match_the_file_layout_on_every_isa() {
     assert!(tiled_somewhere > 0, "no test model had a matrix to tile");
 }
 
-/// An F16 model whose matrices are wider than a piece (160 and 144 columns) and taller than a
-/// panel (144 to 260 rows): F16 bands in panels of pieces (`mhmoe::tile::unit_offset`), split
-/// over two threads at panel boundaries, a partial last panel, rows after the last band.
-/// Made by `python3 tools/gen_model.py tests/models/wide/f16_panels.gguf --dim 160 --layers 1
-/// --heads 4 --experts 2 --top-k 1 --expert-ff 144 --vocab 260 --ctx 16 --type F16 --seed 3`.
+/// A Q4_0 model whose expert down-projection is wider than a piece (2080 columns, 65 blocks)
+/// and taller than a panel (160 rows): bands in panels of pieces (`mhmoe::tile::unit_offset`),
+/// split over two threads at the panel boundary, a partial last panel, token by token and in a
+/// batch (the grouped GEMV repacks its tiles from the pieces). Made by `python3
+/// tools/gen_model.py tests/models/wide/q4_0_panels.gguf --dim 160 --layers 1 --heads 4
+/// --experts 1 --top-k 1 --expert-ff 2080 --vocab 260 --ctx 16 --type Q4_0 --seed 3`.
 #[test]
-fn f16_panels_match_the_file_layout_on_every_isa() {
+fn panels_of_pieces_match_the_file_layout_on_every_isa() {
     let pool = ThreadPool::new(2).unwrap();
-    let path = common::root().join("tests/models/wide/f16_panels.gguf");
+    let path = common::root().join("tests/models/wide/q4_0_panels.gguf");
     let file = ModelBytes::read_with(&path, Layout::File).unwrap();
     let model = file.model().unwrap();
-    let wide = model.layer(0).unwrap().wq;
-    assert!(mhmoe::tile::has_pieces(wide.ty(), wide.cols()) && wide.rows() > 128);
+    let mhmoe::model::Ffn::Moe(moe) = model.layer(0).unwrap().ffn else {
+        panic!("the panels model has a MoE layer");
+    };
+    let down = moe.down.get(0);
+    assert!(mhmoe::tile::has_pieces(down.ty(), down.cols() / 32) && down.rows() > 128);
     assert!(check_tiled_matches_file(&path, &pool) >= 7);
 }
 

@@ -156,7 +156,7 @@ pub fn dot_tiled_row(w: &Matrix<'_>, b: usize, r: usize, a: &Act<'_>) -> f32 {
     let mut acc = [0.0f32; 8];
     match ty {
         GgmlType::F16 => {
-            for (u0, u1) in crate::tile::pieces(ty, units) {
+            for (u0, u1) in crate::tile::pieces(ty, units, units) {
                 let piece = w.band_units(b, u0, u1);
                 let x = &a.x[u0.min(a.x.len())..u1.min(a.x.len())];
                 for (k, &x) in x.iter().enumerate() {
@@ -171,7 +171,7 @@ pub fn dot_tiled_row(w: &Matrix<'_>, b: usize, r: usize, a: &Act<'_>) -> f32 {
         GgmlType::Q8_0 | GgmlType::Q4_0 => {
             let n = units.min(a.q.len() / QK).min(a.d.len());
             let unit = ty.type_size() * TILE_ROWS;
-            for (u0, u1) in crate::tile::pieces(ty, n) {
+            for (u0, u1) in crate::tile::pieces(ty, units, n) {
                 let piece = w.band_units(b, u0, u1);
                 let xs = a.q[u0 * QK..u1 * QK].chunks_exact(QK).zip(&a.d[u0..u1]);
                 for (k, (xs, &dx)) in xs.enumerate() {

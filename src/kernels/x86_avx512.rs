@@ -28,9 +28,11 @@
 //!   broadcast give the block's exact sums for the 16 rows at once: no horizontal work at all.
 //!   Several members share each loaded weight vector.
 //! - Tiled matrices ([`crate::tile`]): the GEMV runs the grouped GEMV's arithmetic on the bands
-//!   as stored (`band_dot`, F16 `band_dot_f16`), eight lane accumulators of 16 rows each and no
-//!   horizontal work; the grouped GEMV repacks its tile from a band with a few vector
-//!   operations. The weight loads are `asm!` statements, in address order: see `band_scales`.
+//!   as stored (`band_acc`, F16 `band_acc_f16`), eight lane accumulators of 16 rows each and no
+//!   horizontal work; where the bands are in pieces, a panel of eight bands at a time, piece by
+//!   piece (the eight bands' accumulators kept between pieces). The grouped GEMV repacks its
+//!   tile from a band's pieces with a few vector operations. The weight loads are `asm!`
+//!   statements, in address order: see `band_scales`.
 //!
 //! Safety model as in [`super::x86`]: the kernels are safe `#[target_feature]` functions in the
 //! private `imp` module, called only after [`Avx512::available`]; raw-pointer loads are confined
@@ -1145,7 +1147,7 @@ mod imp {
             {
                 let mut acc = [[_mm512_setzero_ps(); 8]; PANEL_BANDS];
                 let mut rest = panel;
-                for (u0, u1) in pieces(w.ty, n) {
+                for (u0, u1) in pieces(w.ty, n, n) {
                     for a in &mut acc[..panel.len() / n] {
                         let (piece, r) = rest.split_at(u1 - u0);
                         let (x, d, c) = (&xq[u0..u1], &xd[u0..u1], &corr[u0..u1]);
@@ -1195,7 +1197,7 @@ mod imp {
                 let mut acc = [zero; PANEL_BANDS];
                 let bands = panel.len() / cols;
                 let mut rest = panel;
-                for (u0, u1) in pieces(GgmlType::F16, cols) {
+                for (u0, u1) in pieces(GgmlType::F16, cols, cols) {
                     for a in &mut acc[..bands] {
                         let (piece, r) = rest.split_at(u1 - u0);
                         band_acc_f16(a, piece, &x[u0..u1]);
@@ -1287,7 +1289,7 @@ mod imp {
         n: usize,
     ) {
         let n = n.min(NB);
-        for (u0, u1) in pieces(w.ty, n) {
+        for (u0, u1) in pieces(w.ty, w.cols / QK, n) {
             let piece = w.band_units(bi, u0, u1);
             for (b, u) in (u0..u1).zip(piece.chunks_exact(B * TR)) {
                 st16(
