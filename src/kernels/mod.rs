@@ -140,10 +140,9 @@ impl Isa {
 
     /// Whether this ISA reads matrices of type `ty` faster tiled than row-major, so that
     /// [`crate::file::Layout::Auto`] tiles them: AVX-512 for F16, Q8_0 and Q4_0 (68 MiB GEMVs
-    /// from memory, rows of 1024-8192 columns, one thread: tiled 84-99% of the read bandwidth
-    /// (F16 at 8192 columns 78-92%), row-major Q8_0 88-95%, Q4_0 75-83%, F16 65-83%; whole
-    /// models decode as fast or faster and run prompts 7-50% faster: BENCHMARKS.md, "Tiled
-    /// GEMVs at the roofline").
+    /// from memory, rows of 1024-8192 columns, one thread, medians of six runs: tiled 87.5-94%
+    /// of the read bandwidth, row-major Q8_0 88.5-93%, Q4_0 81-84.5%, F16 72-81%; whole models
+    /// decode as fast or faster and run prompts 7-50% faster: BENCHMARKS.md, "Panels").
     pub fn prefers_tiled(self, ty: GgmlType) -> bool {
         self.has_tiled_kernels() && crate::tile::is_tileable(ty)
     }
