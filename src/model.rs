@@ -107,7 +107,7 @@ impl<'a> Matrix<'a> {
     /// together (they cross a piece: see [`crate::tile::pieces`]).
     pub fn band_units(&self, b: usize, u0: usize, u1: usize) -> &'a [u8] {
         let (units, bands) = (
-            self.row_bytes() / self.ty.type_size(),
+            self.row_bytes() / self.ty.type_size().max(1),
             self.tiled_rows() / crate::tile::TILE_ROWS,
         );
         let piece = crate::tile::piece_units(self.ty, units);

@@ -36,8 +36,8 @@ const HEAD: usize = 2;
 /// Bytes of a row's quants that lie together in a band.
 const CHUNK: usize = 4;
 
-/// Bands in a panel: F16 bands are stored a panel at a time, column piece by column piece
-/// (see [`piece_units`]).
+/// Bands in a panel: the bands of a matrix with wide rows are stored a panel at a time, column
+/// piece by column piece (see [`piece_units`]).
 pub const PANEL_BANDS: usize = 8;
 
 /// Units of a row that one band holds together before the next band of its panel continues
