@@ -1104,6 +1104,44 @@ mod imp {
         f16_finish(&acc)
     }
 
+    /// The tiled GEMV over bands in panels of pieces ([`crate::tile::unit_offset`]; `units`:
+    /// the full bands' units, `n` per row, `out` one result per row of them), panel by panel:
+    /// `add(acc, piece, u0, u1)` for units `u0..u1` of each band of the panel, piece after
+    /// piece, in storage order (one sequential stream of weights, while the piece's activation
+    /// stays in L1), the panel's accumulators kept between pieces; then each band's 16 results,
+    /// `finish(acc)`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    fn panel_walk<T, A: Copy>(
+        ty: GgmlType,
+        units: &[T],
+        n: usize,
+        out: &mut [f32],
+        zero: A,
+        mut add: impl FnMut(&mut A, &[T], usize, usize),
+        finish: impl Fn(&A) -> [f32; TR],
+    ) {
+        let n = n.max(1);
+        for (panel, o) in units
+            .chunks(PANEL_BANDS * n)
+            .zip(out.chunks_mut(PANEL_BANDS * TR))
+        {
+            let mut acc = [zero; PANEL_BANDS];
+            let bands = &mut acc[..panel.len() / n];
+            let mut rest = panel;
+            for (u0, u1) in pieces(ty, n, n) {
+                for a in bands.iter_mut() {
+                    let (piece, r) = rest.split_at(u1 - u0);
+                    add(a, piece, u0, u1);
+                    rest = r;
+                }
+            }
+            for (o, a) in o.chunks_exact_mut(TR).zip(bands.iter()) {
+                o.copy_from_slice(&finish(a));
+            }
+        }
+    }
+
     /// [`super::super::Kernels::gemv_tiled`]: the bands with [`band_dot`] (F16:
     /// [`band_dot_f16`]), the rows after them row-major.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
@@ -1140,25 +1178,18 @@ mod imp {
         let corr = fill(&mut buf, n, |b| bias::<B>() * block_sum(&xq[b]));
         let out = &mut out[..w.rows];
         if has_pieces(w.ty, n) {
-            // As `tiled_f16`: panel by panel, piece by piece.
-            for (panel, o) in bands
-                .chunks(PANEL_BANDS * n)
-                .zip(out[..tiled].chunks_mut(PANEL_BANDS * TR))
-            {
-                let mut acc = [[_mm512_setzero_ps(); 8]; PANEL_BANDS];
-                let mut rest = panel;
-                for (u0, u1) in pieces(w.ty, n, n) {
-                    for a in &mut acc[..panel.len() / n] {
-                        let (piece, r) = rest.split_at(u1 - u0);
-                        let (x, d, c) = (&xq[u0..u1], &xd[u0..u1], &corr[u0..u1]);
-                        band_acc::<B, U>(a, piece, x, d, c);
-                        rest = r;
-                    }
-                }
-                for (o, a) in o.chunks_exact_mut(TR).zip(&acc) {
-                    o.copy_from_slice(&reduce8_rows(a));
-                }
-            }
+            panel_walk(
+                w.ty,
+                bands,
+                n,
+                &mut out[..tiled],
+                [_mm512_setzero_ps(); 8],
+                |a, piece, u0, u1| {
+                    let (x, d, c) = (&xq[u0..u1], &xd[u0..u1], &corr[u0..u1]);
+                    band_acc::<B, U>(a, piece, x, d, c)
+                },
+                |a| reduce8_rows(a),
+            );
         } else {
             for (band, o) in bands.chunks_exact(n.max(1)).zip(out.chunks_exact_mut(TR)) {
                 o.copy_from_slice(&band_dot::<B, U>(band, xq, xd, corr));
@@ -1187,27 +1218,15 @@ mod imp {
         }
         let out = &mut out[..w.rows];
         if has_pieces(GgmlType::F16, cols) {
-            // Panel by panel, piece by piece: one sequential stream of weights, and a piece's
-            // activation (512 bytes) stays in L1 while the panel's bands go past.
-            for (panel, o) in units
-                .chunks(PANEL_BANDS * cols)
-                .zip(out[..tiled].chunks_mut(PANEL_BANDS * TR))
-            {
-                let zero = ([_mm256_setzero_ps(); 8], [_mm256_setzero_ps(); 8]);
-                let mut acc = [zero; PANEL_BANDS];
-                let bands = panel.len() / cols;
-                let mut rest = panel;
-                for (u0, u1) in pieces(GgmlType::F16, cols, cols) {
-                    for a in &mut acc[..bands] {
-                        let (piece, r) = rest.split_at(u1 - u0);
-                        band_acc_f16(a, piece, &x[u0..u1]);
-                        rest = r;
-                    }
-                }
-                for (o, a) in o.chunks_exact_mut(TR).zip(&acc) {
-                    o.copy_from_slice(&f16_finish(a));
-                }
-            }
+            panel_walk(
+                GgmlType::F16,
+                units,
+                cols,
+                &mut out[..tiled],
+                ([_mm256_setzero_ps(); 8], [_mm256_setzero_ps(); 8]),
+                |a, piece, u0, u1| band_acc_f16(a, piece, &x[u0..u1]),
+                |a| f16_finish(a),
+            );
         } else {
             for (band, o) in units
                 .chunks_exact(cols.max(1))
