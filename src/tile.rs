@@ -42,15 +42,15 @@ pub const PANEL_BANDS: usize = 8;
 
 /// Units of a row that one band holds together before the next band of its panel continues
 /// ([`unit_offset`]), for rows of `units` units: pieces of 128 elements for F16 rows of more
-/// than 4096 elements, and of 32 blocks for Q4_0 rows of more than 64 blocks (2048 columns);
-/// the whole row otherwise (every band whole, one after the other). A piece's activation
-/// (512 bytes of f32, or 1,280 bytes of quantized activation) stays in L1 while the panel's
-/// bands stream past; on narrower rows, and for Q8_0, whole bands measured as fast or faster
-/// (BENCHMARKS.md, "Panels").
+/// than 4096 elements, and of 8 blocks (one group of the lane order) for Q4_0 rows of more
+/// than 64 blocks (2048 columns); the whole row otherwise (every band whole, one after the
+/// other). A piece's activation (512 bytes of f32, or 320 bytes of quantized activation)
+/// stays in L1 while the panel's bands stream past; on narrower rows, and for Q8_0, whole
+/// bands measured as fast or faster (BENCHMARKS.md, "Panels" and "Q4_0 pieces of 8 blocks").
 pub const fn piece_units(ty: GgmlType, units: usize) -> usize {
     let piece = match ty {
         GgmlType::F16 if units > 4096 => 128,
-        GgmlType::Q4_0 if units > 64 => 32,
+        GgmlType::Q4_0 if units > 64 => 8,
         _ => units,
     };
     if piece == 0 {
