@@ -41,15 +41,16 @@ const CHUNK: usize = 4;
 pub const PANEL_BANDS: usize = 8;
 
 /// Units of a row that one band holds together before the next band of its panel continues
-/// ([`unit_offset`]), for rows of `units` units: pieces of 128 elements for F16 rows of more
-/// than 4096 elements, and of 8 blocks (one group of the lane order) for Q4_0 rows of more
+/// ([`unit_offset`]), for rows of `units` units: pieces of 64 elements for F16 rows of more
+/// than 2048 elements, and of 8 blocks (one group of the lane order) for Q4_0 rows of more
 /// than 64 blocks (2048 columns); the whole row otherwise (every band whole, one after the
-/// other). A piece's activation (512 bytes of f32, or 320 bytes of quantized activation)
+/// other). A piece's activation (256 bytes of f32, or 320 bytes of quantized activation)
 /// stays in L1 while the panel's bands stream past; on narrower rows, and for Q8_0, whole
-/// bands measured as fast or faster (BENCHMARKS.md, "Panels" and "Q4_0 pieces of 8 blocks").
+/// bands measured as fast or faster (BENCHMARKS.md, "Panels" and "Piece lengths on separate
+/// buffers").
 pub const fn piece_units(ty: GgmlType, units: usize) -> usize {
     let piece = match ty {
-        GgmlType::F16 if units > 4096 => 128,
+        GgmlType::F16 if units > 2048 => 64,
         GgmlType::Q4_0 if units > 64 => 8,
         _ => units,
     };
@@ -354,6 +355,7 @@ mod tests {
         }
         // Units that cross a piece are not together.
         assert!(m.band_units(0, 120, 136).is_empty());
-        assert_eq!(m.band_units(8, 4096, 4200).len(), 104 * 32);
+        assert!(m.band_units(8, 4096, 4200).is_empty());
+        assert_eq!(m.band_units(8, 4160, 4200).len(), 40 * 32);
     }
 }
