@@ -209,34 +209,54 @@ impl Pass<'_> {
         in_div: usize,
         out: &mut [f32],
     ) {
-        self.bytes += w.data.len() as u64;
-        let work = w.data.len().saturating_mul(members.len());
-        let parts = if work >= self.min_split {
+        self.mm_each::<K, 1>([w], inputs, members, in_div, [out]);
+    }
+
+    /// [`Pass::mm`] for `N` matrices on the same inputs (`outs[j]` for `ws[j]`), in one
+    /// hand-off to the threads: each thread takes its rows of every matrix, one matrix after
+    /// the other (an FFN's gate and up products: half the waits for the slowest thread).
+    fn mm_each<K: Kernels, const N: usize>(
+        &mut self,
+        ws: [&Matrix<'_>; N],
+        inputs: &Act<'_>,
+        members: &[u32],
+        in_div: usize,
+        outs: [&mut [f32]; N],
+    ) {
+        let bytes: usize = ws.iter().map(|w| w.data.len()).sum();
+        self.bytes += bytes as u64;
+        let parts = if bytes.saturating_mul(members.len()) >= self.min_split {
             self.par.threads()
         } else {
             1
         };
-        for_row_ranges(
-            self.par,
-            parts,
-            ROW_ALIGN.max(w.row_align()),
-            &mut Out::new(out, w.rows),
-            &|r0, r1, o| {
-                let w = w.rows_range(r0, r1);
-                match members {
-                    [p] => {
-                        let p = *p as usize;
-                        let (a, o) = (inputs.item(w.cols, p / in_div), o.item(p));
-                        match w.tiled {
-                            false => K::gemv(&w, &a, o),
-                            true => K::gemv_tiled(&w, &a, o),
-                        }
+        let mut j = 0;
+        let mut outs = outs.map(|o| {
+            let rows = ws[j].rows;
+            j += 1;
+            Out::new(o, rows)
+        });
+        let mut j = 0;
+        let mut split = outs.each_mut().map(|o| {
+            let align = ROW_ALIGN.max(ws[j].row_align());
+            j += 1;
+            (o, align)
+        });
+        for_row_ranges(self.par, parts, &mut split, &|j, r0, r1, o| {
+            let w = ws[j].rows_range(r0, r1);
+            match members {
+                [p] => {
+                    let p = *p as usize;
+                    let (a, o) = (inputs.item(w.cols, p / in_div), o.item(p));
+                    match w.tiled {
+                        false => K::gemv(&w, &a, o),
+                        true => K::gemv_tiled(&w, &a, o),
                     }
-                    _ if w.tiled => K::gemv_group_tiled(&w, inputs, members, in_div, o),
-                    _ => K::gemv_group(&w, inputs, members, in_div, o),
                 }
-            },
-        );
+                _ if w.tiled => K::gemv_group_tiled(&w, inputs, members, in_div, o),
+                _ => K::gemv_group(&w, inputs, members, in_div, o),
+            }
+        });
     }
 
     /// [`Pass::mm`] on the first `n` inputs, one output each.
@@ -715,8 +735,8 @@ fn swiglu<K: Kernels>(
 ) {
     let hidden = f.gate.rows;
     let (gate, up) = (&mut hid.gate[..n * hidden], &mut hid.up[..n * hidden]);
-    pass.mm_batch::<K>(&f.gate, a, hid.members, n, gate);
-    pass.mm_batch::<K>(&f.up, a, hid.members, n, up);
+    let members = first(hid.members, n);
+    pass.mm_each::<K, 2>([&f.gate, &f.up], a, members, 1, [gate, up]);
     K::silu_mul(gate, up);
     let h = K::prepare(gate, &[f.down.ty], hid.q, hid.d);
     pass.mm_batch::<K>(&f.down, &h, hid.members, n, out);
@@ -868,8 +888,8 @@ fn moe_layer<K: Kernels>(
             continue;
         }
         let members = &ffn.members[..count];
-        pass.mm::<K>(&moe.gate.get(e), &subs, members, k, gate_out);
-        pass.mm::<K>(&moe.up.get(e), &subs, members, k, up_out);
+        let (gate, up) = (moe.gate.get(e), moe.up.get(e));
+        pass.mm_each::<K, 2>([&gate, &up], &subs, members, k, [gate_out, up_out]);
         let down = moe.down.get(e);
         for &p in members {
             let r = p as usize * f..(p as usize + 1) * f;

@@ -37,30 +37,49 @@ impl Parallel for Serial {
     }
 }
 
-/// Splits `out` (covering `rows` rows) into `parts` contiguous row ranges whose starts are
-/// multiples of `align` (except that the ranges cover all rows), and runs `task(range_start,
-/// range_end, part)` for each, through `par`. Fewer parts are used when there are too few rows.
+/// Splits each output `j` (`outs[j] = (output, align)`, covering its rows) into `parts`
+/// contiguous row ranges whose starts are multiples of `align` (except that the ranges cover
+/// all rows; fewer parts when there are too few rows), and runs `task(j, range_start,
+/// range_end, part)` for each, through `par` in one hand-off: part `i` takes the `i`-th range
+/// of every output, one output after the other.
 pub(crate) fn for_row_ranges(
     par: &dyn Parallel,
     parts: usize,
-    align: usize,
-    out: &mut Out<'_>,
-    task: &(dyn Fn(usize, usize, &mut Out<'_>) + Sync),
+    outs: &mut [(&mut Out<'_>, usize)],
+    task: &(dyn Fn(usize, usize, usize, &mut Out<'_>) + Sync),
 ) {
-    let rows = out.rows();
-    let per = rows.div_ceil(parts.max(1)).next_multiple_of(align.max(1));
-    let parts = rows.div_ceil(per.max(1)).max(1);
-    if parts == 1 {
-        task(0, rows, out);
+    // Rows per part and the number of parts of an output of `rows` rows.
+    let split = |rows: usize, align: usize| {
+        let per = rows.div_ceil(parts.max(1)).next_multiple_of(align.max(1));
+        (per, rows.div_ceil(per.max(1)).max(1))
+    };
+    let n = outs
+        .iter()
+        .map(|(o, a)| split(o.rows(), *a).1)
+        .max()
+        .unwrap_or(0);
+    if n <= 1 {
+        for (j, (o, _)) in outs.iter_mut().enumerate() {
+            let rows = o.rows();
+            task(j, 0, rows, o);
+        }
         return;
     }
-    let whole = SharedOut(out);
-    par.run(parts, &|i| {
-        let (r0, r1) = (i * per, ((i + 1) * per).min(rows));
-        // SAFETY: the ranges `[i * per, (i + 1) * per)` of distinct `i` are disjoint, `run`
-        // calls each `i` once, and `out` stays exclusively borrowed until `run` returns.
-        let mut part = unsafe { whole.part(r0, r1) };
-        task(r0, r1, &mut part);
+    let whole = SharedOuts(outs);
+    par.run(n, &|i| {
+        for j in 0..whole.len() {
+            let (rows, align) = whole.shape(j);
+            let (per, parts) = split(rows, align);
+            if i >= parts {
+                continue;
+            }
+            let (r0, r1) = (i * per, ((i + 1) * per).min(rows));
+            // SAFETY: for each output, the ranges `[i * per, (i + 1) * per)` of distinct `i`
+            // are disjoint, `run` calls each `i` once, and the outputs stay exclusively
+            // borrowed until `run` returns.
+            let mut part = unsafe { whole.part(j, r0, r1) };
+            task(j, r0, r1, &mut part);
+        }
     });
 }
 
@@ -99,19 +118,31 @@ pub(crate) fn for_chunks<A: Send, B: Send>(
 }
 
 /// A `&mut Out` shared by the tasks of one `run`, each taking a disjoint row range.
-struct SharedOut<'r, 'a>(&'r mut Out<'a>);
+struct SharedOuts<'r, 's, 'a>(&'r mut [(&'s mut Out<'a>, usize)]);
 
 // SAFETY: tasks only take disjoint parts (see `part`), which is what `Out: Send` allows.
-unsafe impl Sync for SharedOut<'_, '_> {}
+unsafe impl Sync for SharedOuts<'_, '_, '_> {}
 
-impl<'a> SharedOut<'_, 'a> {
-    /// Rows `r0..r1` of the output.
+impl<'a> SharedOuts<'_, '_, 'a> {
+    /// Number of outputs.
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Rows and row alignment of output `j` (`j < self.len()`).
+    fn shape(&self, j: usize) -> (usize, usize) {
+        let (o, a) = &self.0[j];
+        (o.rows(), *a)
+    }
+
+    /// Rows `r0..r1` of output `j` (`j < self.len()`).
     ///
     /// # Safety
-    /// No two parts that are alive at the same time may overlap.
-    unsafe fn part(&self, r0: usize, r1: usize) -> Out<'a> {
+    /// No two parts of one output that are alive at the same time may overlap.
+    unsafe fn part(&self, j: usize, r0: usize, r1: usize) -> Out<'a> {
+        let (o, _) = &self.0[j];
         // SAFETY: `Out::sub_rows` only narrows the range; the caller keeps live parts disjoint.
-        unsafe { self.0.sub_rows(r0, r1) }
+        unsafe { o.sub_rows(r0, r1) }
     }
 }
 
