@@ -232,16 +232,11 @@ impl Pass<'_> {
         };
         let mut j = 0;
         let mut outs = outs.map(|o| {
-            let rows = ws[j].rows;
+            let w = ws[j];
             j += 1;
-            Out::new(o, rows)
+            (Out::new(o, w.rows), ROW_ALIGN.max(w.row_align()))
         });
-        let mut j = 0;
-        let mut split = outs.each_mut().map(|o| {
-            let align = ROW_ALIGN.max(ws[j].row_align());
-            j += 1;
-            (o, align)
-        });
+        let mut split = outs.each_mut().map(|(o, align)| (o, *align));
         for_row_ranges(self.par, parts, &mut split, &|j, r0, r1, o| {
             let w = ws[j].rows_range(r0, r1);
             match members {

@@ -140,9 +140,10 @@ impl Isa {
 
     /// Whether this ISA reads matrices of type `ty` faster tiled than row-major, so that
     /// [`crate::file::Layout::Auto`] tiles them: AVX-512 for F16, Q8_0 and Q4_0 (68 MiB GEMVs
-    /// from memory, rows of 1024-8192 columns, one thread, medians of six runs: tiled 87.5-94%
-    /// of the read bandwidth, row-major Q8_0 88.5-93%, Q4_0 81-84.5%, F16 72-81%; whole models
-    /// decode as fast or faster and run prompts 7-50% faster: BENCHMARKS.md, "Panels").
+    /// from memory, rows of 1024-8192 columns, one thread, medians of fifteen runs: tiled 90-94%
+    /// of the read bandwidth, row-major Q8_0 90-93%, Q4_0 71-78%, F16 72-81%; whole models
+    /// decode as fast or faster and run prompts 7-50% faster: BENCHMARKS.md, "Panels" and
+    /// "Piece lengths on separate buffers").
     pub fn prefers_tiled(self, ty: GgmlType) -> bool {
         self.has_tiled_kernels() && crate::tile::is_tileable(ty)
     }
